@@ -1,0 +1,171 @@
+//! Configuration: built-in defaults < `/etc/printvigil/config.toml` < `--config FILE` <
+//! environment `PRINTVIGIL_*` (nested keys joined by `__`, e.g.
+//! `PRINTVIGIL_DETECTOR__INTRA_THREADS=2`).
+//!
+//! Every value is validated up front; an error names the key and says how to fix it.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The system-wide config file, read when it exists.
+pub const SYSTEM_CONFIG: &str = "/etc/printvigil/config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path} does not exist; fix the path given to --config")]
+    Missing { path: PathBuf },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where printvigil keeps its state (SQLite, tokens, saved frames).
+    pub state_dir: PathBuf,
+    pub detector: DetectorConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { state_dir: PathBuf::from("/var/lib/printvigil"), detector: DetectorConfig::default() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorConfig {
+    /// The ONNX model file. Default: the bundled demo model when run from a checkout,
+    /// else Obico's production model in the state directory (see `printvigil model fetch`).
+    pub model: Option<PathBuf>,
+    /// Path of `libonnxruntime.so`; tried before `ORT_DYLIB_PATH`, the executable's folder
+    /// and `/usr/lib/printvigil/`.
+    pub onnxruntime: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads; 0 = all cores but one (the printer host keeps one).
+    pub intra_threads: usize,
+    /// Obico's detective sensitivity, 0.8 (fewer alerts) .. 1.2 (more).
+    pub sensitivity: f64,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self { model: None, onnxruntime: None, intra_threads: 0, sensitivity: 1.0 }
+    }
+}
+
+impl DetectorConfig {
+    /// Intra-op thread count after resolving `0` (auto): all cores but one, at least one.
+    pub fn threads(&self) -> usize {
+        if self.intra_threads > 0 {
+            return self.intra_threads;
+        }
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        cores.saturating_sub(1).max(1)
+    }
+}
+
+impl Config {
+    /// Loads the layered configuration and validates it.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if Path::new(SYSTEM_CONFIG).exists() {
+            fig = fig.merge(Toml::file(SYSTEM_CONFIG));
+        }
+        if let Some(path) = explicit {
+            if !path.exists() {
+                return Err(ConfigError::Missing { path: path.to_path_buf() });
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(Env::prefixed("PRINTVIGIL_").split("__"));
+        Self::from_figment(fig)
+    }
+
+    /// Parses a TOML string on top of the defaults (no files, no environment).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
+    }
+
+    fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
+        let cfg: Config = fig.extract().map_err(|e| {
+            let msgs: Vec<String> = e.into_iter().map(|e| describe(&e)).collect();
+            ConfigError::Invalid(msgs.join("\n"))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.detector;
+        if !(d.sensitivity.is_finite() && (0.5..=2.0).contains(&d.sensitivity)) {
+            return Err(invalid(
+                "detector.sensitivity",
+                &d.sensitivity.to_string(),
+                "use a value between 0.8 (fewer alerts) and 1.2 (more alerts); 1.0 is Obico's default",
+            ));
+        }
+        if d.intra_threads > 256 {
+            return Err(invalid(
+                "detector.intra_threads",
+                &d.intra_threads.to_string(),
+                "use 0 (all cores but one) or a small thread count such as 2",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An error about one key: what was found and how to fix it.
+pub fn invalid(key: &str, found: &str, fix: &str) -> ConfigError {
+    ConfigError::Invalid(format!("config key `{key}` = {found} is not valid: {fix}"))
+}
+
+fn describe(e: &figment::Error) -> String {
+    let key = if e.path.is_empty() { "(top level)".to_string() } else { e.path.join(".") };
+    let origin = e.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+    let fix = match &e.kind {
+        figment::error::Kind::UnknownField(_, expected) => {
+            format!("remove it or use one of: {}", expected.join(", "))
+        }
+        figment::error::Kind::InvalidType(..) => "give it a value of the expected type".into(),
+        figment::error::Kind::MissingField(_) => "add it".into(),
+        _ => "see config/printvigil.toml for an annotated example".into(),
+    };
+    format!("config key `{key}`{origin}: {}; fix: {fix}", e.kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_toml_str("").unwrap();
+        assert_eq!(c, Config::default());
+        assert!(c.detector.threads() >= 1);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_fix() {
+        let e = Config::from_toml_str("[detector]\nsensitivty = 1.1\n").unwrap_err().to_string();
+        assert!(e.contains("sensitivty"), "{e}");
+        assert!(e.contains("sensitivity"), "should list the valid keys: {e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = Config::from_toml_str("[detector]\nintra_threads = \"two\"\n").unwrap_err().to_string();
+        assert!(e.contains("detector.intra_threads"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_sensitivity_is_refused() {
+        let e = Config::from_toml_str("[detector]\nsensitivity = 7.0\n").unwrap_err().to_string();
+        assert!(e.contains("detector.sensitivity") && e.contains("0.8"), "{e}");
+    }
+}
