@@ -1,4 +1,5 @@
 //! Obico's failure detector on the device: pre-process, ONNX, post-process, smoothing,
 //! decision. See the module map in `lib.rs`.
 
+pub mod preprocess;
 pub mod runtime;
