@@ -1,0 +1,142 @@
+//! Post-processing exactly as the Obico server: keep boxes with confidence strictly above
+//! 0.08, greedy NMS at IoU 0.45 by descending confidence, then boxes in pixels of the
+//! original frame as `[xc, yc, w, h]`.
+//!
+//! Arithmetic is float32, as the server's numpy arrays are. Confidence ties are ordered
+//! with the higher index first (a stable arg-sort reversed); a tie can only change which
+//! of two equal-confidence boxes is kept, never `p`.
+
+use serde::{Deserialize, Serialize};
+
+/// Boxes at or below this confidence are dropped.
+pub const CONF_THRESHOLD: f32 = 0.08;
+/// A box whose IoU with a kept box exceeds this is suppressed.
+pub const NMS_THRESHOLD: f32 = 0.45;
+/// The detector's one class.
+pub const LABEL: &str = "failure";
+
+/// One detection, as the server reports it: `("failure", conf, [xc, yc, w, h])`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Detection {
+    pub confidence: f64,
+    /// Centre x, centre y, width, height, in pixels of the original frame.
+    pub bbox: [f64; 4],
+}
+
+/// `boxes`: n x 4 normalised `x1, y1, x2, y2`; `confs`: n confidences.
+/// Returns the kept detections in descending confidence.
+pub fn postprocess(boxes: &[f32], confs: &[f32], frame_w: usize, frame_h: usize) -> Vec<Detection> {
+    let n = confs.len().min(boxes.len() / 4);
+    let mut order: Vec<usize> = (0..n).filter(|&i| confs[i] > CONF_THRESHOLD).collect();
+    // Descending confidence; ties: higher index first. NaN confidences never pass the
+    // threshold above, so total_cmp sees only numbers.
+    order.sort_by(|&a, &b| confs[b].total_cmp(&confs[a]).then(b.cmp(&a)));
+    let b = |i: usize| &boxes[i * 4..i * 4 + 4];
+    let area = |i: usize| {
+        let r = b(i);
+        (r[2] - r[0]) * (r[3] - r[1])
+    };
+
+    let mut keep = Vec::new();
+    while let Some((&first, rest)) = order.split_first() {
+        keep.push(first);
+        let s = b(first);
+        let a_first = area(first);
+        order = rest
+            .iter()
+            .copied()
+            .filter(|&o| {
+                let r = b(o);
+                let w = (s[2].min(r[2]) - s[0].max(r[0])).max(0.0);
+                let h = (s[3].min(r[3]) - s[1].max(r[1])).max(0.0);
+                let inter = w * h;
+                let iou = inter / (a_first + area(o) - inter);
+                // numpy keeps `over <= thresh`: a NaN IoU (0/0) suppresses, as there.
+                iou <= NMS_THRESHOLD
+            })
+            .collect();
+    }
+
+    let (fw, fh) = (frame_w as f64, frame_h as f64);
+    keep.into_iter()
+        .map(|i| {
+            let r = b(i);
+            let (x1, y1, x2, y2) = (r[0] as f64, r[1] as f64, r[2] as f64, r[3] as f64);
+            Detection {
+                confidence: confs[i] as f64,
+                bbox: [0.5 * fw * (x1 + x2), 0.5 * fh * (y1 + y2), fw * (x2 - x1), fh * (y2 - y1)],
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_is_strict() {
+        let boxes = [0.0, 0.0, 0.1, 0.1, 0.5, 0.5, 0.6, 0.6];
+        let d = postprocess(&boxes, &[0.08, 0.0800001], 100, 100);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].confidence, 0.0800001f32 as f64);
+    }
+
+    #[test]
+    fn boxes_are_in_original_frame_pixels() {
+        let d = postprocess(&[0.25, 0.5, 0.75, 1.0], &[0.9], 1280, 720);
+        assert_eq!(d[0].bbox, [640.0, 540.0, 640.0, 360.0]);
+    }
+
+    #[test]
+    fn overlapping_lower_box_is_suppressed_and_disjoint_kept() {
+        let boxes = [
+            0.0, 0.0, 0.5, 0.5, // a
+            0.05, 0.05, 0.5, 0.5, // b: IoU with a = 0.81
+            0.6, 0.6, 0.9, 0.9, // c: disjoint
+        ];
+        let d = postprocess(&boxes, &[0.5, 0.7, 0.3], 100, 100);
+        let confs: Vec<f64> = d.iter().map(|d| d.confidence).collect();
+        assert_eq!(confs, vec![0.7f32 as f64, 0.3f32 as f64]);
+    }
+
+    #[test]
+    fn iou_exactly_at_threshold_is_kept_and_just_above_suppressed() {
+        // b inside a unit box a: IoU = area(b) = h.
+        let at = [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, NMS_THRESHOLD];
+        assert_eq!(postprocess(&at, &[0.9, 0.8], 10, 10).len(), 2);
+        let above = [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.4500001];
+        assert_eq!(postprocess(&above, &[0.9, 0.8], 10, 10).len(), 1);
+    }
+
+    #[test]
+    fn touching_boxes_are_kept_identical_suppressed() {
+        let boxes = [0.0, 0.0, 0.5, 0.5, 0.5, 0.0, 1.0, 0.5, 0.0, 0.0, 0.5, 0.5];
+        let d = postprocess(&boxes, &[0.9, 0.8, 0.7], 10, 10);
+        assert_eq!(d.len(), 2);
+    }
+
+    #[test]
+    fn ties_keep_the_higher_index_and_p_is_unchanged() {
+        let boxes = [0.0, 0.0, 0.5, 0.5, 0.01, 0.01, 0.5, 0.5];
+        let d = postprocess(&boxes, &[0.6, 0.6], 100, 100);
+        assert_eq!(d.len(), 1);
+        assert!((d[0].bbox[0] - 25.5).abs() < 1e-4, "second box kept: {:?}", d[0]);
+    }
+
+    #[test]
+    fn zero_area_boxes_do_not_panic_and_suppress_like_numpy() {
+        // Two degenerate boxes at the same point: 0/0 IoU suppresses the second.
+        let boxes = [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 1.0, 1.0];
+        let d = postprocess(&boxes, &[0.9, 0.8, 0.2], 10, 10);
+        let confs: Vec<f64> = d.iter().map(|d| d.confidence).collect();
+        assert_eq!(confs, vec![0.9f32 as f64, 0.2f32 as f64]);
+    }
+
+    #[test]
+    fn nan_and_short_inputs_are_survived() {
+        let d = postprocess(&[0.0, 0.0, 1.0, 1.0, f32::NAN, 0.0, 1.0, 1.0], &[f32::NAN, 0.5, 0.9], 10, 10);
+        assert_eq!(d.len(), 1);
+        assert!(postprocess(&[], &[0.9], 10, 10).is_empty());
+    }
+}
