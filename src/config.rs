@@ -57,6 +57,13 @@ impl Default for DetectorConfig {
 }
 
 impl DetectorConfig {
+    /// The model file: `detector.model`, else Obico's production model in the state directory.
+    pub fn model_path(&self, state_dir: &Path) -> PathBuf {
+        self.model.clone().unwrap_or_else(|| {
+            state_dir.join("models").join(crate::detector::fetch::MODEL_FILE)
+        })
+    }
+
     /// Intra-op thread count after resolving `0` (auto): all cores but one, at least one.
     pub fn threads(&self) -> usize {
         if self.intra_threads > 0 {
@@ -80,7 +87,7 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(Env::prefixed("PRINTVIGIL_").split("__"));
+        fig = fig.merge(Self::env());
         Self::from_figment(fig)
     }
 
@@ -89,6 +96,12 @@ impl Config {
         Self::from_figment(
             Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
         )
+    }
+
+    /// `PRINTVIGIL_*` variables, less the two that are not settings (`PRINTVIGIL_LOG`, the
+    /// log filter, and `PRINTVIGIL_CONFIG`, the config file).
+    fn env() -> Env {
+        Env::prefixed("PRINTVIGIL_").split("__").filter(|k| k != "log" && k != "config")
     }
 
     fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
@@ -161,6 +174,19 @@ mod tests {
     fn wrong_type_names_the_key() {
         let e = Config::from_toml_str("[detector]\nintra_threads = \"two\"\n").unwrap_err().to_string();
         assert!(e.contains("detector.intra_threads"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_nested_keys_but_not_log_or_config() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PRINTVIGIL_DETECTOR__INTRA_THREADS", "3");
+            jail.set_env("PRINTVIGIL_LOG", "debug");
+            jail.set_env("PRINTVIGIL_CONFIG", "/nowhere.toml");
+            let fig = Figment::from(Serialized::defaults(Config::default())).merge(Config::env());
+            let c = Config::from_figment(fig).map_err(|e| e.to_string())?;
+            assert_eq!(c.detector.intra_threads, 3);
+            Ok(())
+        });
     }
 
     #[test]

@@ -6,8 +6,16 @@
 //! - [`config`]: the settings file, env overrides and their validation (figment).
 //! - [`detector`]: Obico's failure detector on the device.
 //!   - [`detector::runtime`]: finds and loads the ONNX Runtime library.
+//!   - [`detector::model`]: the ONNX session, its I/O signature check, inference.
+//!   - [`detector::fetch`]: downloads the production model (resumable, sha256-verified).
+//!   - [`detector::preprocess`]: JPEG decode (libjpeg-turbo), OpenCV-exact bilinear resize, NCHW.
+//!   - [`detector::postprocess`]: confidence threshold, NMS, boxes in frame pixels.
+//!   - [`detector::smoothing`]: per-printer temporal state, warn/pause decision.
+//!   - [`detector::annotate`]: draws detections on a frame and encodes a JPEG.
+//! - [`bench`]: the `printvigil bench` figures (per-stage timings, memory).
 //! - [`secret`]: a string type that redacts itself (tokens, keys, passwords).
 
+pub mod bench;
 pub mod config;
 pub mod detector;
 pub mod secret;

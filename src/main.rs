@@ -1,11 +1,14 @@
 //! The `printvigil` binary: parses the command line, runs a subcommand, and turns module
 //! errors into messages that say what to do.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use printvigil::config::Config;
+use printvigil::detector::model::{Model, SessionSettings};
+use printvigil::detector::smoothing::SmoothingState;
+use printvigil::detector::{Detector, annotate, fetch, preprocess};
 
 #[derive(Parser)]
 #[command(name = "printvigil", version, about = "Keeps watch over 3D prints")]
@@ -19,8 +22,73 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the effective configuration after all layers are applied.
+    /// Run JPEG frames, in order, through the detector and the smoother of one printer.
+    Predict(PredictArgs),
+    /// Measure the detection pipeline: per-stage times and memory.
+    Bench(BenchArgs),
+    /// Manage the detector model.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Print the effective configuration after all layers are applied (secrets redacted).
     Config,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Model file (default: `detector.model`, else the production model in the state directory).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Inference threads (default: `detector.intra_threads`).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Memory tuning for experiments: any of arena, prepack, full-opt (comma separated).
+    #[arg(long, value_delimiter = ',', hide = true)]
+    tune: Vec<String>,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JPEG frames, scored in the order given, as one print.
+    #[arg(required = true)]
+    frames: Vec<PathBuf>,
+    /// One JSON object per frame instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Write each frame with its detections drawn (confidence > 0.2) into this folder.
+    #[arg(long)]
+    annotate: Option<PathBuf>,
+    /// Detective sensitivity (default: `detector.sensitivity`).
+    #[arg(long)]
+    sensitivity: Option<f64>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JPEG frames (default: 8 synthetic 1280x720 frames).
+    frames: Vec<PathBuf>,
+    /// Passes over the frames.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Download Obico's production model (resumable; size and sha256 verified).
+    Fetch {
+        /// Where to put it (default: the configured model path).
+        #[arg(long)]
+        dest: Option<PathBuf>,
+        /// Download from this URL instead of Obico's (repeat for mirrors).
+        #[arg(long)]
+        url: Vec<String>,
+        /// Expected sha256 (default: Obico's published model's).
+        #[arg(long, default_value = fetch::MODEL_SHA256)]
+        sha256: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,16 +109,138 @@ fn init_logging() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+type AnyError = Box<dyn std::error::Error>;
+
+fn run(cli: Cli) -> Result<(), AnyError> {
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Config => {
-            print!("{}", toml_of(&config)?);
+            println!("{}", serde_json::to_string_pretty(&config)?);
+            Ok(())
+        }
+        Command::Predict(args) => predict(&config, args),
+        Command::Bench(args) => bench(&config, args),
+        Command::Model(ModelCommand::Fetch { dest, url, sha256 }) => {
+            let dest = dest.unwrap_or_else(|| config.detector.model_path(&config.state_dir));
+            let urls: Vec<&str> =
+                if url.is_empty() { fetch::MODEL_URLS.to_vec() } else { url.iter().map(String::as_str).collect() };
+            let client = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(20)).build()?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            match rt.block_on(fetch::fetch(&client, &urls, &sha256, &dest))? {
+                fetch::Fetched::AlreadyPresent => println!("{} is already present and verified", dest.display()),
+                fetch::Fetched::Downloaded { bytes, resumed_from } => println!(
+                    "installed {} ({bytes} bytes{}), sha256 verified",
+                    dest.display(),
+                    if resumed_from > 0 { format!(", resumed at {resumed_from}") } else { String::new() }
+                ),
+            }
             Ok(())
         }
     }
 }
 
-fn toml_of(config: &Config) -> Result<String, Box<dyn std::error::Error>> {
-    Ok(serde_json::to_string_pretty(config)? + "\n")
+fn load_detector(config: &Config, args: &ModelArgs) -> Result<Detector, AnyError> {
+    let path = args.model.clone().unwrap_or_else(|| config.detector.model_path(&config.state_dir));
+    let threads = args.threads.unwrap_or_else(|| config.detector.threads());
+    let model = Model::load(&path, config.detector.onnxruntime.as_deref(), SessionSettings {
+        threads,
+        memory: printvigil::detector::model::MemoryTuning {
+            arena: args.tune.iter().any(|t| t == "arena"),
+            prepack: args.tune.iter().any(|t| t == "prepack"),
+            full_optimization: args.tune.iter().any(|t| t == "full-opt"),
+        },
+    })?;
+    Ok(Detector::new(model))
+}
+
+fn read_frame(path: &Path) -> Result<Vec<u8>, AnyError> {
+    std::fs::read(path).map_err(|e| format!("cannot read frame {}: {e}", path.display()).into())
+}
+
+fn predict(config: &Config, args: PredictArgs) -> Result<(), AnyError> {
+    let sensitivity = args.sensitivity.unwrap_or(config.detector.sensitivity);
+    let mut detector = load_detector(config, &args.model)?;
+    let mut state = SmoothingState::default();
+    if let Some(dir) = &args.annotate {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let mut failed = 0;
+    for path in &args.frames {
+        let result = read_frame(path).and_then(|bytes| {
+            let found = detector.detect(&bytes)?;
+            Ok((bytes, found))
+        });
+        let (bytes, found) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // A bad frame is reported and skipped; the print's state goes on.
+                eprintln!("{}: {e}", path.display());
+                failed += 1;
+                continue;
+            }
+        };
+        let p = printvigil::detector::smoothing::frame_p(&found.detections, 1.0);
+        let verdict = state.observe(p, sensitivity);
+        let mut annotated = None;
+        if let Some(dir) = &args.annotate {
+            let mut img = preprocess::decode_jpeg(&bytes)?;
+            annotate::draw(&mut img, &found.detections);
+            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let out = dir.join(format!("{name}.annotated.jpg"));
+            std::fs::write(&out, annotate::encode_jpeg(&img, 85)?)
+                .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+            annotated = Some(out);
+        }
+        if args.json {
+            let detections: Vec<_> =
+                found.detections.iter().map(|d| serde_json::json!(["failure", d.confidence, d.bbox])).collect();
+            let line = serde_json::json!({
+                "frame": path, "width": found.width, "height": found.height,
+                "detections": detections, "p": p, "state": state,
+                "warn": verdict.warn, "pause": verdict.pause, "normalized_p": verdict.normalized_p,
+                "annotated": annotated,
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "{}: {} detections, p={:.4} | frame {} ewm={:.4} short={:.4} long={:.4} | {} normalized_p={:.3}",
+                path.display(),
+                found.detections.len(),
+                p,
+                state.current_frame_num,
+                state.ewm_mean,
+                state.rolling_mean_short,
+                state.rolling_mean_long,
+                if verdict.pause { "PAUSE" } else if verdict.warn { "WARN" } else { "ok" },
+                verdict.normalized_p
+            );
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} of {} frames could not be scored", args.frames.len()).into());
+    }
+    Ok(())
+}
+
+fn bench(config: &Config, args: BenchArgs) -> Result<(), AnyError> {
+    let before = printvigil::bench::Memory::now();
+    let t = std::time::Instant::now();
+    let mut detector = load_detector(config, &args.model)?;
+    let load = t.elapsed();
+    let loaded = printvigil::bench::Memory::now();
+    let frames = if args.frames.is_empty() {
+        printvigil::bench::synthetic_frames(8, 1280, 720)
+    } else {
+        args.frames.iter().map(|p| read_frame(p)).collect::<Result<_, _>>()?
+    };
+    let report = printvigil::bench::run(&mut detector, &frames, args.runs.max(1))?;
+    let after = printvigil::bench::Memory::now();
+    println!("model: {} ({} threads)", detector.model().path().display(), args.model.threads.unwrap_or_else(|| config.detector.threads()));
+    println!("model load: {:.0} ms", load.as_secs_f64() * 1000.0);
+    print!("{}", report.render());
+    println!(
+        "memory (MiB): before load RSS {:.0}; after load RSS {:.0}, peak {:.0}; after run RSS {:.0} (steady), peak {:.0}",
+        before.rss_mib, loaded.rss_mib, loaded.peak_rss_mib, after.rss_mib, after.peak_rss_mib
+    );
+    Ok(())
 }

@@ -49,6 +49,11 @@ pub fn init(configured: Option<&Path>) -> Result<PathBuf, RuntimeError> {
     LOADED.get_or_init(|| load_first(&candidates(configured))).clone()
 }
 
+/// The process's ONNX Runtime environment, once [`init`] has succeeded.
+pub fn environment() -> Option<&'static ort::environment::Environment> {
+    ENVIRONMENT.get()
+}
+
 /// The path ONNX Runtime was loaded from, if it was.
 pub fn loaded() -> Option<PathBuf> {
     LOADED.get().and_then(|r| r.as_ref().ok().cloned())

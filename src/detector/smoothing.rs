@@ -42,7 +42,8 @@ pub struct Verdict {
 
 /// `p`: the sum of the detections' confidences, each multiplied by the bending factor.
 pub fn frame_p(detections: &[Detection], bending_factor: f64) -> f64 {
-    detections.iter().map(|d| d.confidence * bending_factor).sum()
+    // A fold from +0.0: `Iterator::sum` of floats starts at -0.0.
+    detections.iter().fold(0.0, |acc, d| acc + d.confidence * bending_factor)
 }
 
 impl SmoothingState {
@@ -171,6 +172,13 @@ mod tests {
             (s.ewm_mean, s.rolling_mean_short, s.rolling_mean_long),
             (0.14201183431952663, 0.3333333333333333, 0.3333333333333333)
         );
+    }
+
+    #[test]
+    fn p_sums_bent_confidences_and_is_plus_zero_when_empty() {
+        let d = |c| Detection { confidence: c, bbox: [0.0; 4] };
+        assert_eq!(frame_p(&[d(0.5), d(0.25)], 2.0), 1.5);
+        assert!(frame_p(&[], 1.0).is_sign_positive());
     }
 
     #[test]

@@ -60,9 +60,5 @@ pub fn camera_like(w: usize, h: usize, seed: u64) -> printvigil::detector::prepr
 
 /// Encodes an RGB image as a JPEG.
 pub fn encode_jpeg(img: &printvigil::detector::preprocess::Rgb8, quality: u8) -> Vec<u8> {
-    let mut out = Vec::new();
-    let enc = jpeg_encoder::Encoder::new(&mut out, quality);
-    enc.encode(&img.pixels, img.width as u16, img.height as u16, jpeg_encoder::ColorType::Rgb)
-        .unwrap();
-    out
+    printvigil::detector::annotate::encode_jpeg(img, quality as i32).unwrap()
 }

@@ -1,0 +1,126 @@
+//! `printvigil bench`: runs frames through the whole detection pipeline and prints per-stage
+//! figures (median, min, max), the ratio total / `session.run`, and the process's memory.
+
+use std::time::Duration;
+
+use crate::detector::{DetectError, Detector, StageTimes};
+
+/// Per-stage statistics over a benchmark run.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub frames: usize,
+    pub times: Vec<StageTimes>,
+}
+
+/// Resident memory figures of this process, from `/proc/self/status`, in MiB.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    pub rss_mib: f64,
+    pub peak_rss_mib: f64,
+}
+
+impl Memory {
+    pub fn now() -> Self {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .map(|kib| kib / 1024.0)
+                .unwrap_or(0.0)
+        };
+        Memory { rss_mib: field("VmRSS:"), peak_rss_mib: field("VmHWM:") }
+    }
+}
+
+/// Runs `runs` passes over `frames` (after one warm-up frame).
+pub fn run(detector: &mut Detector, frames: &[Vec<u8>], runs: usize) -> Result<BenchReport, DetectError> {
+    if let Some(first) = frames.first() {
+        detector.detect(first)?;
+    }
+    let mut times = Vec::with_capacity(frames.len() * runs);
+    for _ in 0..runs {
+        for f in frames {
+            times.push(detector.detect(f)?.times);
+        }
+    }
+    Ok(BenchReport { frames: frames.len(), times })
+}
+
+fn stats(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
+    v.sort();
+    if v.is_empty() {
+        return Default::default();
+    }
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+impl BenchReport {
+    /// (median, min, max) of one stage.
+    pub fn stage(&self, pick: impl Fn(&StageTimes) -> Duration) -> (Duration, Duration, Duration) {
+        stats(self.times.iter().map(pick).collect())
+    }
+
+    /// Median total / median `session.run`.
+    pub fn ratio(&self) -> f64 {
+        let total = self.stage(|t| t.total()).0.as_secs_f64();
+        let run = self.stage(|t| t.infer).0.as_secs_f64();
+        if run > 0.0 { total / run } else { f64::NAN }
+    }
+
+    /// The report as text.
+    pub fn render(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let mut out = format!(
+            "{} timed frames ({} distinct)\n{:<20} {:>10} {:>10} {:>10}\n",
+            self.times.len(),
+            self.frames,
+            "stage (ms)",
+            "median",
+            "min",
+            "max"
+        );
+        let rows: [(&str, fn(&StageTimes) -> Duration); 5] = [
+            ("decode", |t| t.decode),
+            ("resize+normalise", |t| t.resize),
+            ("session.run", |t| t.infer),
+            ("post-process", |t| t.post),
+            ("total", |t| t.total()),
+        ];
+        for (name, pick) in rows {
+            let (med, min, max) = self.stage(pick);
+            out += &format!("{name:<20} {:>10.3} {:>10.3} {:>10.3}\n", ms(med), ms(min), ms(max));
+        }
+        out += &format!("total / session.run (median): {:.4}\n", self.ratio());
+        out
+    }
+}
+
+/// Synthetic camera-like JPEG frames (gradients, noise and strands) for benchmarks when no
+/// frames are given.
+pub fn synthetic_frames(count: usize, width: usize, height: usize) -> Vec<Vec<u8>> {
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    (0..count)
+        .map(|i| {
+            let mut pixels = Vec::with_capacity(width * height * 3);
+            for y in 0..height {
+                for x in 0..width {
+                    let n = (next() >> 58) as usize;
+                    let stripe = ((x + y * (i + 1)) / 7) % 9 == 0;
+                    let base = if stripe { 200 } else { 40 + (x * 90 / width) + (y * 60 / height) };
+                    pixels.extend_from_slice(&[(base + n) as u8, (base / 2 + n) as u8, (base / 3 + 2 * n) as u8]);
+                }
+            }
+            let img = crate::detector::preprocess::Rgb8 { width, height, pixels };
+            crate::detector::annotate::encode_jpeg(&img, 85).expect("encoding an in-memory frame")
+        })
+        .collect()
+}
