@@ -98,8 +98,9 @@ impl BenchReport {
     }
 }
 
-/// Synthetic camera-like JPEG frames (gradients, noise and strands) for benchmarks when no
-/// frames are given.
+/// Synthetic camera-like JPEG frames for benchmarks when no frames are given: a lit bed,
+/// a part, strands of filament and a little sensor noise, which makes JPEGs the size a
+/// webcam sends (about 100-200 KB at 1280x720).
 pub fn synthetic_frames(count: usize, width: usize, height: usize) -> Vec<Vec<u8>> {
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
@@ -111,12 +112,24 @@ pub fn synthetic_frames(count: usize, width: usize, height: usize) -> Vec<Vec<u8
     (0..count)
         .map(|i| {
             let mut pixels = Vec::with_capacity(width * height * 3);
+            let (cx, cy) = (width / 2 + i * 7, height * 2 / 3);
             for y in 0..height {
                 for x in 0..width {
-                    let n = (next() >> 58) as usize;
-                    let stripe = ((x + y * (i + 1)) / 7) % 9 == 0;
-                    let base = if stripe { 200 } else { 40 + (x * 90 / width) + (y * 60 / height) };
-                    pixels.extend_from_slice(&[(base + n) as u8, (base / 2 + n) as u8, (base / 3 + 2 * n) as u8]);
+                    let noise = (next() % 7) as i32 - 3;
+                    let light = 60 + (x * 50 / width) as i32 + (y * 40 / height) as i32;
+                    let grid = if x % 64 == 0 || y % 64 == 0 { 12 } else { 0 };
+                    let part = x.abs_diff(cx) < width / 10 && y < cy && y > cy - height / 4 - i * 4;
+                    let strand = ((x as f64 / 9.0 + i as f64).sin() * 20.0 + (y as f64 / 5.0)) as usize % 23 == 0
+                        && x.abs_diff(cx) < width / 5
+                        && y.abs_diff(cy) < height / 6;
+                    let rgb = if strand {
+                        [200, 60, 190]
+                    } else if part {
+                        [150 + (y % 4) as i32 * 6, 45, 180]
+                    } else {
+                        [light + grid, light + grid, light + 8 + grid]
+                    };
+                    pixels.extend(rgb.map(|v| (v + noise).clamp(0, 255) as u8));
                 }
             }
             let img = crate::detector::preprocess::Rgb8 { width, height, pixels };

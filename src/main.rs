@@ -41,7 +41,7 @@ struct ModelArgs {
     /// Inference threads (default: `detector.intra_threads`).
     #[arg(long)]
     threads: Option<usize>,
-    /// Memory tuning for experiments: any of arena, prepack, full-opt (comma separated).
+    /// Session tuning for experiments, comma separated: no-arena, prepack, no-full-opt.
     #[arg(long, value_delimiter = ',', hide = true)]
     tune: Vec<String>,
 }
@@ -145,9 +145,9 @@ fn load_detector(config: &Config, args: &ModelArgs) -> Result<Detector, AnyError
     let model = Model::load(&path, config.detector.onnxruntime.as_deref(), SessionSettings {
         threads,
         memory: printvigil::detector::model::MemoryTuning {
-            arena: args.tune.iter().any(|t| t == "arena"),
+            arena: !args.tune.iter().any(|t| t == "no-arena"),
             prepack: args.tune.iter().any(|t| t == "prepack"),
-            full_optimization: args.tune.iter().any(|t| t == "full-opt"),
+            full_optimization: !args.tune.iter().any(|t| t == "no-full-opt"),
         },
     })?;
     Ok(Detector::new(model))

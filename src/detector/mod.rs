@@ -72,7 +72,7 @@ impl Detector {
         let frame = preprocess::decode_jpeg(jpeg)?;
         let t1 = Instant::now();
         let (w, h) = self.model.input_size();
-        preprocess::to_nchw(&preprocess::resize_linear(&frame, w, h), &mut self.input);
+        preprocess::resize_to_nchw(&frame, w, h, &mut self.input);
         let t2 = Instant::now();
         self.model.run(&self.input, &mut self.boxes, &mut self.confs)?;
         let t3 = Instant::now();

@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::{TensorRef, ValueType};
 
 use super::runtime::{self, RuntimeError};
@@ -42,8 +42,10 @@ pub struct SessionSettings {
     pub memory: MemoryTuning,
 }
 
-/// How the session trades memory for load time and speed.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// How the session trades memory for load time and speed. The defaults were chosen by
+/// `printvigil bench` on the full-size model: the arena keeps `session.run` from faulting
+/// in fresh pages every frame; pre-packing only adds a second copy of weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MemoryTuning {
     /// Keep ONNX Runtime's CPU arena allocator (faster allocation, more resident memory).
     pub arena: bool,
@@ -51,6 +53,12 @@ pub struct MemoryTuning {
     pub prepack: bool,
     /// Full graph optimisation (layout transforms; may copy weights).
     pub full_optimization: bool,
+}
+
+impl Default for MemoryTuning {
+    fn default() -> Self {
+        MemoryTuning { arena: true, prepack: false, full_optimization: true }
+    }
 }
 
 impl SessionSettings {
@@ -61,7 +69,10 @@ impl SessionSettings {
 
 /// A loaded detector model.
 pub struct Model {
+    // Declared before `_bytes`: the session borrows the mapped model and must drop first.
     session: Session,
+    /// The memory-mapped ORT-format model the session's weights live in, when loaded so.
+    _bytes: Option<memmap2::Mmap>,
     path: PathBuf,
     width: usize,
     height: usize,
@@ -119,6 +130,73 @@ fn shape_matches(found: &Option<Vec<i64>>, expected: &[i64]) -> bool {
     }
 }
 
+/// The optimised ORT-format copy of `model`, kept beside it.
+pub fn cache_path(model: &Path, settings: &SessionSettings) -> PathBuf {
+    let level = if settings.memory.full_optimization { "all" } else { "ext" };
+    let mut name = model.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".{level}.ort"));
+    model.with_file_name(name)
+}
+
+fn builder(env: &ort::environment::Environment, settings: &SessionSettings) -> ort::Result<SessionBuilder> {
+    let b = Session::builder(env)?
+        .with_intra_threads(settings.threads.max(1))?
+        .with_inter_threads(1)?
+        .with_optimization_level(if settings.memory.full_optimization {
+            GraphOptimizationLevel::All
+        } else {
+            GraphOptimizationLevel::Level2
+        })?
+        .with_prepacking(settings.memory.prepack)?
+        .with_memory_pattern(settings.memory.arena)?
+        .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(settings.memory.arena).build()])?;
+    Ok(b)
+}
+
+/// Loads the model through its ORT-format copy, memory-mapped so that the weights are
+/// used in place (one copy, paged from the file) instead of parsed and copied. The copy is
+/// made (once, or again when the model is newer) by letting ONNX Runtime save its
+/// optimised graph.
+fn load_cached(
+    env: &ort::environment::Environment,
+    path: &Path,
+    settings: &SessionSettings,
+) -> Result<(Session, Option<memmap2::Mmap>), String> {
+    let cache = cache_path(path, settings);
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh = matches!((mtime(&cache), mtime(path)), (Some(c), Some(m)) if c >= m);
+    if !fresh {
+        let tmp = cache.with_extension("ort.tmp");
+        let made = builder(env, settings)
+            .and_then(|b| b.with_optimized_model_path(&tmp).map_err(Into::into))
+            .and_then(|b| b.with_config_entry("session.save_model_format", "ORT").map_err(Into::into))
+            .and_then(|mut b| b.commit_from_file(path));
+        match made {
+            Ok(session) => drop(session),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(format!("could not prepare {}: {e}", cache.display()));
+            }
+        }
+        std::fs::rename(&tmp, &cache).map_err(|e| format!("could not write {}: {e}", cache.display()))?;
+    }
+    let file = std::fs::File::open(&cache).map_err(|e| format!("cannot open {}: {e}", cache.display()))?;
+    // SAFETY: the file is printvigil's own cache; it is not modified while mapped (a new
+    // copy is written to a temporary file and renamed over it).
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("cannot map {}: {e}", cache.display()))?;
+    let session = builder(env, settings)
+        .and_then(|b| b.with_config_entry("session.use_ort_model_bytes_directly", "1").map_err(Into::into))
+        .and_then(|b| b.with_config_entry("session.use_ort_model_bytes_for_initializers", "1").map_err(Into::into))
+        .and_then(|mut b| b.commit_from_memory(&bytes));
+    match session {
+        Ok(session) => Ok((session, Some(bytes))),
+        Err(e) => {
+            let _ = std::fs::remove_file(&cache);
+            Err(format!("the cached model {} could not be loaded ({e}); it was removed", cache.display()))
+        }
+    }
+}
+
 impl Model {
     /// Loads a model (loading ONNX Runtime first, from `onnxruntime` or the usual places).
     pub fn load(path: &Path, onnxruntime: Option<&Path>, settings: SessionSettings) -> Result<Self, ModelError> {
@@ -132,30 +210,16 @@ impl Model {
             path: path.to_path_buf(),
             reason: "the ONNX Runtime environment is not available".into(),
         })?;
-        let load_err = |e: ort::Error| ModelError::Load { path: path.to_path_buf(), reason: e.to_string() };
-        let session = Session::builder(env)
-            .map_err(load_err)?
-            .with_intra_threads(settings.threads.max(1))
-            .map_err(|e| load_err(e.into()))?
-            .with_inter_threads(1)
-            .map_err(|e| load_err(e.into()))?
-            .with_optimization_level(if settings.memory.full_optimization {
-                GraphOptimizationLevel::All
-            } else {
-                GraphOptimizationLevel::Level2
-            })
-            .map_err(|e| load_err(e.into()))?
-            .with_prepacking(settings.memory.prepack)
-            .map_err(|e| load_err(e.into()))?
-            .with_memory_pattern(settings.memory.arena)
-            .map_err(|e| load_err(e.into()))?
-            .with_execution_providers([ort::ep::CPU::default()
-                .with_arena_allocator(settings.memory.arena)
-                .build()])
-            .map_err(|e| load_err(e.into()))?
-            .commit_from_file(path)
-            .map_err(load_err)?;
-
+        let (session, bytes) = match load_cached(env, path, &settings) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::warn!("{e}; loading {} directly (uses more memory)", path.display());
+                let session = builder(env, &settings)
+                    .and_then(|mut b| b.commit_from_file(path))
+                    .map_err(|e| ModelError::Load { path: path.to_path_buf(), reason: e.to_string() })?;
+                (session, None)
+            }
+        };
         let inputs = outlets(session.inputs());
         let outputs = outlets(session.outputs());
         let find = |v: &[Outlet], name: &str| v.iter().position(|o| o.name == name);
@@ -178,6 +242,7 @@ impl Model {
         let boxes = &outputs[find(&outputs, BOXES.0).expect("checked above")];
         Ok(Model {
             session,
+            _bytes: bytes,
             path: path.to_path_buf(),
             height: shape[2] as usize,
             width: shape[3] as usize,

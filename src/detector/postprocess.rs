@@ -38,23 +38,26 @@ pub fn postprocess(boxes: &[f32], confs: &[f32], frame_w: usize, frame_h: usize)
     };
 
     let mut keep = Vec::new();
-    while let Some((&first, rest)) = order.split_first() {
+    let mut suppressed = vec![false; order.len()];
+    for (k, &first) in order.iter().enumerate() {
+        if suppressed[k] {
+            continue;
+        }
         keep.push(first);
         let s = b(first);
         let a_first = area(first);
-        order = rest
-            .iter()
-            .copied()
-            .filter(|&o| {
-                let r = b(o);
-                let w = (s[2].min(r[2]) - s[0].max(r[0])).max(0.0);
-                let h = (s[3].min(r[3]) - s[1].max(r[1])).max(0.0);
-                let inter = w * h;
-                let iou = inter / (a_first + area(o) - inter);
-                // numpy keeps `over <= thresh`: a NaN IoU (0/0) suppresses, as there.
-                iou <= NMS_THRESHOLD
-            })
-            .collect();
+        for (j, &o) in order.iter().enumerate().skip(k + 1) {
+            if suppressed[j] {
+                continue;
+            }
+            let r = b(o);
+            let w = (s[2].min(r[2]) - s[0].max(r[0])).max(0.0);
+            let h = (s[3].min(r[3]) - s[1].max(r[1])).max(0.0);
+            let inter = w * h;
+            let iou = inter / (a_first + area(o) - inter);
+            // numpy keeps `over <= thresh`: a NaN IoU (0/0) suppresses, as there.
+            suppressed[j] = !(iou <= NMS_THRESHOLD);
+        }
     }
 
     let (fw, fh) = (frame_w as f64, frame_h as f64);

@@ -85,48 +85,77 @@ pub fn decode_jpeg(bytes: &[u8]) -> Result<Rgb8, FrameError> {
 const COEF_BITS: u32 = 11;
 const COEF_SCALE: f32 = (1 << COEF_BITS) as f32;
 
-/// Per-destination-index source offset and fixed-point weights, as OpenCV computes them.
-/// `single` marks the right/bottom edge where OpenCV uses one tap only.
-struct Taps {
-    offset: Vec<usize>,
-    w0: Vec<i32>,
-    w1: Vec<i32>,
-    single: Vec<bool>,
+/// One destination index's two source taps and fixed-point weights, as OpenCV computes
+/// them. At the right/bottom edge OpenCV uses a single tap with weight 1.0: that is the
+/// pair (`s0 = s1 = last`, `w0 = 2048`, `w1 = 0`), which gives the same sums.
+#[derive(Clone, Copy)]
+struct Tap {
+    s0: usize,
+    s1: usize,
+    w0: i32,
+    w1: i32,
 }
 
-fn taps(src: usize, dst: usize) -> Taps {
+fn taps(src: usize, dst: usize) -> Vec<Tap> {
     let scale = src as f64 / dst as f64;
-    let mut t = Taps {
-        offset: Vec::with_capacity(dst),
-        w0: Vec::with_capacity(dst),
-        w1: Vec::with_capacity(dst),
-        single: Vec::with_capacity(dst),
-    };
-    for d in 0..dst {
-        let mut f = ((d as f64 + 0.5) * scale - 0.5) as f32;
-        let mut s = f.floor() as i64;
-        f -= s as f32;
-        if s < 0 {
-            f = 0.0;
-            s = 0;
-        }
-        let single = s + 1 >= src as i64;
-        if s >= src as i64 - 1 {
-            f = 0.0;
-            s = src as i64 - 1;
-        }
-        t.offset.push(s as usize);
-        // saturate_cast<short>(float) rounds half to even, as cvRound does.
-        t.w0.push(((1.0 - f) * COEF_SCALE).round_ties_even() as i32);
-        t.w1.push((f * COEF_SCALE).round_ties_even() as i32);
-        t.single.push(single);
-    }
-    t
+    (0..dst)
+        .map(|d| {
+            let mut f = ((d as f64 + 0.5) * scale - 0.5) as f32;
+            let mut s = f.floor() as i64;
+            f -= s as f32;
+            if s < 0 {
+                f = 0.0;
+                s = 0;
+            }
+            if s + 1 >= src as i64 {
+                return Tap { s0: src - 1, s1: src - 1, w0: 1 << COEF_BITS, w1: 0 };
+            }
+            // saturate_cast<short>(float) rounds half to even, as cvRound does.
+            Tap {
+                s0: s as usize,
+                s1: s as usize + 1,
+                w0: ((1.0 - f) * COEF_SCALE).round_ties_even() as i32,
+                w1: (f * COEF_SCALE).round_ties_even() as i32,
+            }
+        })
+        .collect()
 }
 
 /// Bilinear resize of an interleaved 8-bit image with OpenCV `INTER_LINEAR` semantics
 /// (`cv2.resize(img, (dst_w, dst_h))`), agreeing with OpenCV to within one level.
 pub fn resize_linear(src: &Rgb8, dst_w: usize, dst_h: usize) -> Rgb8 {
+    let mut pixels = vec![0u8; dst_w * dst_h * 3];
+    resize_rows(src, dst_w, dst_h, |dy, row| {
+        pixels[dy * dst_w * 3..(dy + 1) * dst_w * 3].copy_from_slice(row)
+    });
+    Rgb8 { width: dst_w, height: dst_h, pixels }
+}
+
+/// Resizes (as [`resize_linear`]) straight into an NCHW float32 tensor in [0, 1]
+/// (`out.len() == 3 * dst_w * dst_h`), the model's input, without an intermediate image.
+pub fn resize_to_nchw(src: &Rgb8, dst_w: usize, dst_h: usize, out: &mut [f32]) {
+    let plane = dst_w * dst_h;
+    assert_eq!(out.len(), plane * 3, "tensor buffer size");
+    let lut = unit_lut();
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    resize_rows(src, dst_w, dst_h, |dy, row| {
+        let base = dy * dst_w;
+        for (x, px) in row.chunks_exact(3).enumerate() {
+            r[base + x] = lut[px[0] as usize];
+            g[base + x] = lut[px[1] as usize];
+            b[base + x] = lut[px[2] as usize];
+        }
+    });
+}
+
+/// `v as f32 / 255.0` for every byte (the same float32 division numpy does).
+fn unit_lut() -> [f32; 256] {
+    std::array::from_fn(|v| v as f32 / 255.0)
+}
+
+/// The resize itself: hands each finished destination row (interleaved RGB) to `emit`.
+fn resize_rows(src: &Rgb8, dst_w: usize, dst_h: usize, mut emit: impl FnMut(usize, &[u8])) {
     const CN: usize = 3;
     let (sw, sh) = (src.width, src.height);
     assert!(sw > 0 && sh > 0 && dst_w > 0 && dst_h > 0, "resize of an empty image");
@@ -137,58 +166,59 @@ pub fn resize_linear(src: &Rgb8, dst_w: usize, dst_h: usize) -> Rgb8 {
     // Horizontal pass of one source row into fixed-point sums (scaled by 2^11).
     let hresize = |sy: usize, out: &mut [i32]| {
         let row = &src.pixels[sy * sw * CN..(sy + 1) * sw * CN];
-        for dx in 0..dst_w {
-            let sx = xt.offset[dx] * CN;
+        for (t, o) in xt.iter().zip(out.chunks_exact_mut(CN)) {
+            let a = &row[t.s0 * CN..t.s0 * CN + CN];
+            let b = &row[t.s1 * CN..t.s1 * CN + CN];
             for c in 0..CN {
-                let a = row[sx + c] as i32;
-                out[dx * CN + c] = if xt.single[dx] {
-                    a * (1 << COEF_BITS)
-                } else {
-                    a * xt.w0[dx] + row[sx + CN + c] as i32 * xt.w1[dx]
-                };
+                o[c] = a[c] as i32 * t.w0 + b[c] as i32 * t.w1;
             }
         }
     };
 
-    let mut out = vec![0u8; row_len * dst_h];
-    let mut rows: [Vec<i32>; 2] = [vec![0; row_len], vec![0; row_len]];
+    let mut rows = [vec![0i32; row_len], vec![0i32; row_len]];
     let mut cached: [Option<usize>; 2] = [None, None];
+    let mut dst_row = vec![0u8; row_len];
     for dy in 0..dst_h {
-        let sy0 = yt.offset[dy];
-        let sy1 = (sy0 + 1).min(sh - 1);
-        // Reuse horizontally resized rows across destination rows (OpenCV does the same).
-        for (k, sy) in [sy0, sy1].into_iter().enumerate() {
-            if cached[k] != Some(sy) {
-                if let Some(j) = (0..2).find(|&j| cached[j] == Some(sy)) {
-                    let copy = rows[j].clone();
-                    rows[k].copy_from_slice(&copy);
-                } else {
-                    hresize(sy, &mut rows[k]);
-                }
-                cached[k] = Some(sy);
+        let Tap { s0: sy0, s1: sy1, w0: b0, w1: b1 } = yt[dy];
+        // Reuse horizontally resized rows across destination rows, as OpenCV does.
+        if cached[0] != Some(sy0) {
+            if cached[1] == Some(sy0) {
+                rows.swap(0, 1);
+                cached.swap(0, 1);
+            } else {
+                hresize(sy0, &mut rows[0]);
+                cached[0] = Some(sy0);
             }
         }
-        let (b0, b1) = (yt.w0[dy], yt.w1[dy]);
-        let dst_row = &mut out[dy * row_len..(dy + 1) * row_len];
-        for x in 0..row_len {
-            // OpenCV's vectorised VResizeLinear for 8-bit output.
-            let v = (((rows[0][x] >> 4) * b0) >> 16) + (((rows[1][x] >> 4) * b1) >> 16);
-            dst_row[x] = ((v + 2) >> 2).clamp(0, 255) as u8;
+        if cached[1] != Some(sy1) {
+            if sy1 == sy0 {
+                let (a, b) = rows.split_at_mut(1);
+                b[0].copy_from_slice(&a[0]);
+            } else {
+                hresize(sy1, &mut rows[1]);
+            }
+            cached[1] = Some(sy1);
         }
+        for ((d, &s0), &s1) in dst_row.iter_mut().zip(&rows[0]).zip(&rows[1]) {
+            // OpenCV's vectorised VResizeLinear for 8-bit output.
+            let v = (((s0 >> 4) * b0) >> 16) + (((s1 >> 4) * b1) >> 16);
+            *d = ((v + 2) >> 2).clamp(0, 255) as u8;
+        }
+        emit(dy, &dst_row);
     }
-    Rgb8 { width: dst_w, height: dst_h, pixels: out }
 }
 
 /// Writes an RGB image as NCHW float32 in [0, 1] into `out` (length 3*w*h).
 pub fn to_nchw(img: &Rgb8, out: &mut [f32]) {
     let plane = img.width * img.height;
     assert_eq!(out.len(), plane * 3, "tensor buffer size");
+    let lut = unit_lut();
     let (r, rest) = out.split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
     for (i, px) in img.pixels.chunks_exact(3).enumerate() {
-        r[i] = px[0] as f32 / 255.0;
-        g[i] = px[1] as f32 / 255.0;
-        b[i] = px[2] as f32 / 255.0;
+        r[i] = lut[px[0] as usize];
+        g[i] = lut[px[1] as usize];
+        b[i] = lut[px[2] as usize];
     }
 }
 
@@ -230,6 +260,16 @@ mod tests {
         let out = resize_linear(&src, 4, 1);
         let reds: Vec<u8> = out.pixels.chunks(3).map(|p| p[0]).collect();
         assert_eq!(reds, vec![0, 50, 150, 200]);
+    }
+
+    #[test]
+    fn fused_resize_to_tensor_equals_resize_then_convert() {
+        let src = img(37, 23, |x, y, c| (x * 7 + y * 13 + c * 71) as u8);
+        let mut a = vec![0f32; 3 * 19 * 29];
+        let mut b = vec![0f32; 3 * 19 * 29];
+        resize_to_nchw(&src, 19, 29, &mut a);
+        to_nchw(&resize_linear(&src, 19, 29), &mut b);
+        assert_eq!(a, b);
     }
 
     #[test]
