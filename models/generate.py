@@ -9,6 +9,7 @@ production detector (input `input` [1,3,416,416] float32 RGB 0..1; outputs `boxe
                                                   (YOLOv2 variant, ~50.6 M params, ~200 MB),
                                                   seeded random weights: for benchmarks only
   models/generate.py frames models/frames         the bundled demo frames
+  models/generate.py mismatch OUT                 a model with another signature (tests)
 
 Needs numpy and onnx (and OpenCV for frames): tests/peers/requirements-tools.txt.
 """
@@ -127,6 +128,20 @@ def demo():
     return g.model(region_decode(g, head_from(g, density, 20.0, -5.4, 1.6)))
 
 
+def mismatch():
+    """A model that is NOT the detector (for tests): 320x320 input, outputs renamed."""
+    g = Graph()
+    pooled = g.op("AveragePool", ["input"], kernel_shape=[32, 32], strides=[32, 32])
+    y = g.op("ReduceMean", [pooled], axes=[1], keepdims=1)
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 320, 320])
+    out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, 10, 10])
+    g.nodes.append(helper.make_node("Identity", [y], ["scores"]))
+    graph = helper.make_graph(g.nodes, "mismatch", [inp], [out], g.inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    m.ir_version = 8
+    return m
+
+
 def full(seed=5):
     """Obico's architecture (spec layer table) with seeded random weights."""
     rng = np.random.default_rng(seed)
@@ -219,13 +234,13 @@ def frames(out_dir):
 
 
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in ("tiny", "demo", "full", "frames"):
+    if len(sys.argv) != 3 or sys.argv[1] not in ("tiny", "demo", "full", "frames", "mismatch"):
         sys.exit(__doc__)
     kind, out = sys.argv[1:]
     if kind == "frames":
         print("\n".join(frames(out)))
         return
-    model = {"tiny": tiny, "demo": demo, "full": full}[kind]()
+    model = {"tiny": tiny, "demo": demo, "full": full, "mismatch": mismatch}[kind]()
     tmp = out + ".tmp"
     onnx.save(model, tmp)
     os.replace(tmp, out)

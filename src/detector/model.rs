@@ -166,7 +166,10 @@ fn load_cached(
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let fresh = matches!((mtime(&cache), mtime(path)), (Some(c), Some(m)) if c >= m);
     if !fresh {
-        let tmp = cache.with_extension("ort.tmp");
+        // A name of its own, so that two processes preparing the same cache never share a file.
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = cache.with_extension(format!("ort.{}-{seq}.tmp", std::process::id()));
         let made = builder(env, settings)
             .and_then(|b| b.with_optimized_model_path(&tmp).map_err(Into::into))
             .and_then(|b| b.with_config_entry("session.save_model_format", "ORT").map_err(Into::into))

@@ -59,6 +59,15 @@ pub fn decode_jpeg(bytes: &[u8]) -> Result<Rgb8, FrameError> {
     if !bytes.starts_with(&[0xFF, 0xD8]) {
         return Err(FrameError::NotJpeg(sniff(bytes)));
     }
+    // Size limits first, from the frame header, before the decoder allocates anything.
+    if let Some((width, height)) = sof_size(bytes) {
+        if width == 0 || height == 0 {
+            return Err(FrameError::NoPixels { width, height });
+        }
+        if width > MAX_SIDE || height > MAX_SIDE || width * height > MAX_PIXELS {
+            return Err(FrameError::TooLarge { width, height });
+        }
+    }
     let corrupt = |e: turbojpeg::Error| FrameError::Corrupt(e.to_string());
     let mut decoder = turbojpeg::Decompressor::new().map_err(corrupt)?;
     // The header first, so the size limit is checked before any pixel is allocated.
@@ -80,6 +89,34 @@ pub fn decode_jpeg(bytes: &[u8]) -> Result<Rgb8, FrameError> {
     };
     decoder.decompress(bytes, image).map_err(corrupt)?;
     Ok(Rgb8 { width, height, pixels })
+}
+
+/// The frame size from the JPEG's start-of-frame marker, when one is found before the
+/// scan data.
+fn sof_size(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 2;
+    while i + 9 <= bytes.len() {
+        if bytes[i] != 0xFF {
+            return None;
+        }
+        let marker = bytes[i + 1];
+        if marker == 0xFF {
+            i += 1; // fill byte
+            continue;
+        }
+        let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
+        // SOF0..SOF15, except DHT (C4), JPG (C8) and DAC (CC).
+        if (0xC0..=0xCF).contains(&marker) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+            let h = u16::from_be_bytes([bytes[i + 5], bytes[i + 6]]) as usize;
+            let w = u16::from_be_bytes([bytes[i + 7], bytes[i + 8]]) as usize;
+            return Some((w, h));
+        }
+        if marker == 0xDA {
+            return None; // start of scan: no frame header before it
+        }
+        i += 2 + len;
+    }
+    None
 }
 
 const COEF_BITS: u32 = 11;
@@ -286,5 +323,16 @@ mod tests {
         assert_eq!(decode_jpeg(b"\x89PNG\r\n\x1a\n...."), Err(FrameError::NotJpeg("a PNG image")));
         assert_eq!(decode_jpeg(b"<html>"), Err(FrameError::NotJpeg("an HTML or XML page")));
         assert!(matches!(decode_jpeg(&[0xFF, 0xD8, 0xFF]), Err(FrameError::Corrupt(_))));
+        // Headers with absurd or empty sizes are refused before decoding.
+        let sof = |w: u16, h: u16| {
+            let mut v = vec![0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 0, 0, 0xFF, 0xC2, 0, 11, 8];
+            v.extend_from_slice(&h.to_be_bytes());
+            v.extend_from_slice(&w.to_be_bytes());
+            v.extend_from_slice(&[1, 1, 0x11, 0]);
+            v
+        };
+        assert_eq!(decode_jpeg(&sof(20000, 20000)), Err(FrameError::TooLarge { width: 20000, height: 20000 }));
+        assert_eq!(decode_jpeg(&sof(0, 0)), Err(FrameError::NoPixels { width: 0, height: 0 }));
+        assert_eq!(decode_jpeg(&sof(8000, 8000)), Err(FrameError::TooLarge { width: 8000, height: 8000 }));
     }
 }
