@@ -1,0 +1,112 @@
+//! The `printvigil` binary: predict over the bundled frames, and the messages a user sees
+//! for a missing runtime, a bad config or a bad frame.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn printvigil(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_printvigil"));
+    // Keep the machine's own config out of the way; run in a scratch state dir.
+    c.env("PRINTVIGIL_STATE_DIR", dir).env_remove("PRINTVIGIL_CONFIG").current_dir(dir);
+    c
+}
+
+fn ort_path() -> PathBuf {
+    std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or_else(|| {
+        repo(".runtime/onnxruntime").join(std::env::consts::ARCH).join("libonnxruntime.so")
+    })
+}
+
+fn demo_frames() -> Vec<PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(repo("models/frames")).unwrap().map(|e| e.unwrap().path()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn predict_json_over_the_demo_frames_and_annotates() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(repo("models/demo.onnx"), dir.path().join("demo.onnx")).unwrap();
+    let out = printvigil(dir.path())
+        .env("ORT_DYLIB_PATH", ort_path())
+        .args(["predict", "--model", "demo.onnx", "--json", "--annotate", "annotated"])
+        .args(demo_frames())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), demo_frames().len());
+    for (i, l) in lines.iter().enumerate() {
+        let frame = l["frame"].as_str().unwrap();
+        let p = l["p"].as_f64().unwrap();
+        assert_eq!(l["state"]["current_frame_num"].as_u64(), Some(i as u64 + 1));
+        if frame.contains("healthy") {
+            assert_eq!(p, 0.0, "{frame}");
+        } else {
+            assert!(p > 0.5, "{frame}: {p}");
+            let dets = l["detections"].as_array().unwrap();
+            assert_eq!(dets[0][0], "failure");
+            let sum: f64 = dets.iter().map(|d| d[1].as_f64().unwrap()).sum();
+            assert!((sum - p).abs() < 1e-9);
+        }
+        let annotated = PathBuf::from(l["annotated"].as_str().unwrap());
+        let img = printvigil::detector::preprocess::decode_jpeg(&std::fs::read(dir.path().join(annotated)).unwrap()).unwrap();
+        assert_eq!((img.width, img.height), (480, 360));
+    }
+}
+
+#[test]
+fn a_missing_runtime_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(repo("models/tiny.onnx"), dir.path().join("tiny.onnx")).unwrap();
+    let out = printvigil(dir.path())
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .args(["predict", "--model", "tiny.onnx"])
+        .arg(&demo_frames()[0])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("/nonexistent/libonnxruntime.so: no such file"), "{stderr}");
+    assert!(stderr.contains("fetch-onnxruntime.sh") && !stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_bad_config_names_the_key_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[detector]\nintra_thread = 2\n").unwrap();
+    let out = printvigil(dir.path()).arg("--config").arg(&cfg).arg("config").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("detector.intra_thread") && stderr.contains("intra_threads"), "{stderr}");
+}
+
+#[test]
+fn a_bad_frame_is_reported_and_the_others_still_scored() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(repo("models/tiny.onnx"), dir.path().join("tiny.onnx")).unwrap();
+    std::fs::write(dir.path().join("bad.jpg"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let frames = demo_frames();
+    let out = printvigil(dir.path())
+        .env("ORT_DYLIB_PATH", ort_path())
+        .args(["predict", "--model", "tiny.onnx", "--json"])
+        .arg(&frames[0])
+        .arg("bad.jpg")
+        .arg(&frames[1])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("bad.jpg: the frame is not a JPEG (it looks like a PNG image)"), "{stderr}");
+    assert!(stderr.contains("1 of 3 frames could not be scored"), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+}
