@@ -7,5 +7,5 @@ cd "$root"
 ORT_DYLIB_PATH=$(scripts/fetch-onnxruntime.sh)
 export ORT_DYLIB_PATH
 scripts/setup-venv.sh tools tests/peers/requirements-tools.txt >/dev/null
-export PRINTVIGIL_TEST_PYTHON="$root/.runtime/venv-tools/bin/python"
+export PVTEST_TOOLS_PYTHON="$root/.runtime/venv-tools/bin/python"
 cargo test --locked "$@"

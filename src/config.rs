@@ -99,7 +99,8 @@ impl Config {
     }
 
     /// `PRINTVIGIL_*` variables, less the two that are not settings (`PRINTVIGIL_LOG`, the
-    /// log filter, and `PRINTVIGIL_CONFIG`, the config file).
+    /// log filter, and `PRINTVIGIL_CONFIG`, the config file). Any other `PRINTVIGIL_*`
+    /// variable must be a setting: a typo is an error, not silently ignored.
     fn env() -> Env {
         Env::prefixed("PRINTVIGIL_").split("__").filter(|k| k != "log" && k != "config")
     }

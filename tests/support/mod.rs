@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 /// The test-tools Python (numpy, onnx, OpenCV), set up by `scripts/test.sh`.
 pub fn tools_python() -> PathBuf {
-    let p = std::env::var_os("PRINTVIGIL_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+    let p = std::env::var_os("PVTEST_TOOLS_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".runtime/venv-tools/bin/python")
     });
     assert!(
