@@ -27,11 +27,13 @@ pub struct Config {
     /// Where printvigil keeps its state (SQLite, tokens, saved frames).
     pub state_dir: PathBuf,
     pub detector: DetectorConfig,
+    /// The Obico-compatible server to mirror prints to; absent: no mirroring.
+    pub server: Option<crate::server::ServerConfig>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { state_dir: PathBuf::from("/var/lib/printvigil"), detector: DetectorConfig::default() }
+        Self { state_dir: PathBuf::from("/var/lib/printvigil"), detector: DetectorConfig::default(), server: None }
     }
 }
 
@@ -115,6 +117,9 @@ impl Config {
                 &d.intra_threads.to_string(),
                 "use 0 (all cores but one) or a small thread count such as 2",
             ));
+        }
+        if let Some(s) = &self.server {
+            s.validate()?;
         }
         Ok(())
     }

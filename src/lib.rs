@@ -7,7 +7,15 @@
 //! - [`detector`]: Obico's failure detector on the device.
 //!   - [`detector::runtime`]: finds and loads the ONNX Runtime library.
 //! - [`secret`]: a string type that redacts itself (tokens, keys, passwords).
+//! - [`server`]: the mirror to an Obico-compatible server (a sink).
+//!   - [`server::config`]: the `[server]` settings.
+//!   - [`server::oauth`]: the token manager (client credentials, refresh, token file).
+//!   - [`server::login`]: `printvigil login` (authorization code + PKCE, loopback redirect).
+//!   - [`server::api`]: the REST client and response parsing.
+//!   - [`server::outbox`]: the durable SQLite outbox and printer registration record.
+//!   - [`server::upload`]: upload policy and shrink-to-fit of frames.
 
 pub mod config;
 pub mod detector;
 pub mod secret;
+pub mod server;
