@@ -73,6 +73,8 @@ pub struct Printer {
     pub id: i64,
     pub name: String,
     pub printing: bool,
+    /// File name of the open print, when the server says.
+    pub current_filename: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -163,6 +165,7 @@ fn parse_printer(v: &Value) -> Result<Printer, ApiError> {
         id,
         name: v.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
         printing: v.get("current_print").is_some_and(|c| !c.is_null()),
+        current_filename: v.get("current_print").and_then(|c| c.get("filename")).and_then(Value::as_str).map(str::to_string),
     })
 }
 

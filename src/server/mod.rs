@@ -5,14 +5,18 @@
 //! newest replaces the older), so detection and local decisions go on whatever the server
 //! does.
 //!
-//! Delivery semantics: at-least-once per event, in order per printer. An event is marked
-//! sent only after the server's 2xx, so a crash between that 2xx and the commit of "sent"
-//! re-sends the event on restart. The real server has no idempotency key (we send an
-//! `Idempotency-Key` header anyway; the server ignores it). A re-sent `finish_print` is
-//! harmless (404 "not currently printing", treated as done). A re-sent `start_print` makes
-//! the server close the print it just opened and open a new one with the same file: one
-//! extra, empty print in the history; the window is the time between the server's answer
-//! and one SQLite commit.
+//! Delivery semantics: in order per printer, at least once, with duplicates avoided by
+//! reconciliation. The real server has no idempotency key (we send an `Idempotency-Key`
+//! header anyway; it is ignored), so: before a send, the event is committed as "in
+//! flight"; it is marked sent only after the server's 2xx. An event found in flight (the
+//! process died mid-send, or the last answer was lost to a timeout) is not simply re-sent:
+//! the printer's state is read first (`GET /api/v1/printers/{id}/`). A start whose file is
+//! the open print, or a finish whose printer has no open print, has arrived and is marked
+//! sent. This relies on per-printer order (the previous finish was confirmed before this
+//! start was sent) and on nothing else opening or closing prints on that printer
+//! meanwhile. Without it, a re-sent `start_print` would make the server close the print it
+//! just opened and open another (an empty extra print); a re-sent `finish_print` is
+//! harmless (404 "not currently printing", treated as done).
 
 pub mod api;
 pub mod config;
@@ -191,21 +195,23 @@ impl Mirror {
 
     /// Queues a print start (durably: committed when this returns). A repeated call for
     /// the same `job` is a no-op.
-    pub fn start_print(&self, printer: &str, job: &str, filename: &str) -> Result<(), MirrorError> {
+    /// Returns whether the event is new.
+    pub fn start_print(&self, printer: &str, job: &str, filename: &str) -> Result<bool, MirrorError> {
         self.queue(printer, EventKind::Start, job, filename)
     }
 
     /// Queues a print end (durably). Sent only after this printer's earlier events.
-    pub fn finish_print(&self, printer: &str, job: &str, status: FinishStatus) -> Result<(), MirrorError> {
+    pub fn finish_print(&self, printer: &str, job: &str, status: FinishStatus) -> Result<bool, MirrorError> {
         self.queue(printer, EventKind::Finish, job, status.as_str())
     }
 
-    fn queue(&self, printer: &str, kind: EventKind, job: &str, arg: &str) -> Result<(), MirrorError> {
-        if self.inner.outbox.enqueue(printer, kind, job, arg)?.is_some() {
+    fn queue(&self, printer: &str, kind: EventKind, job: &str, arg: &str) -> Result<bool, MirrorError> {
+        let new = self.inner.outbox.enqueue(printer, kind, job, arg)?.is_some();
+        if new {
             tracing::debug!(printer, job, "queued {} for the server", kind.as_str());
             self.inner.notify.notify_one();
         }
-        Ok(())
+        Ok(new)
     }
 
     /// Offers a scored frame (a JPEG). Returns whether the upload policy took it; it is then
@@ -309,13 +315,17 @@ impl Inner {
         let key = format!("{}/{}/{}", ev.printer, ev.kind.as_str(), ev.job);
         let result = match self.server_id(&ev.printer).await {
             Err(e) => Err(e),
-            Ok(id) => match ev.kind {
+            Ok(id) => match self.reconcile(id, &ev).await {
+                Err(e) => Err(e),
+                Ok(true) => Ok("had already arrived (found on the server after an interrupted send)"),
+                Ok(false) => match ev.kind {
                 EventKind::Start => self.api.start_print(id, &ev.arg, Some(&key)).await.map(|_| "sent"),
                 EventKind::Finish => self
                     .api
                     .finish_print(id, &ev.arg, Some(&key))
                     .await
                     .map(|open| if open { "sent" } else { "done (the server had already closed the print)" }),
+                },
             },
         };
         let kind = ev.kind.as_str();
@@ -347,6 +357,24 @@ impl Inner {
         if let Err(e) = r {
             tracing::error!("{e}");
         }
+    }
+
+    /// For an event whose last send was interrupted: has it already arrived? Marks the event
+    /// in flight otherwise (committed before the send).
+    async fn reconcile(&self, id: i64, ev: &outbox::Event) -> Result<bool, ApiError> {
+        if ev.in_flight {
+            let p = self.api.get_printer(id).await?;
+            let arrived = match ev.kind {
+                EventKind::Start => p.current_filename.as_deref() == Some(ev.arg.as_str()),
+                EventKind::Finish => !p.printing,
+            };
+            if arrived {
+                return Ok(true);
+            }
+        } else {
+            self.outbox.mark_in_flight(ev.id).map_err(|e| ApiError::Local(e.to_string()))?;
+        }
+        Ok(false)
     }
 
     /// Uploads one frame; on a transient failure the frame goes back to its slot unless a

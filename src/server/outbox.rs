@@ -44,6 +44,9 @@ pub struct Event {
     pub arg: String,
     pub attempts: u32,
     pub next_attempt_ms: i64,
+    /// A send was started and its outcome is unknown (crash, timeout): the server's state
+    /// must be checked before sending again.
+    pub in_flight: bool,
 }
 
 pub fn now_ms() -> i64 {
@@ -84,6 +87,7 @@ CREATE TABLE IF NOT EXISTS outbox(
   next_attempt_ms INTEGER NOT NULL DEFAULT 0,
   last_error TEXT,
   done_ms INTEGER,
+  in_flight INTEGER NOT NULL DEFAULT 0,
   UNIQUE(printer, kind, job)
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(state, printer, id);
@@ -136,7 +140,7 @@ impl Outbox {
     pub fn heads(&self) -> Result<Vec<Event>, OutboxError> {
         let c = self.conn();
         let mut st = c.prepare_cached(
-            "SELECT id, printer, kind, job, arg, attempts, next_attempt_ms FROM outbox o
+            "SELECT id, printer, kind, job, arg, attempts, next_attempt_ms, in_flight FROM outbox o
              WHERE state = 'pending' AND id = (SELECT MIN(id) FROM outbox WHERE state = 'pending' AND printer = o.printer)
              ORDER BY id",
         )?;
@@ -152,6 +156,7 @@ impl Outbox {
                     arg: r.get(4)?,
                     attempts: r.get::<_, i64>(5)?.clamp(0, u32::MAX as i64) as u32,
                     next_attempt_ms: r.get(6)?,
+                    in_flight: r.get::<_, i64>(7)? != 0,
                 },
             ))
         })?;
@@ -177,13 +182,20 @@ impl Outbox {
         Ok(out)
     }
 
+    /// Commits "a send is starting" (cleared only by [`Outbox::mark_sent`] or
+    /// [`Outbox::mark_dropped`]).
+    pub fn mark_in_flight(&self, id: i64) -> Result<(), OutboxError> {
+        self.conn().execute("UPDATE outbox SET in_flight = 1 WHERE id = ?1 AND in_flight = 0", params![id])?;
+        Ok(())
+    }
+
     pub fn mark_sent(&self, id: i64) -> Result<(), OutboxError> {
-        self.conn().execute("UPDATE outbox SET state = 'sent', done_ms = ?2, last_error = NULL WHERE id = ?1", params![id, now_ms()])?;
+        self.conn().execute("UPDATE outbox SET state = 'sent', in_flight = 0, done_ms = ?2, last_error = NULL WHERE id = ?1", params![id, now_ms()])?;
         Ok(())
     }
 
     pub fn mark_dropped(&self, id: i64, reason: &str) -> Result<(), OutboxError> {
-        self.conn().execute("UPDATE outbox SET state = 'dropped', done_ms = ?2, last_error = ?3 WHERE id = ?1", params![id, now_ms(), reason])?;
+        self.conn().execute("UPDATE outbox SET state = 'dropped', in_flight = 0, done_ms = ?2, last_error = ?3 WHERE id = ?1", params![id, now_ms(), reason])?;
         Ok(())
     }
 
@@ -262,7 +274,9 @@ mod tests {
         let heads = ob.heads().unwrap();
         assert_eq!(heads.iter().map(|e| (e.printer.as_str(), e.kind)).collect::<Vec<_>>(), vec![("a", EventKind::Start), ("b", EventKind::Start)]);
         // A failed head blocks the printer's queue: the finish does not overtake it.
+        ob.mark_in_flight(s1).unwrap();
         ob.mark_retry(s1, 1, now_ms() + 60_000, "down").unwrap();
+        assert!(ob.heads().unwrap().iter().find(|e| e.id == s1).unwrap().in_flight);
         let head_a = |ob: &Outbox| ob.heads().unwrap().into_iter().find(|e| e.printer == "a").unwrap().id;
         assert_eq!(head_a(&ob), s1);
         ob.mark_sent(s1).unwrap();
