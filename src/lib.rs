@@ -12,6 +12,7 @@
 //!   - [`server::oauth`]: the token manager (client credentials, refresh, token file).
 //!   - [`server::login`]: `printvigil login` (authorization code + PKCE, loopback redirect).
 //!   - [`server::api`]: the REST client and response parsing.
+//!   - [`server::check`]: the server lines of `printvigil check`.
 //!   - [`server::outbox`]: the durable SQLite outbox and printer registration record.
 //!   - [`server::upload`]: upload policy and shrink-to-fit of frames.
 

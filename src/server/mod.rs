@@ -19,6 +19,7 @@
 //! harmless (404 "not currently printing", treated as done).
 
 pub mod api;
+pub mod check;
 pub mod config;
 pub mod login;
 pub mod oauth;
