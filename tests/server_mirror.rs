@@ -353,6 +353,14 @@ async fn fault_suite_whole_prints() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     fake.set_faults(|f| f.slow = None);
 
+    // 3b. Answers that arrive after the timeout although the server acted.
+    fake.set_faults(|f| f.late = Some(Duration::from_millis(700)));
+    print(&m, &mut jobs);
+    frames(&m, 2);
+    m.finish_print(DEFAULT_PRINTER, jobs.last().unwrap(), FinishStatus::Success).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    fake.set_faults(|f| f.late = None);
+
     // 4. Token revoked mid-print.
     print(&m, &mut jobs);
     settle().await;
@@ -381,4 +389,48 @@ async fn fault_suite_whole_prints() {
     assert!(ld(&st.frames_uploaded) > 0);
     assert!(replaced_while_down >= 30, "at most one frame kept while the server is away: {replaced_while_down}");
     assert!(fake.grants("client_credentials") >= 2, "a new token after the revocation");
+}
+
+/// A send interrupted after the server acted (crash or lost answer) is found on the
+/// server and not repeated; one that never arrived is sent.
+#[tokio::test]
+async fn interrupted_send_is_reconciled_not_repeated() {
+    let fake = FakeObico::start(Settings::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(&fake);
+    let key = |kind: &str, job: &str| format!("{DEFAULT_PRINTER}/{kind}/{job}");
+    {
+        let m = Mirror::open(&c, dir.path()).unwrap();
+        let id = m.server_id(DEFAULT_PRINTER).await.unwrap();
+        // Start of job a: committed in flight, reached the server, never marked sent.
+        m.start_print(DEFAULT_PRINTER, "a", "a.gcode").unwrap();
+        let ev = m.outbox().heads().unwrap()[0].clone();
+        m.outbox().mark_in_flight(ev.id).unwrap();
+        m.api().start_print(id, "a.gcode", Some(&key("start", "a"))).await.unwrap();
+        // Finish of job a: in flight too, but it never reached the server.
+        m.finish_print(DEFAULT_PRINTER, "a", FinishStatus::Success).unwrap();
+    } // killed here
+    let m = Mirror::open(&c, dir.path()).unwrap();
+    let fin = m.outbox().heads().unwrap();
+    assert_eq!(fin.len(), 1);
+    m.spawn();
+    assert!(m.flush(Duration::from_secs(20)).await);
+    let kinds: Vec<(String, Option<String>)> = fake.calls().into_iter().filter(|c| c.kind != "create").map(|c| (c.kind, c.key)).collect();
+    assert_eq!(kinds, vec![("start".to_string(), Some(key("start", "a"))), ("finish".to_string(), Some(key("finish", "a")))]);
+
+    // The finish arrived but was not marked: found closed, not sent again.
+    m.start_print(DEFAULT_PRINTER, "b", "b.gcode").unwrap();
+    assert!(m.flush(Duration::from_secs(20)).await);
+    m.finish_print(DEFAULT_PRINTER, "b", FinishStatus::Success).unwrap();
+    drop(m);
+    let m = Mirror::open(&c, dir.path()).unwrap();
+    let ev = m.outbox().heads().unwrap()[0].clone();
+    m.outbox().mark_in_flight(ev.id).unwrap();
+    let id = m.server_id(DEFAULT_PRINTER).await.unwrap();
+    assert!(m.api().finish_print(id, "success", Some(&key("finish", "b"))).await.unwrap());
+    m.spawn();
+    assert!(m.flush(Duration::from_secs(20)).await);
+    let calls = fake.calls();
+    let (lost, dup, order) = audit(&calls, id, &["a".into(), "b".into()]);
+    assert_eq!((lost, dup, order), (0, 0, 0), "{calls:#?}");
 }

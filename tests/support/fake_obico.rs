@@ -106,6 +106,9 @@ pub struct Faults {
     pub fail_every: u32,
     /// Hold API requests this long without doing anything (client times out).
     pub slow: Option<Duration>,
+    /// Process API requests, then hold the answer this long (the client times out after
+    /// the server acted: the case that makes naive retries duplicate).
+    pub late: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -257,7 +260,7 @@ fn router(state: Shared) -> Router {
 }
 
 async fn faults(State(st): State<Shared>, req: Request, next: Next) -> Response {
-    let (down, slow, fail) = {
+    let (down, slow, fail, late) = {
         let mut s = st.lock().unwrap();
         let is_api = req.uri().path().starts_with("/api/");
         if is_api {
@@ -272,11 +275,11 @@ async fn faults(State(st): State<Shared>, req: Request, next: Next) -> Response 
         if is_api && s.faults.fail_every > 0 && n % s.faults.fail_every == 0 {
             fail = true;
         }
-        let (down, slow) = (s.faults.down, s.faults.slow.filter(|_| is_api));
-        if down || slow.is_some() || fail {
+        let (down, slow, late) = (s.faults.down, s.faults.slow.filter(|_| is_api), s.faults.late.filter(|_| is_api));
+        if down || slow.is_some() || fail || late.is_some() {
             s.counters.faults_served += 1;
         }
-        (down, slow, fail)
+        (down, slow, fail, late)
     };
     if down {
         return detail(StatusCode::SERVICE_UNAVAILABLE, "down");
@@ -288,7 +291,11 @@ async fn faults(State(st): State<Shared>, req: Request, next: Next) -> Response 
     if fail {
         return (StatusCode::INTERNAL_SERVER_ERROR, "<h1>Server Error (500)</h1>").into_response();
     }
-    next.run(req).await
+    let resp = next.run(req).await;
+    if let Some(d) = late {
+        tokio::time::sleep(d).await;
+    }
+    resp
 }
 
 fn client_ok(s: &Inner, headers: &HeaderMap, form: &HashMap<String, String>) -> bool {
