@@ -169,6 +169,25 @@ mod tests {
     }
 
     #[test]
+    fn server_section_is_validated_and_secrets_stay_hidden() {
+        let c = Config::from_toml_str(
+            "[server]\nurl = \"https://obico.example\"\nclient_id = \"cid\"\nclient_secret = \"very-secret-value\"\ntoken = \"tok-value-123\"\n",
+        )
+        .unwrap();
+        let s = c.server.as_ref().unwrap();
+        assert_eq!(s.client_secret.as_ref().unwrap().expose(), "very-secret-value");
+        for shown in [format!("{c:?}"), serde_json::to_string(&c).unwrap()] {
+            assert!(!shown.contains("very-secret-value") && !shown.contains("tok-value-123"), "{shown}");
+        }
+        let e = Config::from_toml_str("[server]\nurl = \"http://obico.lan\"\n").unwrap_err().to_string();
+        assert!(e.contains("server.url") && e.contains("allow_insecure_http"), "{e}");
+        let e = Config::from_toml_str("[server]\nurl = \"https://x\"\nclient_auth = \"digest\"\n").unwrap_err().to_string();
+        assert!(e.contains("server.client_auth"), "{e}");
+        let e = Config::from_toml_str("[server]\nurl = \"https://x\"\nuplod = \"always\"\n").unwrap_err().to_string();
+        assert!(e.contains("uplod") && e.contains("upload"), "{e}");
+    }
+
+    #[test]
     fn out_of_range_sensitivity_is_refused() {
         let e = Config::from_toml_str("[detector]\nsensitivity = 7.0\n").unwrap_err().to_string();
         assert!(e.contains("detector.sensitivity") && e.contains("0.8"), "{e}");

@@ -434,3 +434,33 @@ async fn interrupted_send_is_reconciled_not_repeated() {
     let (lost, dup, order) = audit(&calls, id, &["a".into(), "b".into()]);
     assert_eq!((lost, dup, order), (0, 0, 0), "{calls:#?}");
 }
+
+#[tokio::test]
+async fn check_reports_each_link_with_a_fix() {
+    let fake = FakeObico::start(Settings::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = printvigil::config::Config { state_dir: dir.path().to_path_buf(), server: Some(cfg(&fake)), ..Default::default() };
+    let lines = server::check::run(&config).await;
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    assert!(lines.iter().all(|l| l.ok), "{text:#?}");
+    for what in ["server reachable", "token obtainable", "token file private", "printer API usable", "printer registered", "outbox"] {
+        assert!(lines.iter().any(|l| l.what == what), "{what} missing: {text:#?}");
+    }
+
+    fake.set_settings(|s| s.stock = true);
+    let dir2 = tempfile::tempdir().unwrap();
+    let stock = printvigil::config::Config { state_dir: dir2.path().to_path_buf(), ..config.clone() };
+    let lines = server::check::run(&stock).await;
+    let bad = lines.iter().find(|l| !l.ok).expect("a failing line");
+    assert_eq!(bad.what, "printer API usable");
+    assert!(bad.to_string().contains("fix:") && bad.to_string().contains("printvigil login"), "{bad}");
+
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    let mut down = config.clone();
+    down.server.as_mut().unwrap().url = format!("http://127.0.0.1:{port}");
+    let lines = server::check::run(&down).await;
+    assert_eq!((lines[0].what.as_str(), lines[0].ok), ("server reachable", false));
+    assert!(lines[0].to_string().contains("check server.url"), "{}", lines[0]);
+}
