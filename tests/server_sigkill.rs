@@ -22,10 +22,24 @@ fn command(config: &std::path::Path, log: &std::path::Path) -> tokio::process::C
     }
     cmd.arg("--config")
         .arg(config)
-        .args(["sim-mirror", "--prints", &PRINTS.to_string(), "--frames", "2", "--frame-ms", "15"])
+        .args([
+            "sim-mirror",
+            "--prints",
+            &PRINTS.to_string(),
+            "--frames",
+            "2",
+            "--frame-ms",
+            "15",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        )
         .kill_on_drop(true);
     cmd
 }
@@ -60,7 +74,10 @@ async fn sigkill_between_queueing_and_sending_then_restart() {
         let want = (round % 3) + 1;
         let mut queued = 0;
         let mut done = false;
-        while let Ok(Some(l)) = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.expect("the child speaks") {
+        while let Ok(Some(l)) = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the child speaks")
+        {
             if l == "done" {
                 done = true;
                 break;
@@ -98,15 +115,30 @@ async fn sigkill_between_queueing_and_sending_then_restart() {
     let mut child = command(&config, &log).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut done = finished_early;
-    while let Ok(Some(l)) = tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await.expect("the child finishes") {
+    while let Ok(Some(l)) = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+        .await
+        .expect("the child finishes")
+    {
         done |= l == "done";
     }
     let status = child.wait().await.unwrap();
-    assert!(status.success() && done, "final run: {status:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        status.success() && done,
+        "final run: {status:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 
     let calls = fake.calls();
-    let printers: Vec<_> = fake.printers().into_iter().filter(|p| p.name == "sim").collect();
-    assert_eq!(printers.len(), 1, "one printer registered across {kills} kills");
+    let printers: Vec<_> = fake
+        .printers()
+        .into_iter()
+        .filter(|p| p.name == "sim")
+        .collect();
+    assert_eq!(
+        printers.len(),
+        1,
+        "one printer registered across {kills} kills"
+    );
     let jobs: Vec<String> = (0..PRINTS).map(|i| format!("job-{i}")).collect();
     let (lost, dup, order) = audit(&calls, printers[0].id, &jobs);
     let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -19,10 +19,20 @@ pub struct Line {
 
 impl Line {
     pub fn ok(what: &str, detail: impl Into<String>) -> Self {
-        Self { ok: true, what: what.into(), detail: detail.into(), fix: None }
+        Self {
+            ok: true,
+            what: what.into(),
+            detail: detail.into(),
+            fix: None,
+        }
     }
     pub fn fail(what: &str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self { ok: false, what: what.into(), detail: detail.into(), fix: Some(fix.into()) }
+        Self {
+            ok: false,
+            what: what.into(),
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
     }
 }
 
@@ -44,13 +54,20 @@ impl fmt::Display for Line {
 pub async fn run(config: &Config) -> Vec<Line> {
     let mut out = Vec::new();
     let Some(scfg) = &config.server else {
-        out.push(Line::ok("server mirror", "not configured (no [server] section); prints are watched locally only"));
+        out.push(Line::ok(
+            "server mirror",
+            "not configured (no [server] section); prints are watched locally only",
+        ));
         return out;
     };
     let api = match server::client_for(scfg, &config.state_dir) {
         Ok(a) => a,
         Err(e) => {
-            out.push(Line::fail("server settings", e.to_string(), "fix the [server] key named above"));
+            out.push(Line::fail(
+                "server settings",
+                e.to_string(),
+                "fix the [server] key named above",
+            ));
             return out;
         }
     };
@@ -58,12 +75,28 @@ pub async fn run(config: &Config) -> Vec<Line> {
     let http = match server::http_client(scfg) {
         Ok(h) => h,
         Err(e) => {
-            out.push(Line::fail("HTTP client", e.to_string(), "report this as a bug"));
+            out.push(Line::fail(
+                "HTTP client",
+                e.to_string(),
+                "report this as a bug",
+            ));
             return out;
         }
     };
     match http.get(api.tokens().token_url().clone()).send().await {
-        Ok(r) => out.push(Line::ok("server reachable", format!("{} answered HTTP {}{}", scfg.url, r.status().as_u16(), if scfg.url.starts_with("https") { ", TLS ok" } else { "" }))),
+        Ok(r) => out.push(Line::ok(
+            "server reachable",
+            format!(
+                "{} answered HTTP {}{}",
+                scfg.url,
+                r.status().as_u16(),
+                if scfg.url.starts_with("https") {
+                    ", TLS ok"
+                } else {
+                    ""
+                }
+            ),
+        )),
         Err(e) => {
             let msg = server::oauth::describe_reqwest(&e);
             let fix = if msg.contains("certificate") || msg.contains("tls") || msg.contains("TLS") {
@@ -92,20 +125,34 @@ pub async fn run(config: &Config) -> Vec<Line> {
             return out;
         }
     }
-    if let Some(store) = api.tokens().store() {
-        if let Ok(m) = std::fs::metadata(store.path()) {
-            let mode = m.permissions().mode() & 0o777;
-            if mode & 0o077 == 0 {
-                out.push(Line::ok("token file private", format!("{} mode {mode:o}", store.path().display())));
-            } else {
-                out.push(Line::fail("token file private", format!("{} mode {mode:o}", store.path().display()), format!("chmod 600 {}", store.path().display())));
-            }
+    if let Some(store) = api.tokens().store()
+        && let Ok(m) = std::fs::metadata(store.path())
+    {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 == 0 {
+            out.push(Line::ok(
+                "token file private",
+                format!("{} mode {mode:o}", store.path().display()),
+            ));
+        } else {
+            out.push(Line::fail(
+                "token file private",
+                format!("{} mode {mode:o}", store.path().display()),
+                format!("chmod 600 {}", store.path().display()),
+            ));
         }
     }
     match api.list_printers().await {
-        Ok(list) => out.push(Line::ok("printer API usable", format!("{} printer(s) visible to this token", list.len()))),
+        Ok(list) => out.push(Line::ok(
+            "printer API usable",
+            format!("{} printer(s) visible to this token", list.len()),
+        )),
         Err(e @ ApiError::NoPermission) => {
-            out.push(Line::fail("printer API usable", "the server answered \"You do not have permission to perform this action.\"", e.to_string()));
+            out.push(Line::fail(
+                "printer API usable",
+                "the server answered \"You do not have permission to perform this action.\"",
+                e.to_string(),
+            ));
             return out;
         }
         Err(e) => {
@@ -133,8 +180,15 @@ pub async fn run(config: &Config) -> Vec<Line> {
     if let Ok(o) = server::outbox::Outbox::open(&server::outbox_file(&config.state_dir)) {
         match o.pending() {
             Ok(0) => out.push(Line::ok("outbox", "nothing waiting to be sent")),
-            Ok(n) => out.push(Line::ok("outbox", format!("{n} event(s) waiting; they are sent in order when the daemon runs"))),
-            Err(e) => out.push(Line::fail("outbox", e.to_string(), "check that state_dir is writable")),
+            Ok(n) => out.push(Line::ok(
+                "outbox",
+                format!("{n} event(s) waiting; they are sent in order when the daemon runs"),
+            )),
+            Err(e) => out.push(Line::fail(
+                "outbox",
+                e.to_string(),
+                "check that state_dir is writable",
+            )),
         }
     }
     out

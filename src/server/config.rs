@@ -142,20 +142,40 @@ impl ServerConfig {
             }
         }
         if url.host_str().is_none() {
-            return Err(invalid("server.url", &format!("{:?}", self.url), "the URL needs a host"));
+            return Err(invalid(
+                "server.url",
+                &format!("{:?}", self.url),
+                "the URL needs a host",
+            ));
         }
-        if self.client_id.as_deref().is_some_and(|s| s.trim().is_empty()) {
-            return Err(invalid("server.client_id", "\"\"", "remove the key or give the id"));
+        if self
+            .client_id
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
+            return Err(invalid(
+                "server.client_id",
+                "\"\"",
+                "remove the key or give the id",
+            ));
         }
         if self.client_id.is_some() != self.client_secret.is_some() {
             return Err(invalid(
                 "server.client_secret",
-                if self.client_secret.is_some() { "(set)" } else { "(unset)" },
+                if self.client_secret.is_some() {
+                    "(set)"
+                } else {
+                    "(unset)"
+                },
                 "set both server.client_id and server.client_secret, or neither",
             ));
         }
         if self.token.as_ref().is_some_and(|t| t.is_empty()) {
-            return Err(invalid("server.token", "\"\"", "remove the key or give the token"));
+            return Err(invalid(
+                "server.token",
+                "\"\"",
+                "remove the key or give the token",
+            ));
         }
         if !(self.upload_threshold.is_finite() && (0.0..=10.0).contains(&self.upload_threshold)) {
             return Err(invalid(
@@ -176,7 +196,11 @@ impl ServerConfig {
             ("server.backoff_cap_secs", self.backoff_cap_secs),
         ] {
             if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
-                return Err(invalid(key, &v.to_string(), "use a positive number of seconds, at most 86400"));
+                return Err(invalid(
+                    key,
+                    &v.to_string(),
+                    "use a positive number of seconds, at most 86400",
+                ));
             }
         }
         if !(self.upload_min_interval_secs.is_finite() && self.upload_min_interval_secs >= 0.0) {
@@ -222,7 +246,10 @@ mod tests {
     use super::*;
 
     fn cfg(url: &str) -> ServerConfig {
-        ServerConfig { url: url.into(), ..Default::default() }
+        ServerConfig {
+            url: url.into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -232,12 +259,21 @@ mod tests {
         assert!(cfg("http://localhost:3334").validate().is_ok());
         assert!(cfg("http://[::1]:3334").validate().is_ok());
         let e = cfg("http://obico.lan").validate().unwrap_err().to_string();
-        assert!(e.contains("server.url") && e.contains("allow_insecure_http"), "{e}");
+        assert!(
+            e.contains("server.url") && e.contains("allow_insecure_http"),
+            "{e}"
+        );
         let mut c = cfg("http://obico.lan");
         c.allow_insecure_http = true;
         assert!(c.validate().is_ok());
         assert!(cfg("ftp://x").validate().is_err());
-        assert!(cfg("").validate().unwrap_err().to_string().contains("server.url"));
+        assert!(
+            cfg("")
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("server.url")
+        );
     }
 
     #[test]
@@ -250,6 +286,9 @@ mod tests {
 
     #[test]
     fn base_url_gets_trailing_slash() {
-        assert_eq!(cfg("https://x.org/obico").base_url().unwrap().as_str(), "https://x.org/obico/");
+        assert_eq!(
+            cfg("https://x.org/obico").base_url().unwrap().as_str(),
+            "https://x.org/obico/"
+        );
     }
 }

@@ -43,7 +43,9 @@ pub const DEFAULT_PRINTER: &str = "default";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
-    #[error("no [server] section in the configuration: add one with at least `url` (see config/printvigil.toml)")]
+    #[error(
+        "no [server] section in the configuration: add one with at least `url` (see config/printvigil.toml)"
+    )]
     NotConfigured,
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
@@ -92,8 +94,17 @@ pub fn http_client(cfg: &ServerConfig) -> Result<reqwest::Client, MirrorError> {
 pub fn client_for(cfg: &ServerConfig, state_dir: &Path) -> Result<ApiClient, MirrorError> {
     cfg.validate()?;
     let http = http_client(cfg)?;
-    let tokens = Arc::new(oauth::TokenManager::new(cfg, http.clone(), Some(token_file(state_dir)))?);
-    Ok(ApiClient::new(http, cfg.base_url()?, tokens, cfg.token_header))
+    let tokens = Arc::new(oauth::TokenManager::new(
+        cfg,
+        http.clone(),
+        Some(token_file(state_dir)),
+    )?);
+    Ok(ApiClient::new(
+        http,
+        cfg.base_url()?,
+        tokens,
+        cfg.token_header,
+    ))
 }
 
 /// The host's name (the default printer name).
@@ -108,7 +119,11 @@ pub fn hostname() -> String {
     } else {
         String::new()
     };
-    if name.is_empty() { "printvigil".into() } else { name }
+    if name.is_empty() {
+        "printvigil".into()
+    } else {
+        name
+    }
 }
 
 /// Counters, for logs, `check` and the tests.
@@ -156,11 +171,17 @@ impl Mirror {
         let outbox = Outbox::open(&outbox_file(state_dir))?;
         let pending = outbox.pending()?;
         if pending > 0 {
-            tracing::info!("{pending} print event(s) from before the restart are waiting to be sent");
+            tracing::info!(
+                "{pending} print event(s) from before the restart are waiting to be sent"
+            );
         }
         Ok(Self {
             inner: Arc::new(Inner {
-                printer_name: cfg.printer_name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(hostname),
+                printer_name: cfg
+                    .printer_name
+                    .clone()
+                    .filter(|n| !n.trim().is_empty())
+                    .unwrap_or_else(hostname),
                 cfg: cfg.clone(),
                 api,
                 outbox,
@@ -197,17 +218,37 @@ impl Mirror {
     /// Queues a print start (durably: committed when this returns). A repeated call for
     /// the same `job` is a no-op.
     /// Returns whether the event is new.
-    pub fn start_print(&self, printer: &str, job: &str, filename: &str) -> Result<bool, MirrorError> {
+    pub fn start_print(
+        &self,
+        printer: &str,
+        job: &str,
+        filename: &str,
+    ) -> Result<bool, MirrorError> {
         self.queue(printer, EventKind::Start, job, filename)
     }
 
     /// Queues a print end (durably). Sent only after this printer's earlier events.
-    pub fn finish_print(&self, printer: &str, job: &str, status: FinishStatus) -> Result<bool, MirrorError> {
+    pub fn finish_print(
+        &self,
+        printer: &str,
+        job: &str,
+        status: FinishStatus,
+    ) -> Result<bool, MirrorError> {
         self.queue(printer, EventKind::Finish, job, status.as_str())
     }
 
-    fn queue(&self, printer: &str, kind: EventKind, job: &str, arg: &str) -> Result<bool, MirrorError> {
-        let new = self.inner.outbox.enqueue(printer, kind, job, arg)?.is_some();
+    fn queue(
+        &self,
+        printer: &str,
+        kind: EventKind,
+        job: &str,
+        arg: &str,
+    ) -> Result<bool, MirrorError> {
+        let new = self
+            .inner
+            .outbox
+            .enqueue(printer, kind, job, arg)?
+            .is_some();
         if new {
             tracing::debug!(printer, job, "queued {} for the server", kind.as_str());
             self.inner.notify.notify_one();
@@ -223,10 +264,18 @@ impl Mirror {
         s.frames_offered.fetch_add(1, Ordering::Relaxed);
         let go = {
             let mut gates = self.inner.gates.lock().unwrap_or_else(|p| p.into_inner());
-            gates.entry(printer.to_string()).or_insert_with(|| UploadGate::new(&self.inner.cfg)).decide(score, Instant::now())
+            gates
+                .entry(printer.to_string())
+                .or_insert_with(|| UploadGate::new(&self.inner.cfg))
+                .decide(score, Instant::now())
         };
         if go {
-            let old = self.inner.frames.lock().unwrap_or_else(|p| p.into_inner()).insert(printer.to_string(), jpeg);
+            let old = self
+                .inner
+                .frames
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(printer.to_string(), jpeg);
             if old.is_some() {
                 s.frames_replaced.fetch_add(1, Ordering::Relaxed);
             }
@@ -259,7 +308,11 @@ impl Mirror {
 
 impl Inner {
     fn backoff(&self, attempts: u32) -> Duration {
-        backoff(attempts, Duration::from_millis(self.cfg.backoff_initial_ms), Duration::from_secs_f64(self.cfg.backoff_cap_secs))
+        backoff(
+            attempts,
+            Duration::from_millis(self.cfg.backoff_initial_ms),
+            Duration::from_secs_f64(self.cfg.backoff_cap_secs),
+        )
     }
 
     async fn server_id(&self, key: &str) -> Result<i64, ApiError> {
@@ -267,11 +320,11 @@ impl Inner {
         if let Some(id) = ids.get(key) {
             return Ok(*id);
         }
-        if key == DEFAULT_PRINTER {
-            if let Some(id) = self.cfg.printer_id {
-                ids.insert(key.to_string(), id);
-                return Ok(id);
-            }
+        if key == DEFAULT_PRINTER
+            && let Some(id) = self.cfg.printer_id
+        {
+            ids.insert(key.to_string(), id);
+            return Ok(id);
         }
         let local = |e: OutboxError| ApiError::Local(e.to_string());
         let reg = self.outbox.registration(key).map_err(local)?;
@@ -286,10 +339,19 @@ impl Inner {
         };
         // Intent first: a crash after the create call finds the printer by name on retry.
         self.outbox.record_intent(key, &name).map_err(local)?;
-        let existing = self.api.list_printers().await?.into_iter().filter(|p| p.name == name).max_by_key(|p| p.id);
+        let existing = self
+            .api
+            .list_printers()
+            .await?
+            .into_iter()
+            .filter(|p| p.name == name)
+            .max_by_key(|p| p.id);
         let printer = match existing {
             Some(p) => {
-                tracing::info!("printer {name:?} is already on the server (id {}); using it", p.id);
+                tracing::info!(
+                    "printer {name:?} is already on the server (id {}); using it",
+                    p.id
+                );
                 p
             }
             None => {
@@ -298,17 +360,19 @@ impl Inner {
                 p
             }
         };
-        self.outbox.set_server_id(key, &name, printer.id).map_err(local)?;
+        self.outbox
+            .set_server_id(key, &name, printer.id)
+            .map_err(local)?;
         ids.insert(key.to_string(), printer.id);
         Ok(printer.id)
     }
 
     async fn forget(&self, key: &str) {
         self.ids.lock().await.remove(key);
-        if !(key == DEFAULT_PRINTER && self.cfg.printer_id.is_some()) {
-            if let Err(e) = self.outbox.forget_server_id(key) {
-                tracing::error!("{e}");
-            }
+        if !(key == DEFAULT_PRINTER && self.cfg.printer_id.is_some())
+            && let Err(e) = self.outbox.forget_server_id(key)
+        {
+            tracing::error!("{e}");
         }
     }
 
@@ -318,14 +382,27 @@ impl Inner {
             Err(e) => Err(e),
             Ok(id) => match self.reconcile(id, &ev).await {
                 Err(e) => Err(e),
-                Ok(true) => Ok("had already arrived (found on the server after an interrupted send)"),
+                Ok(true) => {
+                    Ok("had already arrived (found on the server after an interrupted send)")
+                }
                 Ok(false) => match ev.kind {
-                EventKind::Start => self.api.start_print(id, &ev.arg, Some(&key)).await.map(|_| "sent"),
-                EventKind::Finish => self
-                    .api
-                    .finish_print(id, &ev.arg, Some(&key))
-                    .await
-                    .map(|open| if open { "sent" } else { "done (the server had already closed the print)" }),
+                    EventKind::Start => self
+                        .api
+                        .start_print(id, &ev.arg, Some(&key))
+                        .await
+                        .map(|_| "sent"),
+                    EventKind::Finish => {
+                        self.api
+                            .finish_print(id, &ev.arg, Some(&key))
+                            .await
+                            .map(|open| {
+                                if open {
+                                    "sent"
+                                } else {
+                                    "done (the server had already closed the print)"
+                                }
+                            })
+                    }
                 },
             },
         };
@@ -349,10 +426,15 @@ impl Inner {
                 }
                 let attempts = ev.attempts.saturating_add(1);
                 let wait = self.backoff(attempts);
-                if attempts == 1 || attempts % 10 == 0 || !e.is_transient() {
+                if attempts == 1 || attempts.is_multiple_of(10) || !e.is_transient() {
                     tracing::warn!(printer = %ev.printer, job = %ev.job, attempts, "{kind}_print not sent, retrying in {:.1}s: {e}", wait.as_secs_f64());
                 }
-                self.outbox.mark_retry(ev.id, attempts, now_ms() + wait.as_millis() as i64, &e.to_string())
+                self.outbox.mark_retry(
+                    ev.id,
+                    attempts,
+                    now_ms() + wait.as_millis() as i64,
+                    &e.to_string(),
+                )
             }
         };
         if let Err(e) = r {
@@ -373,7 +455,9 @@ impl Inner {
                 return Ok(true);
             }
         } else {
-            self.outbox.mark_in_flight(ev.id).map_err(|e| ApiError::Local(e.to_string()))?;
+            self.outbox
+                .mark_in_flight(ev.id)
+                .map_err(|e| ApiError::Local(e.to_string()))?;
         }
         Ok(false)
     }
@@ -383,7 +467,8 @@ impl Inner {
     async fn upload(&self, printer: &str, jpeg: Vec<u8>, attempts: u32) -> Option<Duration> {
         let quality = self.cfg.jpeg_quality;
         let raw = jpeg.clone();
-        let shrunk = tokio::task::spawn_blocking(move || upload::shrink_to_fit(&raw, quality)).await;
+        let shrunk =
+            tokio::task::spawn_blocking(move || upload::shrink_to_fit(&raw, quality)).await;
         let body = match shrunk {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
@@ -458,11 +543,17 @@ async fn run(inner: Arc<Inner>) {
         let ready: Vec<(String, Vec<u8>, u32)> = {
             let mut frames = inner.frames.lock().unwrap_or_else(|p| p.into_inner());
             let t = Instant::now();
-            let keys: Vec<String> = frames.keys().filter(|k| !busy.contains(*k)).cloned().collect();
+            let keys: Vec<String> = frames
+                .keys()
+                .filter(|k| !busy.contains(*k))
+                .cloned()
+                .collect();
             let mut out = Vec::new();
             for k in keys {
                 match frame_retry.get(&k) {
-                    Some((at, _)) if *at > t => wake_ms = wake_ms.min(at.duration_since(t).as_millis() as i64 + 1),
+                    Some((at, _)) if *at > t => {
+                        wake_ms = wake_ms.min(at.duration_since(t).as_millis() as i64 + 1)
+                    }
                     _ => {
                         let attempts = frame_retry.get(&k).map(|r| r.1).unwrap_or(0);
                         if let Some(f) = frames.remove(&k) {
@@ -480,7 +571,8 @@ async fn run(inner: Arc<Inner>) {
                     frame_retry.remove(&printer);
                 }
                 Some(wait) => {
-                    frame_retry.insert(printer, (Instant::now() + wait, attempts.saturating_add(1)));
+                    frame_retry
+                        .insert(printer, (Instant::now() + wait, attempts.saturating_add(1)));
                 }
             }
         }

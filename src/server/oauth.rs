@@ -40,13 +40,21 @@ pub enum AuthError {
     )]
     InvalidClient { detail: String, other: &'static str },
     #[error("the server refused the {grant} grant (invalid_grant{detail}): {fix}")]
-    InvalidGrant { grant: &'static str, detail: String, fix: &'static str },
+    InvalidGrant {
+        grant: &'static str,
+        detail: String,
+        fix: &'static str,
+    },
     #[error(
         "the server does not allow the {grant} grant for this client ({code}{detail}): allow it \
          for the application in the server's admin (OAuth application, authorization grant type), \
          or use a user-bound token instead: server.token, or `printvigil login`"
     )]
-    GrantNotAllowed { grant: &'static str, code: String, detail: String },
+    GrantNotAllowed {
+        grant: &'static str,
+        code: String,
+        detail: String,
+    },
     #[error(
         "could not reach the token endpoint {url}: {msg}; check server.url, the network, and that \
          the server's TLS certificate is valid for that host"
@@ -56,7 +64,11 @@ pub enum AuthError {
         "the token endpoint {url} answered HTTP {status}{detail}; check server.url points at the \
          server's base URL (the token endpoint is <url>/o/token/) and try again later"
     )]
-    Server { url: String, status: u16, detail: String },
+    Server {
+        url: String,
+        status: u16,
+        detail: String,
+    },
     #[error("token file {path}: {msg}")]
     TokenFile { path: PathBuf, msg: String },
     #[error(
@@ -134,7 +146,11 @@ pub struct TokenStore {
 
 impl TokenStore {
     pub fn new(path: PathBuf, server: &str, client_id: Option<&str>) -> Self {
-        Self { path, server: server.to_string(), client_id: client_id.map(str::to_string) }
+        Self {
+            path,
+            server: server.to_string(),
+            client_id: client_id.map(str::to_string),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -142,7 +158,10 @@ impl TokenStore {
     }
 
     fn err(&self, msg: impl Into<String>) -> AuthError {
-        AuthError::TokenFile { path: self.path.clone(), msg: msg.into() }
+        AuthError::TokenFile {
+            path: self.path.clone(),
+            msg: msg.into(),
+        }
     }
 
     /// Reads the token; `None` when there is none, or it was made for another server or
@@ -165,8 +184,13 @@ impl TokenStore {
                     meta.uid()
                 )));
             }
-            std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| self.err(format!("mode {mode:o} is too open and chmod 600 failed: {e}")))?;
+            std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| {
+                    self.err(format!(
+                        "mode {mode:o} is too open and chmod 600 failed: {e}"
+                    ))
+                },
+            )?;
             tracing::warn!(
                 path = %self.path.display(),
                 "token file was readable by others (mode {mode:o}); repaired it to mode 600"
@@ -181,7 +205,9 @@ impl TokenStore {
                 return Ok(None);
             }
         };
-        if f.server != self.server || (f.source == TokenSource::ClientCredentials && f.client_id != self.client_id) {
+        if f.server != self.server
+            || (f.source == TokenSource::ClientCredentials && f.client_id != self.client_id)
+        {
             tracing::info!(path = %self.path.display(), "token file is for another server or client; ignoring it");
             return Ok(None);
         }
@@ -217,8 +243,15 @@ impl TokenStore {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)
-            .map_err(|e| self.err(format!("cannot write {} ({e}); check state_dir", tmp.display())))?;
-        file.write_all(&text).and_then(|_| file.sync_all()).map_err(|e| self.err(e.to_string()))?;
+            .map_err(|e| {
+                self.err(format!(
+                    "cannot write {} ({e}); check state_dir",
+                    tmp.display()
+                ))
+            })?;
+        file.write_all(&text)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| self.err(e.to_string()))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| self.err(e.to_string()))?;
         Ok(())
     }
@@ -234,21 +267,30 @@ impl TokenStore {
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
 }
 
 /// Parses a token endpoint answer (RFC 6749 5.1, plus `expiry` as absolute time and
 /// numbers sent as strings). Never panics.
-pub fn parse_token_response(body: &serde_json::Value, now: u64, source: TokenSource) -> Option<Token> {
+pub fn parse_token_response(
+    body: &serde_json::Value,
+    now: u64,
+    source: TokenSource,
+) -> Option<Token> {
     let access = body.get("access_token")?.as_str()?.trim();
     if access.is_empty() {
         return None;
     }
     let num = |v: &serde_json::Value| -> Option<u64> {
         match v {
-            serde_json::Value::Number(n) => {
-                n.as_u64().or_else(|| n.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f.min(u64::MAX as f64) as u64))
-            }
+            serde_json::Value::Number(n) => n.as_u64().or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite() && *f >= 0.0)
+                    .map(|f| f.min(u64::MAX as f64) as u64)
+            }),
             serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
             _ => None,
         }
@@ -262,7 +304,13 @@ pub fn parse_token_response(body: &serde_json::Value, now: u64, source: TokenSou
         .and_then(|v| v.as_str())
         .filter(|s| !s.trim().is_empty())
         .map(Secret::new);
-    Some(Token { access: Secret::new(access), refresh, expires_at, obtained_at: now, source })
+    Some(Token {
+        access: Secret::new(access),
+        refresh,
+        expires_at,
+        obtained_at: now,
+        source,
+    })
 }
 
 /// Gets and keeps the access token. Cheap to share behind an `Arc`.
@@ -292,9 +340,16 @@ impl std::fmt::Debug for TokenManager {
 
 impl TokenManager {
     /// `token_file`: where the token is kept (normally `state_dir/server-token.json`).
-    pub fn new(cfg: &ServerConfig, http: reqwest::Client, token_file: Option<PathBuf>) -> Result<Self, crate::config::ConfigError> {
+    pub fn new(
+        cfg: &ServerConfig,
+        http: reqwest::Client,
+        token_file: Option<PathBuf>,
+    ) -> Result<Self, crate::config::ConfigError> {
         let base = cfg.base_url()?;
-        let join = |p: &str| base.join(p).map_err(|e| crate::config::invalid("server.url", &cfg.url, &e.to_string()));
+        let join = |p: &str| {
+            base.join(p)
+                .map_err(|e| crate::config::invalid("server.url", &cfg.url, &e.to_string()))
+        };
         let client = match (&cfg.client_id, &cfg.client_secret) {
             (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
             _ => None,
@@ -333,12 +388,13 @@ impl TokenManager {
     }
 
     fn load_once(&self, cur: &mut Option<Token>) {
-        if !self.loaded.swap(true, std::sync::atomic::Ordering::SeqCst) && cur.is_none() {
-            if let Some(store) = &self.store {
-                match store.load() {
-                    Ok(t) => *cur = t,
-                    Err(e) => tracing::error!("{e}"),
-                }
+        if !self.loaded.swap(true, std::sync::atomic::Ordering::SeqCst)
+            && cur.is_none()
+            && let Some(store) = &self.store
+        {
+            match store.load() {
+                Ok(t) => *cur = t,
+                Err(e) => tracing::error!("{e}"),
             }
         }
     }
@@ -352,19 +408,19 @@ impl TokenManager {
         let mut cur = self.current.lock().await;
         self.load_once(&mut cur);
         let now = now_secs();
-        if let Some(t) = cur.as_ref() {
-            if !t.needs_renewal(now) {
-                return Ok(t.access.clone());
-            }
+        if let Some(t) = cur.as_ref()
+            && !t.needs_renewal(now)
+        {
+            return Ok(t.access.clone());
         }
         let old = cur.clone();
         let result = self.renew(old.as_ref(), now).await;
         match result {
             Ok(t) => {
-                if let Some(store) = &self.store {
-                    if let Err(e) = store.save(&t) {
-                        tracing::error!("{e}");
-                    }
+                if let Some(store) = &self.store
+                    && let Err(e) = store.save(&t)
+                {
+                    tracing::error!("{e}");
                 }
                 let access = t.access.clone();
                 *cur = Some(t);
@@ -373,7 +429,9 @@ impl TokenManager {
             Err(e) => {
                 // Renewing ahead of expiry is best effort: a still-valid token is kept.
                 if let Some(t) = old.filter(|t| !t.is_expired(now) && e.is_transient()) {
-                    tracing::warn!("renewing the token ahead of expiry failed, using the current one: {e}");
+                    tracing::warn!(
+                        "renewing the token ahead of expiry failed, using the current one: {e}"
+                    );
                     return Ok(t.access);
                 }
                 Err(e)
@@ -384,7 +442,10 @@ impl TokenManager {
     async fn renew(&self, old: Option<&Token>, now: u64) -> Result<Token, AuthError> {
         if let Some(old) = old {
             if let Some(refresh) = &old.refresh {
-                let form = vec![("grant_type", "refresh_token".to_string()), ("refresh_token", refresh.expose().to_string())];
+                let form = vec![
+                    ("grant_type", "refresh_token".to_string()),
+                    ("refresh_token", refresh.expose().to_string()),
+                ];
                 match self.grant("refresh_token", form, old.source, now).await {
                     Ok(mut t) => {
                         if t.refresh.is_none() {
@@ -393,8 +454,12 @@ impl TokenManager {
                         tracing::info!("renewed the access token with the refresh token");
                         return Ok(t);
                     }
-                    Err(AuthError::InvalidGrant { .. }) if old.source == TokenSource::ClientCredentials => {
-                        tracing::info!("refresh token refused; fetching a new client-credentials token");
+                    Err(AuthError::InvalidGrant { .. })
+                        if old.source == TokenSource::ClientCredentials =>
+                    {
+                        tracing::info!(
+                            "refresh token refused; fetching a new client-credentials token"
+                        );
                     }
                     Err(AuthError::InvalidGrant { .. }) => return Err(AuthError::LoginExpired),
                     Err(e) => return Err(e),
@@ -410,21 +475,35 @@ impl TokenManager {
         if !self.scope.trim().is_empty() {
             form.push(("scope", self.scope.clone()));
         }
-        let t = self.grant("client_credentials", form, TokenSource::ClientCredentials, now).await?;
+        let t = self
+            .grant(
+                "client_credentials",
+                form,
+                TokenSource::ClientCredentials,
+                now,
+            )
+            .await?;
         tracing::info!("obtained a client-credentials access token");
         Ok(t)
     }
 
     /// Exchanges an authorization code (with its PKCE verifier) for a user-bound token and
     /// keeps it.
-    pub async fn exchange_code(&self, code: &str, redirect_uri: &str, verifier: &Secret) -> Result<(), AuthError> {
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &Secret,
+    ) -> Result<(), AuthError> {
         let form = vec![
             ("grant_type", "authorization_code".to_string()),
             ("code", code.to_string()),
             ("redirect_uri", redirect_uri.to_string()),
             ("code_verifier", verifier.expose().to_string()),
         ];
-        let t = self.grant("authorization_code", form, TokenSource::User, now_secs()).await?;
+        let t = self
+            .grant("authorization_code", form, TokenSource::User, now_secs())
+            .await?;
         if let Some(store) = &self.store {
             store.save(&t)?;
         }
@@ -441,12 +520,12 @@ impl TokenManager {
             return false;
         }
         let mut cur = self.current.lock().await;
-        if let Some(t) = cur.as_mut() {
-            if &t.access == refused {
-                tracing::warn!("the server refused the access token; dropping it");
-                t.expires_at = Some(0);
-                t.obtained_at = 0;
-            }
+        if let Some(t) = cur.as_mut()
+            && &t.access == refused
+        {
+            tracing::warn!("the server refused the access token; dropping it");
+            t.expires_at = Some(0);
+            t.obtained_at = 0;
         }
         true
     }
@@ -456,16 +535,33 @@ impl TokenManager {
         let mut cur = self.current.lock().await;
         self.load_once(&mut cur);
         let Some(t) = cur.take() else {
-            let deleted = match &self.store { Some(s) => s.delete()?, None => false };
-            return Ok(if deleted { "deleted an unreadable token file".into() } else { "no token was kept; nothing to do".into() });
+            let deleted = match &self.store {
+                Some(s) => s.delete()?,
+                None => false,
+            };
+            return Ok(if deleted {
+                "deleted an unreadable token file".into()
+            } else {
+                "no token was kept; nothing to do".into()
+            });
         };
         let mut notes = Vec::new();
-        for (tok, hint) in [(Some(&t.access), "access_token"), (t.refresh.as_ref(), "refresh_token")] {
+        for (tok, hint) in [
+            (Some(&t.access), "access_token"),
+            (t.refresh.as_ref(), "refresh_token"),
+        ] {
             let Some(tok) = tok else { continue };
-            let form = vec![("token", tok.expose().to_string()), ("token_type_hint", hint.to_string())];
+            let form = vec![
+                ("token", tok.expose().to_string()),
+                ("token_type_hint", hint.to_string()),
+            ];
             match self.post_form(&self.revoke_url, form).await {
                 Ok((status, _)) if status.is_success() => notes.push(format!("revoked the {hint}")),
-                Ok((status, body)) => notes.push(format!("the server answered HTTP {} to revoking the {hint} ({})", status.as_u16(), oauth_error_detail(&body))),
+                Ok((status, body)) => notes.push(format!(
+                    "the server answered HTTP {} to revoking the {hint} ({})",
+                    status.as_u16(),
+                    oauth_error_detail(&body)
+                )),
                 Err(e) => notes.push(format!("could not revoke the {hint}: {e}")),
             }
         }
@@ -476,13 +572,22 @@ impl TokenManager {
         Ok(notes.join("; "))
     }
 
-    async fn post_form(&self, url: &url::Url, mut form: Vec<(&'static str, String)>) -> Result<(reqwest::StatusCode, serde_json::Value), AuthError> {
-        let mut req = self.http.post(url.clone()).header("Accept", "application/json");
+    async fn post_form(
+        &self,
+        url: &url::Url,
+        mut form: Vec<(&'static str, String)>,
+    ) -> Result<(reqwest::StatusCode, serde_json::Value), AuthError> {
+        let mut req = self
+            .http
+            .post(url.clone())
+            .header("Accept", "application/json");
         if let Some((id, secret)) = &self.client {
             match self.client_auth {
                 ClientAuth::Basic => {
                     // RFC 6749 2.3.1: form-urlencode both parts before base64.
-                    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                    let enc = |s: &str| {
+                        url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                    };
                     let raw = format!("{}:{}", enc(id), enc(secret.expose()));
                     let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
                     req = req.header("Authorization", format!("Basic {b64}"));
@@ -493,20 +598,34 @@ impl TokenManager {
                 }
             }
         }
-        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str()))).finish();
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
+            .finish();
         let resp = req
             .header("Content-Type", "application/x-www-form-urlencoded")
             .body(body)
             .send()
             .await
-            .map_err(|e| AuthError::Network { url: url.to_string(), msg: describe_reqwest(&e) })?;
+            .map_err(|e| AuthError::Network {
+                url: url.to_string(),
+                msg: describe_reqwest(&e),
+            })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| AuthError::Network { url: url.to_string(), msg: describe_reqwest(&e) })?;
+        let bytes = resp.bytes().await.map_err(|e| AuthError::Network {
+            url: url.to_string(),
+            msg: describe_reqwest(&e),
+        })?;
         let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         Ok((status, json))
     }
 
-    async fn grant(&self, grant: &'static str, form: Vec<(&'static str, String)>, source: TokenSource, now: u64) -> Result<Token, AuthError> {
+    async fn grant(
+        &self,
+        grant: &'static str,
+        form: Vec<(&'static str, String)>,
+        source: TokenSource,
+        now: u64,
+    ) -> Result<Token, AuthError> {
         if self.client.is_none() && grant == "client_credentials" {
             return Err(AuthError::NoCredentials);
         }
@@ -518,9 +637,17 @@ impl TokenManager {
                 detail: " but no access_token in the answer".into(),
             });
         }
-        let code = body.get("error").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let code = body
+            .get("error")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
         let detail = oauth_error_detail(&body);
-        let detail = if detail.is_empty() { String::new() } else { format!(": {detail}") };
+        let detail = if detail.is_empty() {
+            String::new()
+        } else {
+            format!(": {detail}")
+        };
         let other = match self.client_auth {
             ClientAuth::Basic => "form",
             ClientAuth::Form => "basic",
@@ -531,16 +658,32 @@ impl TokenManager {
                 grant,
                 detail,
                 fix: match grant {
-                    "authorization_code" => "the code was used, expired, or the redirect URI differs: run `printvigil login` again",
-                    "refresh_token" => "the refresh token expired or was revoked: a new token is needed",
+                    "authorization_code" => {
+                        "the code was used, expired, or the redirect URI differs: run `printvigil login` again"
+                    }
+                    "refresh_token" => {
+                        "the refresh token expired or was revoked: a new token is needed"
+                    }
                     _ => "check server.client_id, server.client_secret and server.scope",
                 },
             },
-            "unsupported_grant_type" | "unauthorized_client" => AuthError::GrantNotAllowed { grant, code, detail },
+            "unsupported_grant_type" | "unauthorized_client" => AuthError::GrantNotAllowed {
+                grant,
+                code,
+                detail,
+            },
             _ if status.is_server_error() || status.as_u16() == 429 || code.is_empty() => {
-                AuthError::Server { url: self.token_url.to_string(), status: status.as_u16(), detail }
+                AuthError::Server {
+                    url: self.token_url.to_string(),
+                    status: status.as_u16(),
+                    detail,
+                }
             }
-            _ => AuthError::Server { url: self.token_url.to_string(), status: status.as_u16(), detail: format!(" ({code}){detail}") },
+            _ => AuthError::Server {
+                url: self.token_url.to_string(),
+                status: status.as_u16(),
+                detail: format!(" ({code}){detail}"),
+            },
         })
     }
 }
@@ -584,27 +727,59 @@ mod tests {
     #[test]
     fn hundred_years_does_not_overflow_and_renews_late() {
         let now = 1_700_000_000;
-        let t = parse_token_response(&json!({"access_token": "a", "expires_in": 3153600000u64}), now, TokenSource::ClientCredentials).unwrap();
+        let t = parse_token_response(
+            &json!({"access_token": "a", "expires_in": 3153600000u64}),
+            now,
+            TokenSource::ClientCredentials,
+        )
+        .unwrap();
         assert_eq!(t.expires_at, Some(now + 3153600000));
         assert_eq!(t.renew_at(), Some(now + 3153600000 - 300));
         assert!(!t.needs_renewal(now));
-        let huge = parse_token_response(&json!({"access_token": "a", "expires_in": u64::MAX}), now, TokenSource::ClientCredentials).unwrap();
+        let huge = parse_token_response(
+            &json!({"access_token": "a", "expires_in": u64::MAX}),
+            now,
+            TokenSource::ClientCredentials,
+        )
+        .unwrap();
         assert_eq!(huge.expires_at, Some(u64::MAX));
         assert!(!huge.needs_renewal(now));
-        let f = parse_token_response(&json!({"access_token": "a", "expires_in": 1e300}), now, TokenSource::ClientCredentials).unwrap();
+        let f = parse_token_response(
+            &json!({"access_token": "a", "expires_in": 1e300}),
+            now,
+            TokenSource::ClientCredentials,
+        )
+        .unwrap();
         assert!(!f.needs_renewal(now));
     }
 
     #[test]
     fn short_lifetimes_renew_a_tenth_ahead() {
         let now = 1000;
-        let t = parse_token_response(&json!({"access_token": "a", "expires_in": "600"}), now, TokenSource::User).unwrap();
+        let t = parse_token_response(
+            &json!({"access_token": "a", "expires_in": "600"}),
+            now,
+            TokenSource::User,
+        )
+        .unwrap();
         assert_eq!(t.renew_at(), Some(1540)); // 10 min: a tenth (60 s) ahead
-        let d = parse_token_response(&json!({"access_token": "a", "expires_in": 86400}), now, TokenSource::User).unwrap();
+        let d = parse_token_response(
+            &json!({"access_token": "a", "expires_in": 86400}),
+            now,
+            TokenSource::User,
+        )
+        .unwrap();
         assert_eq!(d.renew_at(), Some(1000 + 86400 - 300)); // 24 h: 5 min ahead
-        let abs = parse_token_response(&json!({"access_token": "a", "expiry": 5000}), now, TokenSource::User).unwrap();
+        let abs = parse_token_response(
+            &json!({"access_token": "a", "expiry": 5000}),
+            now,
+            TokenSource::User,
+        )
+        .unwrap();
         assert_eq!(abs.expires_at, Some(5000));
-        assert!(parse_token_response(&json!({"access_token": ""}), now, TokenSource::User).is_none());
+        assert!(
+            parse_token_response(&json!({"access_token": ""}), now, TokenSource::User).is_none()
+        );
         assert!(parse_token_response(&json!([1, 2]), now, TokenSource::User).is_none());
     }
 
@@ -613,13 +788,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tok.json");
         let store = TokenStore::new(path.clone(), "https://x/", Some("cid"));
-        let t = Token { access: Secret::new("acc-123"), refresh: Some(Secret::new("ref-456")), expires_at: Some(99), obtained_at: 1, source: TokenSource::ClientCredentials };
+        let t = Token {
+            access: Secret::new("acc-123"),
+            refresh: Some(Secret::new("ref-456")),
+            expires_at: Some(99),
+            obtained_at: 1,
+            source: TokenSource::ClientCredentials,
+        };
         store.save(&t).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         assert_eq!(store.load().unwrap(), Some(t.clone()));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(store.load().unwrap(), Some(t.clone()));
-        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600, "repaired");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().mode() & 0o777,
+            0o600,
+            "repaired"
+        );
         // Another server's token is not used.
         let other = TokenStore::new(path.clone(), "https://y/", Some("cid"));
         assert_eq!(other.load().unwrap(), None);

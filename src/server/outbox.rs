@@ -13,8 +13,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    #[error("outbox database {path}: {source}; check that state_dir is writable and the disk is not full")]
-    Open { path: String, source: rusqlite::Error },
+    #[error(
+        "outbox database {path}: {source}; check that state_dir is writable and the disk is not full"
+    )]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
     #[error("outbox database: {0}; check that state_dir is writable and the disk is not full")]
     Sql(#[from] rusqlite::Error),
 }
@@ -50,7 +55,10 @@ pub struct Event {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as i64
 }
 
 /// Exponential backoff with jitter: attempt 1 waits about `initial`, doubling up to `cap`;
@@ -59,7 +67,11 @@ pub fn backoff(attempts: u32, initial: Duration, cap: Duration) -> Duration {
     let exp = attempts.saturating_sub(1).min(30);
     let d = initial.saturating_mul(1u32 << exp).min(cap);
     let mut b = [0u8; 8];
-    let r = if getrandom::fill(&mut b).is_ok() { u64::from_le_bytes(b) } else { 0 };
+    let r = if getrandom::fill(&mut b).is_ok() {
+        u64::from_le_bytes(b)
+    } else {
+        0
+    };
     let frac = (r >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
     d.mul_f64(0.5 + 0.5 * frac)
 }
@@ -105,20 +117,33 @@ const KEEP_DONE_MS: i64 = 14 * 24 * 3600 * 1000;
 
 impl Outbox {
     pub fn open(path: &Path) -> Result<Self, OutboxError> {
-        let open_err = |source| OutboxError::Open { path: path.display().to_string(), source };
+        let open_err = |source| OutboxError::Open {
+            path: path.display().to_string(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
         let conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(open_err)?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!("outbox database is in {mode} mode, not WAL");
         }
-        conn.execute_batch("PRAGMA synchronous=FULL;").map_err(open_err)?;
+        conn.execute_batch("PRAGMA synchronous=FULL;")
+            .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
-        conn.execute("DELETE FROM outbox WHERE state != 'pending' AND done_ms < ?1", params![now_ms() - KEEP_DONE_MS]).map_err(open_err)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        conn.execute(
+            "DELETE FROM outbox WHERE state != 'pending' AND done_ms < ?1",
+            params![now_ms() - KEEP_DONE_MS],
+        )
+        .map_err(open_err)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -127,13 +152,23 @@ impl Outbox {
 
     /// Commits an event. `None` when the same (printer, kind, job) was queued before (a
     /// repeated call, e.g. after a restart): nothing is added.
-    pub fn enqueue(&self, printer: &str, kind: EventKind, job: &str, arg: &str) -> Result<Option<i64>, OutboxError> {
+    pub fn enqueue(
+        &self,
+        printer: &str,
+        kind: EventKind,
+        job: &str,
+        arg: &str,
+    ) -> Result<Option<i64>, OutboxError> {
         let c = self.conn();
         let n = c.execute(
             "INSERT OR IGNORE INTO outbox(printer, kind, job, arg, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![printer, kind.as_str(), job, arg, now_ms()],
         )?;
-        Ok(if n == 1 { Some(c.last_insert_rowid()) } else { None })
+        Ok(if n == 1 {
+            Some(c.last_insert_rowid())
+        } else {
+            None
+        })
     }
 
     /// The oldest pending event of each printer (only these may be sent).
@@ -185,7 +220,10 @@ impl Outbox {
     /// Commits "a send is starting" (cleared only by [`Outbox::mark_sent`] or
     /// [`Outbox::mark_dropped`]).
     pub fn mark_in_flight(&self, id: i64) -> Result<(), OutboxError> {
-        self.conn().execute("UPDATE outbox SET in_flight = 1 WHERE id = ?1 AND in_flight = 0", params![id])?;
+        self.conn().execute(
+            "UPDATE outbox SET in_flight = 1 WHERE id = ?1 AND in_flight = 0",
+            params![id],
+        )?;
         Ok(())
     }
 
@@ -199,7 +237,13 @@ impl Outbox {
         Ok(())
     }
 
-    pub fn mark_retry(&self, id: i64, attempts: u32, next_attempt_ms: i64, error: &str) -> Result<(), OutboxError> {
+    pub fn mark_retry(
+        &self,
+        id: i64,
+        attempts: u32,
+        next_attempt_ms: i64,
+        error: &str,
+    ) -> Result<(), OutboxError> {
         self.conn().execute(
             "UPDATE outbox SET attempts = ?2, next_attempt_ms = ?3, last_error = ?4 WHERE id = ?1",
             params![id, attempts, next_attempt_ms, error],
@@ -209,19 +253,34 @@ impl Outbox {
 
     /// Makes every pending event due now (e.g. after a config fix or for `check`).
     pub fn retry_now(&self) -> Result<(), OutboxError> {
-        self.conn().execute("UPDATE outbox SET next_attempt_ms = 0 WHERE state = 'pending'", [])?;
+        self.conn().execute(
+            "UPDATE outbox SET next_attempt_ms = 0 WHERE state = 'pending'",
+            [],
+        )?;
         Ok(())
     }
 
     pub fn pending(&self) -> Result<u64, OutboxError> {
-        Ok(self.conn().query_row("SELECT COUNT(*) FROM outbox WHERE state = 'pending'", [], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM outbox WHERE state = 'pending'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
     }
 
     /// (kind, job, state, last_error) of every event of a printer, oldest first.
-    pub fn history(&self, printer: &str) -> Result<Vec<(String, String, String, Option<String>)>, OutboxError> {
+    #[allow(clippy::type_complexity)]
+    pub fn history(
+        &self,
+        printer: &str,
+    ) -> Result<Vec<(String, String, String, Option<String>)>, OutboxError> {
         let c = self.conn();
-        let mut st = c.prepare("SELECT kind, job, state, last_error FROM outbox WHERE printer = ?1 ORDER BY id")?;
-        let rows = st.query_map(params![printer], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        let mut st = c.prepare(
+            "SELECT kind, job, state, last_error FROM outbox WHERE printer = ?1 ORDER BY id",
+        )?;
+        let rows = st.query_map(params![printer], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -229,7 +288,11 @@ impl Outbox {
     pub fn registration(&self, key: &str) -> Result<Option<(String, Option<i64>)>, OutboxError> {
         Ok(self
             .conn()
-            .query_row("SELECT name, server_id FROM printers WHERE key = ?1", params![key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT name, server_id FROM printers WHERE key = ?1",
+                params![key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?)
     }
 
@@ -253,7 +316,10 @@ impl Outbox {
     }
 
     pub fn forget_server_id(&self, key: &str) -> Result<(), OutboxError> {
-        self.conn().execute("UPDATE printers SET server_id = NULL WHERE key = ?1", params![key])?;
+        self.conn().execute(
+            "UPDATE printers SET server_id = NULL WHERE key = ?1",
+            params![key],
+        )?;
         Ok(())
     }
 }
@@ -267,17 +333,49 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.sqlite3");
         let ob = Outbox::open(&path).unwrap();
-        let s1 = ob.enqueue("a", EventKind::Start, "j1", "x.gcode").unwrap().unwrap();
-        assert_eq!(ob.enqueue("a", EventKind::Start, "j1", "x.gcode").unwrap(), None, "same job again is ignored");
-        ob.enqueue("b", EventKind::Start, "k1", "y.gcode").unwrap().unwrap();
-        let f1 = ob.enqueue("a", EventKind::Finish, "j1", "success").unwrap().unwrap();
+        let s1 = ob
+            .enqueue("a", EventKind::Start, "j1", "x.gcode")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            ob.enqueue("a", EventKind::Start, "j1", "x.gcode").unwrap(),
+            None,
+            "same job again is ignored"
+        );
+        ob.enqueue("b", EventKind::Start, "k1", "y.gcode")
+            .unwrap()
+            .unwrap();
+        let f1 = ob
+            .enqueue("a", EventKind::Finish, "j1", "success")
+            .unwrap()
+            .unwrap();
         let heads = ob.heads().unwrap();
-        assert_eq!(heads.iter().map(|e| (e.printer.as_str(), e.kind)).collect::<Vec<_>>(), vec![("a", EventKind::Start), ("b", EventKind::Start)]);
+        assert_eq!(
+            heads
+                .iter()
+                .map(|e| (e.printer.as_str(), e.kind))
+                .collect::<Vec<_>>(),
+            vec![("a", EventKind::Start), ("b", EventKind::Start)]
+        );
         // A failed head blocks the printer's queue: the finish does not overtake it.
         ob.mark_in_flight(s1).unwrap();
         ob.mark_retry(s1, 1, now_ms() + 60_000, "down").unwrap();
-        assert!(ob.heads().unwrap().iter().find(|e| e.id == s1).unwrap().in_flight);
-        let head_a = |ob: &Outbox| ob.heads().unwrap().into_iter().find(|e| e.printer == "a").unwrap().id;
+        assert!(
+            ob.heads()
+                .unwrap()
+                .iter()
+                .find(|e| e.id == s1)
+                .unwrap()
+                .in_flight
+        );
+        let head_a = |ob: &Outbox| {
+            ob.heads()
+                .unwrap()
+                .into_iter()
+                .find(|e| e.printer == "a")
+                .unwrap()
+                .id
+        };
         assert_eq!(head_a(&ob), s1);
         ob.mark_sent(s1).unwrap();
         assert_eq!(head_a(&ob), f1);
@@ -285,7 +383,10 @@ mod tests {
         // Survives reopening; sent events still dedup.
         let ob = Outbox::open(&path).unwrap();
         assert_eq!(ob.pending().unwrap(), 2);
-        assert_eq!(ob.enqueue("a", EventKind::Start, "j1", "x.gcode").unwrap(), None);
+        assert_eq!(
+            ob.enqueue("a", EventKind::Start, "j1", "x.gcode").unwrap(),
+            None
+        );
         ob.mark_dropped(f1, "HTTP 400").unwrap();
         assert_eq!(ob.history("a").unwrap()[1].2, "dropped");
     }
@@ -308,9 +409,15 @@ mod tests {
         let ob = Outbox::open(&dir.path().join("o.sqlite3")).unwrap();
         assert_eq!(ob.registration("default").unwrap(), None);
         ob.record_intent("default", "host").unwrap();
-        assert_eq!(ob.registration("default").unwrap(), Some(("host".into(), None)));
+        assert_eq!(
+            ob.registration("default").unwrap(),
+            Some(("host".into(), None))
+        );
         ob.set_server_id("default", "host", 7).unwrap();
         ob.record_intent("default", "other").unwrap();
-        assert_eq!(ob.registration("default").unwrap(), Some(("host".into(), Some(7))));
+        assert_eq!(
+            ob.registration("default").unwrap(),
+            Some(("host".into(), Some(7)))
+        );
     }
 }

@@ -34,7 +34,8 @@ impl UploadGate {
         Self {
             mode: cfg.upload,
             threshold: cfg.upload_threshold,
-            every: (cfg.upload_every_minutes > 0).then(|| Duration::from_secs(cfg.upload_every_minutes.saturating_mul(60))),
+            every: (cfg.upload_every_minutes > 0)
+                .then(|| Duration::from_secs(cfg.upload_every_minutes.saturating_mul(60))),
             min_interval: Duration::from_secs_f64(cfg.upload_min_interval_secs),
             last: None,
         }
@@ -48,7 +49,8 @@ impl UploadGate {
             UploadMode::Never => false,
             UploadMode::Always => true,
             UploadMode::Suspicious => {
-                let crossed = (s.p.is_finite() && s.p >= self.threshold) || (s.smoothed.is_finite() && s.smoothed >= self.threshold);
+                let crossed = (s.p.is_finite() && s.p >= self.threshold)
+                    || (s.smoothed.is_finite() && s.smoothed >= self.threshold);
                 let periodic = self.every.is_some_and(|e| since.is_none_or(|d| d >= e));
                 // Warn/pause frames are the evidence: they pass the rate limit.
                 s.warn || s.pause || crossed && rate_ok || periodic
@@ -77,13 +79,21 @@ pub fn shrink_to_fit(jpeg: &[u8], quality: u8) -> Result<Vec<u8>, FrameError> {
     use zune_jpeg::zune_core::options::DecoderOptions;
     let opts = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut dec = zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(jpeg), opts);
-    dec.decode_headers().map_err(|e| FrameError::Decode(format!("{e:?}")))?;
-    let (w, h) = dec.dimensions().ok_or_else(|| FrameError::Decode("no dimensions".into()))?;
+    dec.decode_headers()
+        .map_err(|e| FrameError::Decode(format!("{e:?}")))?;
+    let (w, h) = dec
+        .dimensions()
+        .ok_or_else(|| FrameError::Decode("no dimensions".into()))?;
     if w <= MAX_W && h <= MAX_H {
         return Ok(jpeg.to_vec());
     }
-    let pixels = dec.decode().map_err(|e| FrameError::Decode(format!("{e:?}")))?;
-    let channels = dec.output_colorspace().map(|c| c.num_components()).unwrap_or(3);
+    let pixels = dec
+        .decode()
+        .map_err(|e| FrameError::Decode(format!("{e:?}")))?;
+    let channels = dec
+        .output_colorspace()
+        .map(|c| c.num_components())
+        .unwrap_or(3);
     let scale = (MAX_W as f64 / w as f64).min(MAX_H as f64 / h as f64);
     let nw = ((w as f64 * scale).round() as usize).clamp(1, MAX_W);
     let nh = ((h as f64 * scale).round() as usize).clamp(1, MAX_H);
@@ -92,7 +102,13 @@ pub fn shrink_to_fit(jpeg: &[u8], quality: u8) -> Result<Vec<u8>, FrameError> {
         1 => jpeg_encoder::ColorType::Luma,
         _ => jpeg_encoder::ColorType::Rgb,
     };
-    let out = if channels == 1 || channels == 3 { out } else { out.chunks(channels).flat_map(|p| [p[0], p[1], p[2]]).collect() };
+    let out = if channels == 1 || channels == 3 {
+        out
+    } else {
+        out.chunks(channels)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect()
+    };
     let mut buf = Vec::new();
     jpeg_encoder::Encoder::new(&mut buf, quality)
         .encode(&out, nw as u16, nh as u16, color)
@@ -129,7 +145,9 @@ pub fn area_resize(src: &[u8], w: usize, h: usize, c: usize, nw: usize, nh: usiz
 pub fn solid_jpeg(w: u16, h: u16, rgb: [u8; 3]) -> Vec<u8> {
     let px: Vec<u8> = (0..w as usize * h as usize).flat_map(|_| rgb).collect();
     let mut buf = Vec::new();
-    jpeg_encoder::Encoder::new(&mut buf, 85).encode(&px, w, h, jpeg_encoder::ColorType::Rgb).expect("encoding a solid frame");
+    jpeg_encoder::Encoder::new(&mut buf, 85)
+        .encode(&px, w, h, jpeg_encoder::ColorType::Rgb)
+        .expect("encoding a solid frame");
     buf
 }
 
@@ -162,28 +180,61 @@ mod tests {
     }
 
     fn gate(mode: UploadMode) -> UploadGate {
-        UploadGate::new(&ServerConfig { upload: mode, upload_threshold: 0.4, upload_every_minutes: 5, upload_min_interval_secs: 10.0, ..Default::default() })
+        UploadGate::new(&ServerConfig {
+            upload: mode,
+            upload_threshold: 0.4,
+            upload_every_minutes: 5,
+            upload_min_interval_secs: 10.0,
+            ..Default::default()
+        })
     }
 
     #[test]
     fn policies() {
         let t0 = Instant::now();
-        let low = FrameScore { p: 0.1, smoothed: 0.1, ..Default::default() };
-        let high = FrameScore { p: 0.6, smoothed: 0.2, ..Default::default() };
+        let low = FrameScore {
+            p: 0.1,
+            smoothed: 0.1,
+            ..Default::default()
+        };
+        let high = FrameScore {
+            p: 0.6,
+            smoothed: 0.2,
+            ..Default::default()
+        };
         let mut never = gate(UploadMode::Never);
         assert!(!never.decide(&high, t0));
         let mut always = gate(UploadMode::Always);
         assert!(always.decide(&low, t0));
-        assert!(!always.decide(&low, t0 + Duration::from_secs(3)), "rate limited to the 10 s cadence");
+        assert!(
+            !always.decide(&low, t0 + Duration::from_secs(3)),
+            "rate limited to the 10 s cadence"
+        );
         assert!(always.decide(&low, t0 + Duration::from_secs(10)));
         let mut s = gate(UploadMode::Suspicious);
         assert!(s.decide(&low, t0), "first frame: periodic one");
         assert!(!s.decide(&low, t0 + Duration::from_secs(60)));
-        assert!(s.decide(&high, t0 + Duration::from_secs(70)), "crossed threshold");
+        assert!(
+            s.decide(&high, t0 + Duration::from_secs(70)),
+            "crossed threshold"
+        );
         assert!(!s.decide(&high, t0 + Duration::from_secs(71)), "rate limit");
-        assert!(s.decide(&FrameScore { warn: true, ..low }, t0 + Duration::from_secs(72)), "warn passes");
-        assert!(s.decide(&low, t0 + Duration::from_secs(72 + 300)), "one every 5 minutes");
-        let smooth = FrameScore { p: 0.0, smoothed: 0.5, ..Default::default() };
+        assert!(
+            s.decide(
+                &FrameScore { warn: true, ..low },
+                t0 + Duration::from_secs(72)
+            ),
+            "warn passes"
+        );
+        assert!(
+            s.decide(&low, t0 + Duration::from_secs(72 + 300)),
+            "one every 5 minutes"
+        );
+        let smooth = FrameScore {
+            p: 0.0,
+            smoothed: 0.5,
+            ..Default::default()
+        };
         assert!(s.decide(&smooth, t0 + Duration::from_secs(72 + 320)));
     }
 }

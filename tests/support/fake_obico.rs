@@ -2,7 +2,7 @@
 //! authorization code + PKCE, revocation, both client-auth styles), the printer views with
 //! the real server's 403/404 details, both `predict` shapes, and injectable faults (down,
 //! 500s, slow). Every accepted call is recorded in order.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::result_large_err)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -136,7 +136,10 @@ pub struct FakeObico {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn detail(status: StatusCode, d: &str) -> Response {
@@ -149,10 +152,19 @@ fn oauth_err(status: StatusCode, e: &str) -> Response {
 
 impl FakeObico {
     pub async fn start(settings: Settings) -> Arc<Self> {
-        let state: Shared = Arc::new(Mutex::new(Inner { settings, next_id: 1, next_print: 100, ..Default::default() }));
+        let state: Shared = Arc::new(Mutex::new(Inner {
+            settings,
+            next_id: 1,
+            next_print: 100,
+            ..Default::default()
+        }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let me = Arc::new(Self { addr, state, task: Mutex::new(None) });
+        let me = Arc::new(Self {
+            addr,
+            state,
+            task: Mutex::new(None),
+        });
         me.serve(listener);
         me
     }
@@ -173,7 +185,8 @@ impl FakeObico {
     pub async fn set_down(&self, down: bool) {
         self.state.lock().unwrap().faults.down = down;
         if down {
-            if let Some(t) = self.task.lock().unwrap().take() {
+            let task = self.task.lock().unwrap().take();
+            if let Some(t) = task {
                 t.abort();
                 let _ = t.await;
             }
@@ -207,7 +220,14 @@ impl FakeObico {
     }
 
     pub fn grants(&self, grant: &str) -> u32 {
-        self.state.lock().unwrap().counters.grants.get(grant).copied().unwrap_or(0)
+        self.state
+            .lock()
+            .unwrap()
+            .counters
+            .grants
+            .get(grant)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn faults_served(&self) -> u32 {
@@ -236,12 +256,23 @@ impl FakeObico {
         let mut s = self.state.lock().unwrap();
         let id = s.next_id;
         s.next_id += 1;
-        s.printers.push(Printer { id, name: name.into(), user, current_print: None });
+        s.printers.push(Printer {
+            id,
+            name: name.into(),
+            user,
+            current_print: None,
+        });
         id
     }
 
     pub fn live_tokens(&self) -> usize {
-        self.state.lock().unwrap().tokens.values().filter(|t| !t.revoked).count()
+        self.state
+            .lock()
+            .unwrap()
+            .tokens
+            .values()
+            .filter(|t| !t.revoked)
+            .count()
     }
 }
 
@@ -275,7 +306,11 @@ async fn faults(State(st): State<Shared>, req: Request, next: Next) -> Response 
         if is_api && s.faults.fail_every > 0 && n % s.faults.fail_every == 0 {
             fail = true;
         }
-        let (down, slow, late) = (s.faults.down, s.faults.slow.filter(|_| is_api), s.faults.late.filter(|_| is_api));
+        let (down, slow, late) = (
+            s.faults.down,
+            s.faults.slow.filter(|_| is_api),
+            s.faults.late.filter(|_| is_api),
+        );
         if down || slow.is_some() || fail || late.is_some() {
             s.counters.faults_served += 1;
         }
@@ -289,7 +324,11 @@ async fn faults(State(st): State<Shared>, req: Request, next: Next) -> Response 
         return detail(StatusCode::GATEWAY_TIMEOUT, "slow");
     }
     if fail {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "<h1>Server Error (500)</h1>").into_response();
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "<h1>Server Error (500)</h1>",
+        )
+            .into_response();
     }
     let resp = next.run(req).await;
     if let Some(d) = late {
@@ -304,14 +343,27 @@ fn client_ok(s: &Inner, headers: &HeaderMap, form: &HashMap<String, String>) -> 
         if !set.accept_basic {
             return false;
         }
-        let Some(b64) = h.strip_prefix("Basic ") else { return false };
-        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64) else { return false };
+        let Some(b64) = h.strip_prefix("Basic ") else {
+            return false;
+        };
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+            return false;
+        };
         let raw = String::from_utf8_lossy(&raw).to_string();
-        let Some((id, secret)) = raw.split_once(':') else { return false };
-        let dec = |x: &str| url::form_urlencoded::parse(format!("a={x}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default();
+        let Some((id, secret)) = raw.split_once(':') else {
+            return false;
+        };
+        let dec = |x: &str| {
+            url::form_urlencoded::parse(format!("a={x}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
         return dec(id) == set.client_id && dec(secret) == set.client_secret;
     }
-    set.accept_form && form.get("client_id") == Some(&set.client_id) && form.get("client_secret") == Some(&set.client_secret)
+    set.accept_form
+        && form.get("client_id") == Some(&set.client_id)
+        && form.get("client_secret") == Some(&set.client_secret)
 }
 
 fn rand_tok(s: &mut Inner, prefix: &str) -> String {
@@ -328,7 +380,15 @@ fn issue(s: &mut Inner, user: Option<u32>) -> Value {
     if let Some(r) = &refresh {
         s.refresh.insert(r.clone(), user);
     }
-    s.tokens.insert(access.clone(), Tok { user, expires_at: now().saturating_add(expires_in), revoked: false, refresh: refresh.clone() });
+    s.tokens.insert(
+        access.clone(),
+        Tok {
+            user,
+            expires_at: now().saturating_add(expires_in),
+            revoked: false,
+            refresh: refresh.clone(),
+        },
+    );
     let mut v = json!({"access_token": access, "token_type": "Bearer", "expires_in": expires_in, "scope": "read write"});
     if let Some(r) = refresh {
         v["refresh_token"] = json!(r);
@@ -336,7 +396,11 @@ fn issue(s: &mut Inner, user: Option<u32>) -> Value {
     v
 }
 
-async fn token(State(st): State<Shared>, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
+async fn token(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
     let mut s = st.lock().unwrap();
     if !client_ok(&s, &headers, &form) {
         return oauth_err(StatusCode::UNAUTHORIZED, "invalid_client");
@@ -365,7 +429,8 @@ async fn token(State(st): State<Shared>, headers: HeaderMap, Form(form): Form<Ha
                 return oauth_err(StatusCode::BAD_REQUEST, "invalid_grant");
             };
             let verifier = form.get("code_verifier").cloned().unwrap_or_default();
-            let got = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+            let got = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(Sha256::digest(verifier.as_bytes()));
             if got != challenge || form.get("redirect_uri") != Some(&redirect) {
                 return oauth_err(StatusCode::BAD_REQUEST, "invalid_grant");
             }
@@ -376,7 +441,11 @@ async fn token(State(st): State<Shared>, headers: HeaderMap, Form(form): Form<Ha
     }
 }
 
-async fn revoke(State(st): State<Shared>, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
+async fn revoke(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
     let mut s = st.lock().unwrap();
     if !client_ok(&s, &headers, &form) {
         return oauth_err(StatusCode::UNAUTHORIZED, "invalid_client");
@@ -392,14 +461,25 @@ async fn revoke(State(st): State<Shared>, headers: HeaderMap, Form(form): Form<H
 
 async fn authorize(State(st): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
     let mut s = st.lock().unwrap();
-    if q.get("client_id") != Some(&s.settings.client_id) || q.get("code_challenge_method").map(String::as_str) != Some("S256") {
+    if q.get("client_id") != Some(&s.settings.client_id)
+        || q.get("code_challenge_method").map(String::as_str) != Some("S256")
+    {
         return (StatusCode::BAD_REQUEST, "bad authorize request").into_response();
     }
     let redirect = q.get("redirect_uri").cloned().unwrap_or_default();
     let code = rand_tok(&mut s, "code");
-    s.codes.insert(code.clone(), (q.get("code_challenge").cloned().unwrap_or_default(), redirect.clone(), 1));
+    s.codes.insert(
+        code.clone(),
+        (
+            q.get("code_challenge").cloned().unwrap_or_default(),
+            redirect.clone(),
+            1,
+        ),
+    );
     let mut u = url::Url::parse(&redirect).unwrap();
-    u.query_pairs_mut().append_pair("code", &code).append_pair("state", q.get("state").map(String::as_str).unwrap_or(""));
+    u.query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", q.get("state").map(String::as_str).unwrap_or(""));
     Redirect::to(u.as_str()).into_response()
 }
 
@@ -411,7 +491,9 @@ fn user_of(s: &mut Inner, headers: &HeaderMap) -> Result<u32, Response> {
         .and_then(|h| h.strip_prefix("Bearer "))
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::to_string);
-    let t = tok.and_then(|t| s.tokens.get(&t).cloned()).filter(|t| !t.revoked && t.expires_at > now());
+    let t = tok
+        .and_then(|t| s.tokens.get(&t).cloned())
+        .filter(|t| !t.revoked && t.expires_at > now());
     match t {
         None => {
             s.counters.auth_failures += 1;
@@ -432,11 +514,17 @@ fn printer_json(p: &Printer) -> Value {
 }
 
 fn find(s: &mut Inner, id: i64, user: u32) -> Result<usize, Response> {
-    s.printers.iter().position(|p| p.id == id && p.user == user).ok_or_else(|| detail(StatusCode::NOT_FOUND, NO_PRINTER))
+    s.printers
+        .iter()
+        .position(|p| p.id == id && p.user == user)
+        .ok_or_else(|| detail(StatusCode::NOT_FOUND, NO_PRINTER))
 }
 
 fn key(headers: &HeaderMap) -> Option<String> {
-    headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string)
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 async fn list_printers(State(st): State<Shared>, headers: HeaderMap) -> Response {
@@ -445,29 +533,62 @@ async fn list_printers(State(st): State<Shared>, headers: HeaderMap) -> Response
         Ok(u) => u,
         Err(r) => return r,
     };
-    axum::Json(Value::Array(s.printers.iter().filter(|p| p.user == user).map(printer_json).collect())).into_response()
+    axum::Json(Value::Array(
+        s.printers
+            .iter()
+            .filter(|p| p.user == user)
+            .map(printer_json)
+            .collect(),
+    ))
+    .into_response()
 }
 
-async fn create_printer(State(st): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn create_printer(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let mut s = st.lock().unwrap();
     let user = match user_of(&mut s, &headers) {
         Ok(u) => u,
         Err(r) => return r,
     };
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let Some(name) = v.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) else {
-        return (StatusCode::BAD_REQUEST, axum::Json(json!({"name": ["This field is required."]}))).into_response();
+    let Some(name) = v
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"name": ["This field is required."]})),
+        )
+            .into_response();
     };
     let id = s.next_id;
     s.next_id += 1;
-    let p = Printer { id, name: name.into(), user, current_print: None };
+    let p = Printer {
+        id,
+        name: name.into(),
+        user,
+        current_print: None,
+    };
     let out = printer_json(&p);
     s.printers.push(p);
-    s.calls.push(Call { kind: "create".into(), printer: id, key: key(&headers), arg: name.into() });
+    s.calls.push(Call {
+        kind: "create".into(),
+        printer: id,
+        key: key(&headers),
+        arg: name.into(),
+    });
     (StatusCode::CREATED, axum::Json(out)).into_response()
 }
 
-async fn get_printer(State(st): State<Shared>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
+async fn get_printer(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
     let mut s = st.lock().unwrap();
     let user = match user_of(&mut s, &headers) {
         Ok(u) => u,
@@ -479,7 +600,12 @@ async fn get_printer(State(st): State<Shared>, headers: HeaderMap, Path(id): Pat
     }
 }
 
-async fn start_print(State(st): State<Shared>, headers: HeaderMap, Path(id): Path<i64>, body: axum::body::Bytes) -> Response {
+async fn start_print(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    body: axum::body::Bytes,
+) -> Response {
     let mut s = st.lock().unwrap();
     let user = match user_of(&mut s, &headers) {
         Ok(u) => u,
@@ -490,18 +616,37 @@ async fn start_print(State(st): State<Shared>, headers: HeaderMap, Path(id): Pat
         Err(r) => return r,
     };
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let Some(filename) = v.get("filename").and_then(Value::as_str).filter(|n| !n.is_empty()).map(str::to_string) else {
-        return (StatusCode::BAD_REQUEST, axum::Json(json!({"filename": "This field is required."}))).into_response();
+    let Some(filename) = v
+        .get("filename")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"filename": "This field is required."})),
+        )
+            .into_response();
     };
     // A print already open is closed by the server.
     let pid = s.next_print;
     s.next_print += 1;
     s.printers[i].current_print = Some((pid, filename.clone()));
-    s.calls.push(Call { kind: "start".into(), printer: id, key: key(&headers), arg: filename });
+    s.calls.push(Call {
+        kind: "start".into(),
+        printer: id,
+        key: key(&headers),
+        arg: filename,
+    });
     axum::Json(json!({"succeeded": true, "printer": printer_json(&s.printers[i])})).into_response()
 }
 
-async fn finish_print(State(st): State<Shared>, headers: HeaderMap, Path(id): Path<i64>, body: axum::body::Bytes) -> Response {
+async fn finish_print(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    body: axum::body::Bytes,
+) -> Response {
     let mut s = st.lock().unwrap();
     let user = match user_of(&mut s, &headers) {
         Ok(u) => u,
@@ -512,17 +657,36 @@ async fn finish_print(State(st): State<Shared>, headers: HeaderMap, Path(id): Pa
         Err(r) => return r,
     };
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let status = v.get("status").and_then(Value::as_str).unwrap_or("success").to_string();
+    let status = v
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or("success")
+        .to_string();
     if s.printers[i].current_print.is_none() {
-        s.calls.push(Call { kind: "finish_not_printing".into(), printer: id, key: key(&headers), arg: status });
+        s.calls.push(Call {
+            kind: "finish_not_printing".into(),
+            printer: id,
+            key: key(&headers),
+            arg: status,
+        });
         return detail(StatusCode::NOT_FOUND, NOT_PRINTING);
     }
     s.printers[i].current_print = None;
-    s.calls.push(Call { kind: "finish".into(), printer: id, key: key(&headers), arg: status });
+    s.calls.push(Call {
+        kind: "finish".into(),
+        printer: id,
+        key: key(&headers),
+        arg: status,
+    });
     axum::Json(json!({"succeeded": true, "printer": printer_json(&s.printers[i])})).into_response()
 }
 
-async fn predict(State(st): State<Shared>, headers: HeaderMap, Path(id): Path<i64>, mut mp: Multipart) -> Response {
+async fn predict(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    mut mp: Multipart,
+) -> Response {
     {
         let mut s = st.lock().unwrap();
         let user = match user_of(&mut s, &headers) {
@@ -544,15 +708,28 @@ async fn predict(State(st): State<Shared>, headers: HeaderMap, Path(id): Path<i6
         }
     }
     let Some(img) = img.filter(|b| b.starts_with(&[0xFF, 0xD8])) else {
-        return (StatusCode::BAD_REQUEST, axum::Json(json!({"img": ["No file was submitted."]}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"img": ["No file was submitted."]})),
+        )
+            .into_response();
     };
     let mut s = st.lock().unwrap();
-    s.calls.push(Call { kind: "predict".into(), printer: id, key: None, arg: img.len().to_string() });
+    s.calls.push(Call {
+        kind: "predict".into(),
+        printer: id,
+        key: None,
+        arg: img.len().to_string(),
+    });
     let body = match s.settings.shape {
-        Shape::Real => json!({"result": {"p": 0.12, "temporal_stats": {"ewm_mean": 0.05, "rolling_mean_short": 0.04, "rolling_mean_long": 0.03, "prediction_num": 3, "prediction_num_lifetime": 9},
-            "detections": [["failure", 0.12, [320.0, 240.0, 40.0, 30.0]]]}}),
-        Shape::Guide => json!({"result": {"p": 0.12, "detections": [{"confidence": 0.12, "bbox": [300, 225, 340, 255]}]},
-            "temporal_stats": {"ewm_mean": 0.05, "rolling_mean_short": 0.04, "rolling_mean_long": 0.03}, "normalized_p": 0.02}),
+        Shape::Real => {
+            json!({"result": {"p": 0.12, "temporal_stats": {"ewm_mean": 0.05, "rolling_mean_short": 0.04, "rolling_mean_long": 0.03, "prediction_num": 3, "prediction_num_lifetime": 9},
+            "detections": [["failure", 0.12, [320.0, 240.0, 40.0, 30.0]]]}})
+        }
+        Shape::Guide => {
+            json!({"result": {"p": 0.12, "detections": [{"confidence": 0.12, "bbox": [300, 225, 340, 255]}]},
+            "temporal_stats": {"ewm_mean": 0.05, "rolling_mean_short": 0.04, "rolling_mean_long": 0.03}, "normalized_p": 0.02})
+        }
     };
     axum::Json(body).into_response()
 }
@@ -560,7 +737,13 @@ async fn predict(State(st): State<Shared>, headers: HeaderMap, Path(id): Path<i6
 /// Checks a record of calls against the expected prints: per printer, `start job` then
 /// `finish job` for each job in order. Returns (lost, duplicated, order violations).
 pub fn audit(calls: &[Call], printer: i64, jobs: &[String]) -> (usize, usize, usize) {
-    let events: Vec<&Call> = calls.iter().filter(|c| c.printer == printer && (c.kind == "start" || c.kind == "finish" || c.kind == "finish_not_printing")).collect();
+    let events: Vec<&Call> = calls
+        .iter()
+        .filter(|c| {
+            c.printer == printer
+                && (c.kind == "start" || c.kind == "finish" || c.kind == "finish_not_printing")
+        })
+        .collect();
     let mut expected = Vec::new();
     for j in jobs {
         expected.push(format!("{}/start/{j}", "default"));
@@ -571,7 +754,10 @@ pub fn audit(calls: &[Call], printer: i64, jobs: &[String]) -> (usize, usize, us
     for k in &keys {
         *seen.entry(k.as_str()).or_default() += 1;
     }
-    let lost = expected.iter().filter(|k| !seen.contains_key(k.as_str())).count();
+    let lost = expected
+        .iter()
+        .filter(|k| !seen.contains_key(k.as_str()))
+        .count();
     let duplicated: usize = seen.values().map(|n| n - 1).sum();
     // Order: the first delivery of each event must follow the expected sequence.
     let mut first: Vec<&str> = Vec::new();
@@ -580,7 +766,11 @@ pub fn audit(calls: &[Call], printer: i64, jobs: &[String]) -> (usize, usize, us
             first.push(k);
         }
     }
-    let pos: HashMap<&str, usize> = expected.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+    let pos: HashMap<&str, usize> = expected
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), i))
+        .collect();
     let mut violations = 0;
     let mut last = None;
     for k in &first {
