@@ -720,3 +720,44 @@ async fn check_reports_each_link_with_a_fix() {
         lines[0]
     );
 }
+
+#[tokio::test]
+async fn printer_deleted_on_the_server_is_registered_again() {
+    let fake = FakeObico::start(Settings::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = Mirror::open(&cfg(&fake), dir.path()).unwrap();
+    m.spawn();
+    m.start_print(DEFAULT_PRINTER, "a", "a.gcode").unwrap();
+    assert!(m.flush(Duration::from_secs(20)).await);
+    let first = m.server_id(DEFAULT_PRINTER).await.unwrap();
+    fake.remove_printer(first);
+    m.finish_print(DEFAULT_PRINTER, "a", FinishStatus::Success).unwrap();
+    m.start_print(DEFAULT_PRINTER, "b", "b.gcode").unwrap();
+    assert!(m.flush(Duration::from_secs(20)).await);
+    let second = m.server_id(DEFAULT_PRINTER).await.unwrap();
+    assert_ne!(first, second);
+    let h = m.outbox().history(DEFAULT_PRINTER).unwrap();
+    assert!(h.iter().all(|e| e.2 == "sent"), "{h:?}");
+    let on_second: Vec<String> = fake.calls().into_iter().filter(|c| c.printer == second).map(|c| c.kind).collect();
+    // The finish found the new printer with no open print: done without a call.
+    assert_eq!(on_second, ["create", "start"]);
+}
+
+#[tokio::test]
+async fn refused_token_is_not_reused_after_a_restart() {
+    let fake = FakeObico::start(Settings::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(&fake);
+    let api = server::client_for(&c, dir.path()).unwrap();
+    api.list_printers().await.unwrap();
+    fake.revoke_all();
+    fake.set_down(true).await;
+    let t = api.tokens().access_token().await.unwrap();
+    assert!(api.tokens().invalidate(&t).await);
+    fake.set_down(false).await;
+    // Restart: the dropped token is renewed, not sent again.
+    let api2 = server::client_for(&c, dir.path()).unwrap();
+    api2.list_printers().await.unwrap();
+    assert_eq!(fake.auth_failures(), 0);
+    assert_eq!(fake.grants("client_credentials"), 2);
+}

@@ -367,7 +367,10 @@ impl Inner {
         Ok(printer.id)
     }
 
+    /// The server does not know the printer (deleted, or another account's token): an
+    /// auto-registered printer is registered again on the next attempt.
     async fn forget(&self, key: &str) {
+        tracing::warn!(printer = key, "the server no longer knows this printer; it will be registered again");
         self.ids.lock().await.remove(key);
         if !(key == DEFAULT_PRINTER && self.cfg.printer_id.is_some())
             && let Err(e) = self.outbox.forget_server_id(key)

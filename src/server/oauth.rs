@@ -526,6 +526,12 @@ impl TokenManager {
             tracing::warn!("the server refused the access token; dropping it");
             t.expires_at = Some(0);
             t.obtained_at = 0;
+            // Persist the drop: a restart must not reuse a refused token.
+            if let Some(store) = &self.store
+                && let Err(e) = store.save(t)
+            {
+                tracing::error!("{e}");
+            }
         }
         true
     }

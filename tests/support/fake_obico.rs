@@ -265,6 +265,11 @@ impl FakeObico {
         id
     }
 
+    /// Deletes a printer (the user did, on the server).
+    pub fn remove_printer(&self, id: i64) {
+        self.state.lock().unwrap().printers.retain(|p| p.id != id);
+    }
+
     pub fn live_tokens(&self) -> usize {
         self.state
             .lock()
