@@ -171,6 +171,8 @@ impl Mirror {
         let outbox = Outbox::open(&outbox_file(state_dir))?;
         let pending = outbox.pending()?;
         if pending > 0 {
+            // After a restart or reboot, try at once rather than at the old backoff time.
+            outbox.retry_now()?;
             tracing::info!(
                 "{pending} print event(s) from before the restart are waiting to be sent"
             );
@@ -382,6 +384,10 @@ impl Inner {
     async fn deliver(&self, ev: outbox::Event) {
         let key = format!("{}/{}/{}", ev.printer, ev.kind.as_str(), ev.job);
         let result = match self.server_id(&ev.printer).await {
+            // A registration problem is never the event's fault: it waits, whatever the error.
+            Err(e) if e.is_definite_rejection() => {
+                Err(ApiError::Local(format!("registering the printer failed: {e}")))
+            }
             Err(e) => Err(e),
             Ok(id) => match self.reconcile(id, &ev).await {
                 Err(e) => Err(e),
