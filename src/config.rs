@@ -82,7 +82,11 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(Env::prefixed("PRINTVIGIL_").split("__"));
+        // PRINTVIGIL_LOG, PRINTVIGIL_CONFIG and the test harness's PRINTVIGIL_TEST_PYTHON are
+        // not settings: without this they fail `deny_unknown_fields`.
+        fig = fig.merge(
+            Env::prefixed("PRINTVIGIL_").ignore(&["log", "config", "test_python"]).split("__"),
+        );
         Self::from_figment(fig)
     }
 
