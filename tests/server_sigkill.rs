@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use support::fake_obico::{FakeObico, Settings, audit};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-const PRINTS: usize = 8;
+const PRINTS: usize = 12;
 
 fn command(config: &std::path::Path, log: &std::path::Path) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_printvigil"));
@@ -144,9 +144,16 @@ async fn sigkill_between_queueing_and_sending_then_restart() {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let reconciled = text.matches("had already arrived").count();
     let retried = text.matches("retrying").count();
+    // Events committed but not yet confirmed when the process was killed, as each restart
+    // found them.
+    let pending_at_restart: usize = text
+        .lines()
+        .filter_map(|l| l.split(" print event(s) from before the restart").next().filter(|_| l.contains("from before the restart")))
+        .filter_map(|head| head.rsplit(' ').next().and_then(|n| n.parse::<usize>().ok()))
+        .sum();
     println!(
         "SIGKILL SUITE: kills={kills} prints={PRINTS} events={} lost={lost} duplicated={dup} order_violations={order} \
-         reconciled_after_interrupted_send={reconciled} retry_logs={retried} faults_served={} frames_accepted={} wall={:.1}s",
+         pending_at_restarts={pending_at_restart} reconciled_after_interrupted_send={reconciled} retry_logs={retried} faults_served={} frames_accepted={} wall={:.1}s",
         PRINTS * 2,
         fake.faults_served(),
         calls.iter().filter(|c| c.kind == "predict").count(),
