@@ -731,14 +731,20 @@ async fn printer_deleted_on_the_server_is_registered_again() {
     assert!(m.flush(Duration::from_secs(20)).await);
     let first = m.server_id(DEFAULT_PRINTER).await.unwrap();
     fake.remove_printer(first);
-    m.finish_print(DEFAULT_PRINTER, "a", FinishStatus::Success).unwrap();
+    m.finish_print(DEFAULT_PRINTER, "a", FinishStatus::Success)
+        .unwrap();
     m.start_print(DEFAULT_PRINTER, "b", "b.gcode").unwrap();
     assert!(m.flush(Duration::from_secs(20)).await);
     let second = m.server_id(DEFAULT_PRINTER).await.unwrap();
     assert_ne!(first, second);
     let h = m.outbox().history(DEFAULT_PRINTER).unwrap();
     assert!(h.iter().all(|e| e.2 == "sent"), "{h:?}");
-    let on_second: Vec<String> = fake.calls().into_iter().filter(|c| c.printer == second).map(|c| c.kind).collect();
+    let on_second: Vec<String> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.printer == second)
+        .map(|c| c.kind)
+        .collect();
     // The finish found the new printer with no open print: done without a call.
     assert_eq!(on_second, ["create", "start"]);
 }
@@ -760,4 +766,45 @@ async fn refused_token_is_not_reused_after_a_restart() {
     api2.list_printers().await.unwrap();
     assert_eq!(fake.auth_failures(), 0);
     assert_eq!(fake.grants("client_credentials"), 2);
+}
+
+/// TLS: a certificate the host does not trust is refused, and `check` says what to fix;
+/// with the CA given in `server.ca_file`, the whole chain works over TLS.
+#[tokio::test]
+async fn tls_untrusted_certificate_is_refused_and_ca_file_fixes_it() {
+    let fake = FakeObico::start_tls(Settings::default()).await;
+    assert!(fake.url().starts_with("https://"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = printvigil::config::Config {
+        state_dir: dir.path().to_path_buf(),
+        server: Some(cfg(&fake)),
+        ..Default::default()
+    };
+    let lines = server::check::run(&config).await;
+    assert_eq!(
+        (lines[0].what.as_str(), lines[0].ok),
+        ("server reachable", false),
+        "{lines:?}"
+    );
+    assert!(lines[0].to_string().contains("certificate"), "{}", lines[0]);
+    assert_eq!(
+        fake.grants("client_credentials"),
+        0,
+        "no secret sent to an untrusted server"
+    );
+
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, fake.cert_pem.as_ref().unwrap()).unwrap();
+    let mut trusted = config.clone();
+    trusted.server.as_mut().unwrap().ca_file = Some(ca);
+    let lines = server::check::run(&trusted).await;
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    assert!(lines.iter().all(|l| l.ok), "{text:#?}");
+    assert!(text[0].contains("TLS ok"), "{text:#?}");
+    assert_eq!(fake.grants("client_credentials"), 1);
+
+    let mut bad = trusted.server.clone().unwrap();
+    bad.ca_file = Some(dir.path().join("missing.pem"));
+    let e = server::http_client(&bad).unwrap_err().to_string();
+    assert!(e.contains("server.ca_file"), "{e}");
 }

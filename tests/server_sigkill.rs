@@ -148,8 +148,16 @@ async fn sigkill_between_queueing_and_sending_then_restart() {
     // found them.
     let pending_at_restart: usize = text
         .lines()
-        .filter_map(|l| l.split(" print event(s) from before the restart").next().filter(|_| l.contains("from before the restart")))
-        .filter_map(|head| head.rsplit(' ').next().and_then(|n| n.parse::<usize>().ok()))
+        .filter_map(|l| {
+            l.split(" print event(s) from before the restart")
+                .next()
+                .filter(|_| l.contains("from before the restart"))
+        })
+        .filter_map(|head| {
+            head.rsplit(' ')
+                .next()
+                .and_then(|n| n.parse::<usize>().ok())
+        })
         .sum();
     println!(
         "SIGKILL SUITE: kills={kills} prints={PRINTS} events={} lost={lost} duplicated={dup} order_violations={order} \

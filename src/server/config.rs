@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub url: String,
     /// Allow plain `http://` to a host other than loopback (tokens then travel in clear).
     pub allow_insecure_http: bool,
+    /// Extra CA certificates (PEM) to trust besides the system's, for a self-hosted server
+    /// with its own CA.
+    pub ca_file: Option<std::path::PathBuf>,
     /// OAuth client id (client-credentials grant, `printvigil login`).
     pub client_id: Option<String>,
     /// OAuth client secret.
@@ -90,6 +93,7 @@ impl Default for ServerConfig {
         Self {
             url: String::new(),
             allow_insecure_http: false,
+            ca_file: None,
             client_id: None,
             client_secret: None,
             client_auth: ClientAuth::Basic,

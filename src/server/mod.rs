@@ -82,7 +82,23 @@ pub fn outbox_file(state_dir: &Path) -> PathBuf {
 /// The HTTP client every server call uses: rustls, the configured timeout.
 pub fn http_client(cfg: &ServerConfig) -> Result<reqwest::Client, MirrorError> {
     let timeout = Duration::from_secs_f64(cfg.request_timeout_secs);
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = &cfg.ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            MirrorError::Http(format!(
+                "server.ca_file = {:?} cannot be read ({e}): fix the path or remove the key",
+                path.display().to_string()
+            ))
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            MirrorError::Http(format!(
+                "server.ca_file = {:?} holds no usable PEM certificate ({e}): give the CA certificate in PEM form",
+                path.display().to_string()
+            ))
+        })?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .user_agent(concat!("printvigil/", env!("CARGO_PKG_VERSION")))
@@ -372,7 +388,10 @@ impl Inner {
     /// The server does not know the printer (deleted, or another account's token): an
     /// auto-registered printer is registered again on the next attempt.
     async fn forget(&self, key: &str) {
-        tracing::warn!(printer = key, "the server no longer knows this printer; it will be registered again");
+        tracing::warn!(
+            printer = key,
+            "the server no longer knows this printer; it will be registered again"
+        );
         self.ids.lock().await.remove(key);
         if !(key == DEFAULT_PRINTER && self.cfg.printer_id.is_some())
             && let Err(e) = self.outbox.forget_server_id(key)
@@ -385,9 +404,9 @@ impl Inner {
         let key = format!("{}/{}/{}", ev.printer, ev.kind.as_str(), ev.job);
         let result = match self.server_id(&ev.printer).await {
             // A registration problem is never the event's fault: it waits, whatever the error.
-            Err(e) if e.is_definite_rejection() => {
-                Err(ApiError::Local(format!("registering the printer failed: {e}")))
-            }
+            Err(e) if e.is_definite_rejection() => Err(ApiError::Local(format!(
+                "registering the printer failed: {e}"
+            ))),
             Err(e) => Err(e),
             Ok(id) => match self.reconcile(id, &ev).await {
                 Err(e) => Err(e),

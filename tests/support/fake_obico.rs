@@ -133,6 +133,38 @@ pub struct FakeObico {
     pub addr: SocketAddr,
     state: Shared,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The self-signed certificate (PEM) of a TLS server, for `localhost`.
+    pub cert_pem: Option<String>,
+}
+
+/// TLS over a TCP listener, for `axum::serve`.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            // A client that refuses our certificate fails here: wait for the next one.
+            if let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(5), self.acceptor.accept(tcp)).await
+            {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
 }
 
 fn now() -> u64 {
@@ -152,18 +184,49 @@ fn oauth_err(status: StatusCode, e: &str) -> Response {
 
 impl FakeObico {
     pub async fn start(settings: Settings) -> Arc<Self> {
+        Self::start_with(settings, false).await
+    }
+
+    /// The same server over TLS, with a fresh self-signed certificate for `localhost`.
+    pub async fn start_tls(settings: Settings) -> Arc<Self> {
+        Self::start_with(settings, true).await
+    }
+
+    async fn start_with(settings: Settings, tls: bool) -> Arc<Self> {
         let state: Shared = Arc::new(Mutex::new(Inner {
             settings,
             next_id: 1,
             next_print: 100,
             ..Default::default()
         }));
+        let (acceptor, cert_pem) = if tls {
+            let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+            let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(
+                ck.signing_key.serialize_der().into(),
+            );
+            let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+            let mut cfg = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![ck.cert.der().clone()], key)
+                .unwrap();
+            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            (
+                Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
+                Some(ck.cert.pem()),
+            )
+        } else {
+            (None, None)
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let me = Arc::new(Self {
             addr,
             state,
             task: Mutex::new(None),
+            tls: acceptor,
+            cert_pem,
         });
         me.serve(listener);
         me
@@ -171,14 +234,29 @@ impl FakeObico {
 
     fn serve(&self, listener: tokio::net::TcpListener) {
         let app = router(self.state.clone());
-        let t = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let t = match self.tls.clone() {
+            Some(acceptor) => tokio::spawn(async move {
+                let _ = axum::serve(
+                    TlsListener {
+                        tcp: listener,
+                        acceptor,
+                    },
+                    app,
+                )
+                .await;
+            }),
+            None => tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }),
+        };
         *self.task.lock().unwrap() = Some(t);
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.tls {
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+            None => format!("http://{}", self.addr),
+        }
     }
 
     /// Down: new connections are refused, requests on open connections answer 503.
