@@ -2,10 +2,11 @@
 //!
 //! Grants: `client_credentials` (default), `refresh_token` (when the server issued one),
 //! `authorization_code` + PKCE (through [`crate::server::login`]). The grant exchanges are a
-//! form POST each and are done here with the daemon's own `reqwest` client: the `oauth2`
-//! crate would pull in a second HTTP stack (it pins reqwest 0.12) on a Raspberry Pi for
-//! three requests, and it cannot parse the non-standard token answers seen in the wild
-//! (`expiry` instead of `expires_in`, numbers as strings).
+//! form POST each and are done here with the daemon's own `reqwest` 0.13 client. The
+//! `oauth2` crate (5.0) was considered: its HTTP support pins reqwest 0.12 (a second HTTP
+//! and TLS stack on a Raspberry Pi, or an adapter of our own), and its strict response
+//! types refuse the token answers seen in the wild (`expiry` as absolute time instead of
+//! `expires_in`, numbers sent as strings), which [`parse_token_response`] accepts.
 //!
 //! The token lives in a file readable by its owner only (mode 0600). A file with looser
 //! permissions is repaired (chmod 0600, with a warning saying so) when we own it and
