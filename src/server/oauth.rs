@@ -4,9 +4,9 @@
 //! `authorization_code` + PKCE (through [`crate::server::login`]). The grant exchanges are a
 //! form POST each and are done here with the daemon's own `reqwest` 0.13 client. The
 //! `oauth2` crate (5.0) was considered: its HTTP support pins reqwest 0.12 (a second HTTP
-//! and TLS stack on a Raspberry Pi, or an adapter of our own), and its strict response
-//! types refuse the token answers seen in the wild (`expiry` as absolute time instead of
-//! `expires_in`, numbers sent as strings), which [`parse_token_response`] accepts.
+//! and TLS stack on a Raspberry Pi, or an adapter of our own), and its response type
+//! (`expires_in: Option<u64>`) refuses an `expires_in` sent as a string and ignores an
+//! absolute `expiry`, both seen in the wild and accepted by [`parse_token_response`].
 //!
 //! The token lives in a file readable by its owner only (mode 0600). A file with looser
 //! permissions is repaired (chmod 0600, with a warning saying so) when we own it and
