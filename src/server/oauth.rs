@@ -791,6 +791,32 @@ mod tests {
     }
 
     #[test]
+    fn loose_token_file_of_another_user_is_refused() {
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to give the file to another user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tok.json");
+        let store = TokenStore::new(path.clone(), "https://x/", Some("cid"));
+        let t = Token {
+            access: Secret::new("acc"),
+            refresh: None,
+            expires_at: None,
+            obtained_at: 1,
+            source: TokenSource::ClientCredentials,
+        };
+        store.save(&t).unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        assert_eq!(store.load().unwrap(), Some(t), "owner-only file of another user: usable");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = store.load().unwrap_err().to_string();
+        assert!(e.contains("refusing") && e.contains("chmod 600"), "{e}");
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o644, "left as found");
+    }
+
+    #[test]
     fn token_file_is_owner_only_and_loose_modes_are_repaired() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tok.json");
