@@ -27,11 +27,13 @@ pub struct Config {
     /// Where printvigil keeps its state (SQLite, tokens, saved frames).
     pub state_dir: PathBuf,
     pub detector: DetectorConfig,
+    /// The Obico-compatible server to mirror prints to; absent: no mirroring.
+    pub server: Option<crate::server::ServerConfig>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { state_dir: PathBuf::from("/var/lib/printvigil"), detector: DetectorConfig::default() }
+        Self { state_dir: PathBuf::from("/var/lib/printvigil"), detector: DetectorConfig::default(), server: None }
     }
 }
 
@@ -130,6 +132,9 @@ impl Config {
                 "use 0 (all cores but one) or a small thread count such as 2",
             ));
         }
+        if let Some(s) = &self.server {
+            s.validate()?;
+        }
         Ok(())
     }
 }
@@ -188,6 +193,25 @@ mod tests {
             assert_eq!(c.detector.intra_threads, 3);
             Ok(())
         });
+    }
+
+    #[test]
+    fn server_section_is_validated_and_secrets_stay_hidden() {
+        let c = Config::from_toml_str(
+            "[server]\nurl = \"https://obico.example\"\nclient_id = \"cid\"\nclient_secret = \"very-secret-value\"\ntoken = \"tok-value-123\"\n",
+        )
+        .unwrap();
+        let s = c.server.as_ref().unwrap();
+        assert_eq!(s.client_secret.as_ref().unwrap().expose(), "very-secret-value");
+        for shown in [format!("{c:?}"), serde_json::to_string(&c).unwrap()] {
+            assert!(!shown.contains("very-secret-value") && !shown.contains("tok-value-123"), "{shown}");
+        }
+        let e = Config::from_toml_str("[server]\nurl = \"http://obico.lan\"\n").unwrap_err().to_string();
+        assert!(e.contains("server.url") && e.contains("allow_insecure_http"), "{e}");
+        let e = Config::from_toml_str("[server]\nurl = \"https://x\"\nclient_auth = \"digest\"\n").unwrap_err().to_string();
+        assert!(e.contains("server.client_auth"), "{e}");
+        let e = Config::from_toml_str("[server]\nurl = \"https://x\"\nuplod = \"always\"\n").unwrap_err().to_string();
+        assert!(e.contains("uplod") && e.contains("upload"), "{e}");
     }
 
     #[test]

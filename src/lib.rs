@@ -14,8 +14,17 @@
 //!   - [`detector::annotate`]: draws detections on a frame and encodes a JPEG.
 //! - [`bench`]: the `printvigil bench` figures (per-stage timings, memory).
 //! - [`secret`]: a string type that redacts itself (tokens, keys, passwords).
+//! - [`server`]: the mirror to an Obico-compatible server (a sink).
+//!   - [`server::config`]: the `[server]` settings.
+//!   - [`server::oauth`]: the token manager (client credentials, refresh, token file).
+//!   - [`server::login`]: `printvigil login` (authorization code + PKCE, loopback redirect).
+//!   - [`server::api`]: the REST client and response parsing.
+//!   - [`server::check`]: the server lines of `printvigil check`.
+//!   - [`server::outbox`]: the durable SQLite outbox and printer registration record.
+//!   - [`server::upload`]: upload policy and shrink-to-fit of frames.
 
 pub mod bench;
 pub mod config;
 pub mod detector;
 pub mod secret;
+pub mod server;

@@ -91,6 +91,22 @@ pub fn decode_jpeg(bytes: &[u8]) -> Result<Rgb8, FrameError> {
     Ok(Rgb8 { width, height, pixels })
 }
 
+/// A JPEG's width and height, read from its header without decoding the pixels.
+pub fn jpeg_dimensions(bytes: &[u8]) -> Result<(usize, usize), FrameError> {
+    if bytes.is_empty() {
+        return Err(FrameError::Empty);
+    }
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return Err(FrameError::NotJpeg(sniff(bytes)));
+    }
+    if let Some(size) = sof_size(bytes) {
+        return Ok(size);
+    }
+    let mut decoder = turbojpeg::Decompressor::new().map_err(|e| FrameError::Corrupt(e.to_string()))?;
+    let header = decoder.read_header(bytes).map_err(|e| FrameError::Corrupt(e.to_string()))?;
+    Ok((header.width, header.height))
+}
+
 /// The frame size from the JPEG's start-of-frame marker, when one is found before the
 /// scan data.
 fn sof_size(bytes: &[u8]) -> Option<(usize, usize)> {

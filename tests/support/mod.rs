@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod fake_obico;
+
 use std::path::PathBuf;
 
 /// The test-tools Python (numpy, onnx, OpenCV), set up by `scripts/test.sh`.
