@@ -220,8 +220,9 @@ fn resize_rows(src: &Rgb8, dst_w: usize, dst_h: usize, mut emit: impl FnMut(usiz
     let hresize = |sy: usize, out: &mut [i32]| {
         let row = &src.pixels[sy * sw * CN..(sy + 1) * sw * CN];
         for (t, o) in xt.iter().zip(out.chunks_exact_mut(CN)) {
-            let a = &row[t.s0 * CN..t.s0 * CN + CN];
-            let b = &row[t.s1 * CN..t.s1 * CN + CN];
+            let a: &[u8; CN] = row[t.s0 * CN..][..CN].try_into().expect("3 bytes");
+            let b: &[u8; CN] = row[t.s1 * CN..][..CN].try_into().expect("3 bytes");
+            let o: &mut [i32; CN] = o.try_into().expect("3 values");
             for c in 0..CN {
                 o[c] = a[c] as i32 * t.w0 + b[c] as i32 * t.w1;
             }
