@@ -27,11 +27,17 @@ pub struct Config {
     /// Where printvigil keeps its state (SQLite, tokens, saved frames).
     pub state_dir: PathBuf,
     pub detector: DetectorConfig,
+    /// The printers to watch (`[[printers]]` entries).
+    pub printers: Vec<crate::printer::PrinterConfig>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { state_dir: PathBuf::from("/var/lib/printvigil"), detector: DetectorConfig::default() }
+        Self {
+            state_dir: PathBuf::from("/var/lib/printvigil"),
+            detector: DetectorConfig::default(),
+            printers: Vec::new(),
+        }
     }
 }
 
@@ -115,6 +121,18 @@ impl Config {
                 &d.intra_threads.to_string(),
                 "use 0 (all cores but one) or a small thread count such as 2",
             ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.printers.iter().enumerate() {
+            let key = format!("printers[{i}]");
+            p.validate(&key)?;
+            if !names.insert(p.name().to_string()) {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    &format!("{:?}", p.name()),
+                    "another printer already has this name; give each printer its own name",
+                ));
+            }
         }
         Ok(())
     }
