@@ -8,4 +8,8 @@ ORT_DYLIB_PATH=$(scripts/fetch-onnxruntime.sh)
 export ORT_DYLIB_PATH
 scripts/setup-venv.sh tools tests/peers/requirements-tools.txt >/dev/null
 export PRINTVIGIL_TEST_PYTHON="$root/.runtime/venv-tools/bin/python"
+# Real Moonraker and Klipper for tests/moonraker.rs (two venvs: their pins conflict).
+PRINTVIGIL_TEST_MOONRAKER_PYTHON="$(scripts/setup-venv.sh moonraker tests/peers/requirements-moonraker.txt)/bin/python"
+PRINTVIGIL_TEST_KLIPPY_PYTHON="$(scripts/setup-venv.sh klipper tests/peers/requirements-klipper.txt)/bin/python"
+export PRINTVIGIL_TEST_MOONRAKER_PYTHON PRINTVIGIL_TEST_KLIPPY_PYTHON
 cargo test --locked "$@"

@@ -216,7 +216,7 @@ impl MoonrakerLink {
         let timeout = Duration::from_secs(self.shared.cfg.action_timeout_secs);
         let mut rx = self.shared.status.subscribe();
         rpc.call_timeout(method, json!({}), timeout).await.map_err(|e| match e {
-            CallError::Rpc(message) => {
+            CallError::Rpc { message, .. } => {
                 PrinterError::Refused { printer: self.printer(), action: action.into(), message }
             }
             other => other.into_printer_error(&self.shared.cfg.name, method),
@@ -300,7 +300,7 @@ impl PrinterLink for MoonrakerLink {
 enum CallError {
     Timeout(Duration),
     Closed,
-    Rpc(String),
+    Rpc { code: i64, message: String },
 }
 
 impl CallError {
@@ -310,7 +310,7 @@ impl CallError {
                 PrinterError::Timeout { printer: printer.into(), method: method.into(), timeout }
             }
             CallError::Closed => PrinterError::Closed { printer: printer.into(), method: method.into() },
-            CallError::Rpc(message) => PrinterError::Refused {
+            CallError::Rpc { message, .. } => PrinterError::Refused {
                 printer: printer.into(),
                 action: method.into(),
                 message,
@@ -324,7 +324,7 @@ impl std::fmt::Display for CallError {
         match self {
             CallError::Timeout(t) => write!(f, "no answer within {t:?}"),
             CallError::Closed => write!(f, "connection closed"),
-            CallError::Rpc(m) => write!(f, "{m}"),
+            CallError::Rpc { code, message } => write!(f, "{message} (code {code})"),
         }
     }
 }
@@ -394,20 +394,28 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             break;
         }
-        let wait = match connect(&shared).await {
+        let attempt = match connect(&shared).await {
             Ok(ws) => {
-                told_unauthorized = false;
                 let end = session(&shared, ws, &mut tracker, &mut stop).await;
                 shared.set_rpc(None);
-                if end.was_ready {
-                    backoff = BACKOFF_START;
-                }
                 if end.stopped {
                     break;
                 }
-                tracker.offline(&shared, &format!("lost the connection to Moonraker: {}", end.reason));
-                backoff
+                if end.was_ready {
+                    backoff = BACKOFF_START;
+                    told_unauthorized = false;
+                }
+                if end.unauthorized {
+                    Err(ConnectError::Unauthorized("JSON-RPC error 401 on the websocket".into()))
+                } else {
+                    tracker.offline(&shared, &format!("lost the connection to Moonraker: {}", end.reason));
+                    Ok(backoff)
+                }
             }
+            Err(e) => Err(e),
+        };
+        let wait = match attempt {
+            Ok(wait) => wait,
             Err(ConnectError::Unauthorized(detail)) => {
                 if !told_unauthorized {
                     error!(
@@ -507,6 +515,7 @@ async fn oneshot_token(base: &url::Url, key: &Secret, timeout: Duration) -> Resu
 
 struct SessionEnd {
     reason: String,
+    unauthorized: bool,
     was_ready: bool,
     stopped: bool,
 }
@@ -561,7 +570,8 @@ async fn session(shared: &Arc<Shared>, ws: Ws, tracker: &mut Tracker, stop: &mut
     let outcome = s.drive(tracker, &mut notif_rx, stop, reader).await;
     let _ = rpc.out.send(Message::Close(None));
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-    SessionEnd { reason: outcome.0, was_ready: s.was_ready, stopped: outcome.1 }
+    let unauthorized = outcome.0 == UNAUTHORIZED;
+    SessionEnd { reason: outcome.0, unauthorized, was_ready: s.was_ready, stopped: outcome.1 }
 }
 
 /// Routes one text frame: answers to their waiting request, notifications to the session.
@@ -577,7 +587,7 @@ fn dispatch(text: &str, pending: &Pending, notif: &mpsc::UnboundedSender<(String
     let result = if let Some(err) = obj.get("error") {
         let msg = err.get("message").and_then(Value::as_str).unwrap_or("unknown error");
         let code = err.get("code").and_then(Value::as_i64).unwrap_or(0);
-        Err(CallError::Rpc(format!("{msg} (code {code})")))
+        Err(CallError::Rpc { code, message: msg.to_string() })
     } else {
         Ok(obj.get("result").cloned().unwrap_or(Value::Null))
     };
@@ -607,8 +617,10 @@ impl Session {
         stop: &mut watch::Receiver<bool>,
         mut reader: tokio::task::JoinHandle<String>,
     ) -> (String, bool) {
-        if let Err(e) = self.identify().await {
-            return (format!("identify failed: {e}"), false);
+        match self.identify().await {
+            Ok(()) => {}
+            Err(CallError::Rpc { code: 401, .. }) => return (UNAUTHORIZED.into(), false),
+            Err(e) => return (format!("identify failed: {e}"), false),
         }
         self.shared.set_rpc(Some(self.rpc.clone()));
         let mut poll = tokio::time::interval(READY_POLL);
@@ -629,6 +641,7 @@ impl Session {
                     match self.check_ready(tracker).await {
                         Ok(()) => {}
                         Err(CallError::Closed) => return ("closed".into(), false),
+                        Err(CallError::Rpc { code: 401, .. }) => return (UNAUTHORIZED.into(), false),
                         Err(e) => warn!(printer = %self.shared.cfg.name, "waiting for Klipper: {e}"),
                     }
                 }
@@ -798,6 +811,9 @@ impl Session {
         tracker.publish(&self.shared);
     }
 }
+
+/// The session end reason for a 401 from Moonraker.
+const UNAUTHORIZED: &str = "unauthorized";
 
 const TIMELAPSE_MACRO: &str = "gcode_macro TIMELAPSE_TAKE_FRAME";
 
