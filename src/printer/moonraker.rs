@@ -619,7 +619,9 @@ impl Session {
     ) -> (String, bool) {
         match self.identify().await {
             Ok(()) => {}
-            Err(CallError::Rpc { code: 401, .. }) => return (UNAUTHORIZED.into(), false),
+            Err(CallError::Rpc { code, message }) if is_auth_error(code, &message) => {
+                return (UNAUTHORIZED.into(), false);
+            }
             Err(e) => return (format!("identify failed: {e}"), false),
         }
         self.shared.set_rpc(Some(self.rpc.clone()));
@@ -641,7 +643,9 @@ impl Session {
                     match self.check_ready(tracker).await {
                         Ok(()) => {}
                         Err(CallError::Closed) => return ("closed".into(), false),
-                        Err(CallError::Rpc { code: 401, .. }) => return (UNAUTHORIZED.into(), false),
+                        Err(CallError::Rpc { code, message }) if is_auth_error(code, &message) => {
+                            return (UNAUTHORIZED.into(), false);
+                        }
                         Err(e) => warn!(printer = %self.shared.cfg.name, "waiting for Klipper: {e}"),
                     }
                 }
@@ -750,7 +754,7 @@ impl Session {
             "notify_history_changed" => {
                 let p = params.get(0).cloned().unwrap_or(Value::Null);
                 if let Some(job) = p.get("job").and_then(HistJob::parse) {
-                    tracker.history_job(&self.shared, &job, false);
+                    tracker.history_job(&self.shared, &job, true);
                 }
             }
             "notify_webcams_changed" => self.read_cameras().await,
@@ -800,6 +804,9 @@ impl Session {
         let job_edge = changed
             && (matches!(state.as_deref(), Some("printing"))
                 || matches!(prev.as_deref(), Some("printing" | "paused")));
+        if job_edge {
+            tracker.orphan_end(&self.shared, prev.as_deref(), state.as_deref());
+        }
         if resync || job_edge {
             match self.history().await {
                 Ok(jobs) => tracker.catch_up(&self.shared, &jobs, state.as_deref()),
@@ -810,6 +817,13 @@ impl Session {
         tracker.last_state = state;
         tracker.publish(&self.shared);
     }
+}
+
+/// Moonraker answers a missing or wrong key with code 401, or (on identify) with
+/// "Unauthorized" / "Invalid API Key" under a generic code.
+fn is_auth_error(code: i64, message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    code == 401 || m.contains("unauthorized") || m.contains("api key")
 }
 
 /// The session end reason for a 401 from Moonraker.
@@ -863,6 +877,10 @@ struct Tracker {
     horizon: Option<f64>,
     /// The printer paused for a timelapse frame: neither the pause nor its resume count.
     parked: bool,
+    /// The current print goes on although the history closed its entry (Moonraker
+    /// restarted during the print: `interrupted`, `server_exit`); its end comes from
+    /// `print_stats`.
+    orphan: bool,
     /// Last online/offline/halted report, to report each change once.
     reported: Option<Availability>,
 }
@@ -975,7 +993,9 @@ impl Tracker {
             }
             if let Some(last) = jobs.last() {
                 self.horizon = Some(last.start_time);
-                if last.outcome().is_none() && matches!(state, Some("printing" | "paused")) {
+                let lost = self.lost_track(last);
+                if (last.outcome().is_none() || lost) && matches!(state, Some("printing" | "paused")) {
+                    self.orphan = lost;
                     self.current = Some((last.id(), last.filename.clone()));
                     shared.emit(PrinterEvent::Attached {
                         job: last.id(),
@@ -988,26 +1008,34 @@ impl Tracker {
             }
             return;
         };
-        for j in jobs {
+        for (i, j) in jobs.iter().enumerate() {
             let known = self.started.contains(&j.id());
             if j.start_time >= horizon || known {
-                self.history_job(shared, j, true);
+                self.history_job(shared, j, i + 1 == jobs.len());
             }
         }
     }
 
     /// One history entry, from a notification or a history read.
-    fn history_job(&mut self, shared: &Shared, job: &HistJob, _from_list: bool) {
+    /// `latest`: the newest entry of the history.
+    fn history_job(&mut self, shared: &Shared, job: &HistJob, latest: bool) {
         if self.horizon.is_none() {
             // Not synced yet: the first history read will account for it.
             return;
         }
         let id = job.id();
+        let running_on = latest && self.lost_track(job);
         if self.started.insert(id.clone()) {
             shared.emit(PrinterEvent::PrintStarted { job: id.clone(), file: job.filename.clone() });
-            if job.outcome().is_none() {
+            if job.outcome().is_none() || running_on {
                 self.current = Some((id.clone(), job.filename.clone()));
             }
+        }
+        if running_on && self.current.as_ref().is_some_and(|(c, _)| *c == id) {
+            // Moonraker lost track of the print, Klipper did not: it goes on.
+            self.orphan = true;
+            self.horizon = Some(self.horizon.unwrap_or(0.0).max(job.start_time));
+            return;
         }
         if let Some(outcome) = job.outcome()
             && self.finished.insert(id.clone())
@@ -1018,6 +1046,40 @@ impl Tracker {
             shared.emit(PrinterEvent::Finished { job: id, file: job.filename.clone(), outcome });
         }
         self.horizon = Some(self.horizon.unwrap_or(0.0).max(job.start_time));
+    }
+
+    /// The history entry was closed because Moonraker stopped (not the print), and Klipper
+    /// is still printing that file.
+    fn lost_track(&self, job: &HistJob) -> bool {
+        matches!(job.status.as_str(), "interrupted" | "server_exit")
+            && matches!(self.print_state().as_deref(), Some("printing" | "paused"))
+            && self.field("print_stats", "filename").and_then(Value::as_str) == Some(job.filename.as_str())
+    }
+
+    /// The end of a print whose history entry was closed early, from `print_stats`.
+    fn orphan_end(&mut self, shared: &Shared, prev: Option<&str>, now: Option<&str>) {
+        if !self.orphan
+            || !matches!(prev, Some("printing" | "paused"))
+            || matches!(now, Some("printing" | "paused"))
+        {
+            return;
+        }
+        self.orphan = false;
+        let Some((job, file)) = self.current.take() else { return };
+        let outcome = match now {
+            Some("complete") => JobOutcome::Completed,
+            Some("error") => JobOutcome::Failed(
+                self.field("print_stats", "message")
+                    .and_then(Value::as_str)
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or("error")
+                    .to_string(),
+            ),
+            _ => JobOutcome::Cancelled,
+        };
+        if self.finished.insert(job.clone()) {
+            shared.emit(PrinterEvent::Finished { job, file, outcome });
+        }
     }
 
     fn publish(&self, shared: &Shared) {

@@ -265,7 +265,7 @@ impl Peers {
 
     async fn read_api_key(&self) -> String {
         // Moonraker keeps its API key in its SQLite database.
-        let db = self.data().join("database/moonraker.sql");
+        let db = self.data().join("database/moonraker-sql.db");
         let script = "import sqlite3,sys,json\n\
             c=sqlite3.connect(sys.argv[1])\n\
             for row in c.execute('select * from authorized_users'):\n\
