@@ -859,7 +859,18 @@ impl HistJob {
             "in_progress" | "" => None,
             "completed" => Some(JobOutcome::Completed),
             "cancelled" => Some(JobOutcome::Cancelled),
-            other => Some(JobOutcome::Failed(other.to_string())),
+            "klippy_shutdown" => Some(JobOutcome::Failed(
+                "the printer halted during the print (emergency stop or firmware error; Moonraker: klippy_shutdown)".into(),
+            )),
+            "klippy_disconnect" => Some(JobOutcome::Failed(
+                "the printer's firmware restarted or disconnected during the print (Moonraker: klippy_disconnect)".into(),
+            )),
+            "interrupted" | "server_exit" => Some(JobOutcome::Failed(format!(
+                "the printer's host software stopped during the print (Moonraker: {})",
+                self.status
+            ))),
+            "error" => Some(JobOutcome::Failed("the print stopped on an error (Moonraker: error)".into())),
+            other => Some(JobOutcome::Failed(format!("the print ended as `{other}`"))),
         }
     }
 }
@@ -1220,6 +1231,34 @@ mod tests {
         t.catch_up(&sh, &jobs, Some("printing"));
         t.history_job(&sh, &jobs[3], false);
         assert!(drain(&mut rx).is_empty());
+    }
+
+    #[test]
+    fn print_that_outlives_a_moonraker_restart_ends_from_print_stats() {
+        let sh = shared();
+        let mut rx = sh.events.subscribe();
+        let mut t = Tracker::default();
+        t.replace_status(json!({"print_stats": {"state": "printing", "filename": "1.gcode"}}));
+        t.catch_up(&sh, &[job("1", "in_progress", 1.0)], Some("printing"));
+        assert!(matches!(&drain(&mut rx)[..], [PrinterEvent::Attached { .. }]));
+        // Moonraker restarted: it marked the job interrupted; Klipper still prints it.
+        t.catch_up(&sh, &[job("1", "interrupted", 1.0)], Some("printing"));
+        assert!(drain(&mut rx).is_empty(), "an interrupted entry of a running print is not an end");
+        t.merge_status(&json!({"print_stats": {"state": "complete"}}));
+        t.orphan_end(&sh, Some("printing"), Some("complete"));
+        t.catch_up(&sh, &[job("1", "interrupted", 1.0)], Some("complete"));
+        let ev = drain(&mut rx);
+        assert!(
+            matches!(&ev[..], [PrinterEvent::Finished { outcome: JobOutcome::Completed, .. }]),
+            "{ev:?}"
+        );
+        // An interrupted entry for a print that is over is a failed print.
+        t.catch_up(&sh, &[job("1", "interrupted", 1.0), job("2", "interrupted", 2.0)], Some("standby"));
+        let ev = drain(&mut rx);
+        assert!(
+            matches!(&ev[..], [PrinterEvent::PrintStarted { .. }, PrinterEvent::Finished { outcome: JobOutcome::Failed(_), .. }]),
+            "{ev:?}"
+        );
     }
 
     #[test]
