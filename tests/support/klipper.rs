@@ -74,7 +74,19 @@ impl Proc {
     fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
+        // Run in the log's folder: klippy reports a version from the git checkout it runs in.
+        if let Some(dir) = log.parent() {
+            cmd.current_dir(dir);
+        }
         cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        // If the test binary itself is killed, take the peer down with it.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         Proc { name: name.into(), child, log }
     }
