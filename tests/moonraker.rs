@@ -283,14 +283,22 @@ async fn link_recreated_mid_print_attaches_to_the_same_print() {
     peers.start_print("print.gcode").await;
     let (ev, _) = log.wait("the print start", LONG, is_start).await;
     let job = started_file(&ev).unwrap().0.clone();
+    link.pause().await.expect("pause is confirmed");
     link.stop().await;
     drop(link);
 
-    // printvigil restarted: a new link, same instance name.
+    // printvigil restarted: a new link, same instance name, finds the print paused.
     let link = link_to(&peers.url(), "recreated");
     let log2 = EventLog::record(link.as_ref());
     let (ev, _) = log2.wait("Attached", LONG, |e| matches!(e, PrinterEvent::Attached { .. })).await;
-    assert!(matches!(&ev, PrinterEvent::Attached { job: j, file, paused: false } if *j == job && file == "print.gcode"));
+    assert!(
+        matches!(&ev, PrinterEvent::Attached { job: j, file, paused: true } if *j == job && file == "print.gcode"),
+        "{ev:?}"
+    );
+    assert_eq!(link.status().borrow().job.as_ref(), Some(&job));
+    link.resume().await.expect("the new link resumes the print");
+    assert_eq!(peers.print_state().await, "printing");
+    log2.wait("Resumed", LONG, |e| matches!(e, PrinterEvent::Resumed { job: Some(j) } if *j == job)).await;
     let (ev, _) = log2.wait("the print end", LONG, is_end).await;
     assert_eq!(finished(&ev).unwrap().0, &job);
     assert_eq!(log2.count(is_start), 0, "{:#?}", log2.all());

@@ -996,26 +996,28 @@ impl Tracker {
         let Some(horizon) = self.horizon else {
             // First sync of this link: older prints are not news; a print still running is
             // attached to, not started.
+            let attach = jobs.last().filter(|last| {
+                (last.outcome().is_none() || self.lost_track(last))
+                    && matches!(state, Some("printing" | "paused"))
+            });
+            let attach_id = attach.map(HistJob::id);
             for j in jobs {
                 self.started.insert(j.id());
-                if j.outcome().is_some() {
+                // Older entries, even one still marked in progress, are not news: only the
+                // print attached to will have its end reported.
+                if Some(j.id()) != attach_id {
                     self.finished.insert(j.id());
                 }
             }
-            if let Some(last) = jobs.last() {
-                self.horizon = Some(last.start_time);
-                let lost = self.lost_track(last);
-                if (last.outcome().is_none() || lost) && matches!(state, Some("printing" | "paused")) {
-                    self.orphan = lost;
-                    self.current = Some((last.id(), last.filename.clone()));
-                    shared.emit(PrinterEvent::Attached {
-                        job: last.id(),
-                        file: last.filename.clone(),
-                        paused: state == Some("paused"),
-                    });
-                }
-            } else {
-                self.horizon = Some(0.0);
+            self.horizon = Some(jobs.last().map(|j| j.start_time).unwrap_or(0.0));
+            if let Some(last) = attach {
+                self.orphan = self.lost_track(last);
+                self.current = Some((last.id(), last.filename.clone()));
+                shared.emit(PrinterEvent::Attached {
+                    job: last.id(),
+                    file: last.filename.clone(),
+                    paused: state == Some("paused"),
+                });
             }
             return;
         };
@@ -1259,6 +1261,45 @@ mod tests {
             matches!(&ev[..], [PrinterEvent::PrintStarted { .. }, PrinterEvent::Finished { outcome: JobOutcome::Failed(_), .. }]),
             "{ev:?}"
         );
+    }
+
+    #[test]
+    fn a_stale_entry_seen_at_first_sync_is_never_reported() {
+        let sh = shared();
+        let mut rx = sh.events.subscribe();
+        let mut t = Tracker::default();
+        // History still says in progress but Klipper is idle: nothing to attach to.
+        t.catch_up(&sh, &[job("1", "in_progress", 1.0)], Some("standby"));
+        t.history_job(&sh, &job("1", "cancelled", 1.0), true);
+        assert!(drain(&mut rx).is_empty());
+        assert!(t.current.is_none());
+    }
+
+    proptest::proptest! {
+        /// Nothing Moonraker sends can panic the link.
+        #[test]
+        fn arbitrary_input_never_panics(text in ".{0,200}", a in 0u8..6, b in 0u8..6) {
+            let sh = shared();
+            let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+            let (tx, _rx) = mpsc::unbounded_channel();
+            let _ = dispatch(&text, &pending, &tx);
+            let values = [
+                json!(null), json!(text), json!({"print_stats": text}),
+                json!({"print_stats": {"state": text, "filename": 3}}),
+                json!({"extruder": {"temperature": "hot", "target": []}}),
+                json!({TIMELAPSE_MACRO: {"is_paused": text}}),
+            ];
+            let mut t = Tracker::default();
+            t.replace_status(values[a as usize].clone());
+            t.merge_status(&values[b as usize]);
+            let states = ["printing", "paused", "complete", "standby", "error", ""];
+            t.orphan = true;
+            t.orphan_end(&sh, Some(states[a as usize]), Some(states[b as usize]));
+            t.pause_edges(&sh, Some(states[a as usize]), t.print_state().as_deref());
+            t.publish(&sh);
+            let _ = HistJob::parse(&values[a as usize]);
+            let _ = parse_webcams(&json!({"webcams": [values[b as usize].clone()]}), &url::Url::parse("http://h:1").unwrap());
+        }
     }
 
     #[test]
