@@ -214,7 +214,8 @@ mod tests {
             ("name = \"a\"\nkind = \"moonraker\"\nrequest_timeout_secs = 0", "request_timeout_secs"),
         ];
         for (entry, key) in cases {
-            let err = Config::from_toml_str(&format!("[[printers]]\n{entry}\n")).unwrap_err().to_string();
+            let err =
+                Config::from_toml_str(&format!("[[printers]]\n{entry}\n")).unwrap_err().to_string();
             assert!(err.contains(key), "{entry:?}: {err}");
         }
         let dup = "[[printers]]\nname = \"a\"\nkind = \"moonraker\"\n[[printers]]\nname = \"a\"\nkind = \"moonraker\"\n";

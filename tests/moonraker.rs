@@ -102,7 +102,12 @@ async fn start_complete_and_cancel_are_each_reported_once() {
         .collect();
     assert_eq!(
         kinds,
-        ["start short.gcode", "end short.gcode Completed", "start long.gcode", "end long.gcode Cancelled"]
+        [
+            "start short.gcode",
+            "end short.gcode Completed",
+            "start long.gcode",
+            "end long.gcode Cancelled"
+        ]
     );
     // An action in the wrong state is refused without touching the printer.
     assert!(link.pause().await.is_err());
@@ -129,7 +134,9 @@ async fn five_prints_in_a_row_each_start_and_end_once() {
         assert_eq!(finished(&ev).unwrap().1, name);
         assert_eq!(finished(&ev).unwrap().2, &JobOutcome::Completed);
     }
-    eprintln!("FIGURE start latency from Klipper's print start (history start_time), 5 prints: {from_klipper:.3?} s");
+    eprintln!(
+        "FIGURE start latency from Klipper's print start (history start_time), 5 prints: {from_klipper:.3?} s"
+    );
     eprintln!("FIGURE start latency from the start request, 5 prints: {from_request:.3?} s");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(log.count(is_start), 5, "{:#?}", log.all());
@@ -153,10 +160,12 @@ async fn pause_and_resume_by_printvigil_really_pause_klipper() {
         pause_figures.push(t.elapsed().as_secs_f64());
         assert_eq!(peers.print_state().await, "paused", "Klipper itself must be paused");
         assert_eq!(link.status().borrow().state, PrinterState::Paused);
-        log.wait_nth("Paused", round, LONG, |e| matches!(e, PrinterEvent::Paused { job: Some(_) })).await;
+        log.wait_nth("Paused", round, LONG, |e| matches!(e, PrinterEvent::Paused { job: Some(_) }))
+            .await;
         link.resume().await.expect("resume is confirmed");
         assert_eq!(peers.print_state().await, "printing");
-        log.wait_nth("Resumed", round, LONG, |e| matches!(e, PrinterEvent::Resumed { job: Some(_) })).await;
+        log.wait_nth("Resumed", round, LONG, |e| matches!(e, PrinterEvent::Resumed { job: Some(_) }))
+            .await;
     }
     eprintln!("FIGURE pause request -> Klipper paused (confirmed by the link): {pause_figures:.3?} s");
     link.cancel().await.expect("cancel is confirmed");
@@ -269,7 +278,10 @@ async fn emergency_stop_mid_print_is_a_halt_not_a_finished_print() {
     eprintln!("emergency stop: events {:#?}", log.all());
     assert_eq!(log.count(is_start), 1);
     assert_eq!(log.count(is_end), 1);
-    assert_eq!(log.count(|e| matches!(e, PrinterEvent::Finished { outcome: JobOutcome::Completed, .. })), 0);
+    assert_eq!(
+        log.count(|e| matches!(e, PrinterEvent::Finished { outcome: JobOutcome::Completed, .. })),
+        0
+    );
     link.stop().await;
 }
 
@@ -298,7 +310,8 @@ async fn link_recreated_mid_print_attaches_to_the_same_print() {
     assert_eq!(link.status().borrow().job.as_ref(), Some(&job));
     link.resume().await.expect("the new link resumes the print");
     assert_eq!(peers.print_state().await, "printing");
-    log2.wait("Resumed", LONG, |e| matches!(e, PrinterEvent::Resumed { job: Some(j) } if *j == job)).await;
+    log2.wait("Resumed", LONG, |e| matches!(e, PrinterEvent::Resumed { job: Some(j) } if *j == job))
+        .await;
     let (ev, _) = log2.wait("the print end", LONG, is_end).await;
     assert_eq!(finished(&ev).unwrap().0, &job);
     assert_eq!(log2.count(is_start), 0, "{:#?}", log2.all());
@@ -341,7 +354,13 @@ async fn link_dropped_mid_print_reports_what_happened_meanwhile_in_order() {
         .collect();
     assert_eq!(
         seq,
-        ["start a.gcode", "end a.gcode Completed", "start b.gcode", "end b.gcode Completed", "start c.gcode"]
+        [
+            "start a.gcode",
+            "end a.gcode Completed",
+            "start b.gcode",
+            "end b.gcode Completed",
+            "start c.gcode"
+        ]
     );
     // The re-attached link still acts on the running print.
     link.cancel().await.expect("cancel is confirmed");
@@ -357,7 +376,12 @@ async fn wait_state(peers: &Peers, want: &str) {
     }
 }
 
-async fn api_key_link(peers: &Peers, key: Option<&str>, via: ApiKeyVia, instance: &str) -> (Arc<MoonrakerLink>, EventLog) {
+async fn api_key_link(
+    peers: &Peers,
+    key: Option<&str>,
+    via: ApiKeyVia,
+    instance: &str,
+) -> (Arc<MoonrakerLink>, EventLog) {
     let mut cfg = MoonrakerConfig::new("sim", &peers.url());
     cfg.api_key = key.map(Secret::new);
     cfg.api_key_via = via;
@@ -375,24 +399,41 @@ async fn api_key_mode_right_key_connects_wrong_or_no_key_is_refused() {
     assert_eq!(resp.status().as_u16(), 401);
 
     let (good, good_log) = api_key_link(&peers, Some(&key), ApiKeyVia::Header, "key-header").await;
-    let (token, token_log) = api_key_link(&peers, Some(&key), ApiKeyVia::OneshotToken, "key-token").await;
-    let (wrong, wrong_log) = api_key_link(&peers, Some("0123456789abcdef0123456789abcdef"), ApiKeyVia::Header, "key-wrong").await;
-    let (wrong_t, wrong_t_log) =
-        api_key_link(&peers, Some("0123456789abcdef0123456789abcdef"), ApiKeyVia::OneshotToken, "key-wrong-token").await;
+    let (token, token_log) =
+        api_key_link(&peers, Some(&key), ApiKeyVia::OneshotToken, "key-token").await;
+    let (wrong, wrong_log) =
+        api_key_link(&peers, Some("0123456789abcdef0123456789abcdef"), ApiKeyVia::Header, "key-wrong")
+            .await;
+    let (wrong_t, wrong_t_log) = api_key_link(
+        &peers,
+        Some("0123456789abcdef0123456789abcdef"),
+        ApiKeyVia::OneshotToken,
+        "key-wrong-token",
+    )
+    .await;
     let (none, none_log) = api_key_link(&peers, None, ApiKeyVia::Header, "key-none").await;
 
     good_log.wait("Online with the key in a header", LONG, is_online).await;
     token_log.wait("Online with a one-shot token", LONG, is_online).await;
-    for (name, log) in [("wrong key", &wrong_log), ("wrong key, token", &wrong_t_log), ("no key", &none_log)] {
+    for (name, log) in
+        [("wrong key", &wrong_log), ("wrong key, token", &wrong_t_log), ("no key", &none_log)]
+    {
         let (ev, _) = log.wait(name, LONG, |e| matches!(e, PrinterEvent::Offline { .. })).await;
         let PrinterEvent::Offline { reason } = ev else { unreachable!() };
         assert!(reason.contains("API key"), "{name}: the reason must say to set the API key: {reason}");
     }
     // The refused links never come online, and report the refusal once, not in a loop.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    for (name, log) in [("wrong key", &wrong_log), ("wrong key, token", &wrong_t_log), ("no key", &none_log)] {
+    for (name, log) in
+        [("wrong key", &wrong_log), ("wrong key, token", &wrong_t_log), ("no key", &none_log)]
+    {
         assert_eq!(log.count(is_online), 0, "{name}: {:#?}", log.all());
-        assert_eq!(log.count(|e| matches!(e, PrinterEvent::Offline { .. })), 1, "{name}: {:#?}", log.all());
+        assert_eq!(
+            log.count(|e| matches!(e, PrinterEvent::Offline { .. })),
+            1,
+            "{name}: {:#?}",
+            log.all()
+        );
     }
     // The key never shows in what the link publishes.
     let shown = format!("{:?}{:?}", good.status().borrow().clone(), good_log.all());
@@ -413,7 +454,8 @@ async fn cameras_and_status_come_from_moonraker() {
     let log = EventLog::record(link.as_ref());
     log.wait("Online", LONG, is_online).await;
     let mut cams = link.cameras();
-    let cams = tokio::time::timeout(LONG, cams.wait_for(|c| !c.is_empty())).await.unwrap().unwrap().clone();
+    let cams =
+        tokio::time::timeout(LONG, cams.wait_for(|c| !c.is_empty())).await.unwrap().unwrap().clone();
     assert_eq!(cams.len(), 1);
     assert_eq!(cams[0].name, "test_cam");
     assert_eq!(cams[0].snapshot_url.as_deref(), Some("http://127.0.0.1/webcam/?action=snapshot"));
@@ -424,7 +466,11 @@ async fn cameras_and_status_come_from_moonraker() {
         .post("/server/webcams/item?name=nozzle&service=mjpegstreamer&snapshot_url=http://10.0.0.9/snap&stream_url=/nozzle/stream&rotation=180&flip_vertical=true")
         .await;
     let mut cams_rx = link.cameras();
-    let cams = tokio::time::timeout(LONG, cams_rx.wait_for(|c| c.len() == 2)).await.expect("the new camera").unwrap().clone();
+    let cams = tokio::time::timeout(LONG, cams_rx.wait_for(|c| c.len() == 2))
+        .await
+        .expect("the new camera")
+        .unwrap()
+        .clone();
     let nozzle = cams.iter().find(|c| c.name == "nozzle").expect("the nozzle camera");
     assert_eq!(nozzle.snapshot_url.as_deref(), Some("http://10.0.0.9/snap"));
     assert_eq!(nozzle.stream_url.as_deref(), Some("http://127.0.0.1/nozzle/stream"));
@@ -435,7 +481,9 @@ async fn cameras_and_status_come_from_moonraker() {
     let mut status = link.status();
     let s = tokio::time::timeout(
         LONG,
-        status.wait_for(|s| s.temperatures.iter().any(|t| t.name == "heater_bed" && t.target == 60.0 && t.actual > 30.0)),
+        status.wait_for(|s| {
+            s.temperatures.iter().any(|t| t.name == "heater_bed" && t.target == 60.0 && t.actual > 30.0)
+        }),
     )
     .await
     .expect("the bed heats up")

@@ -119,7 +119,9 @@ pub struct CameraInfo {
 /// Errors of printer links and their actions.
 #[derive(Debug, thiserror::Error)]
 pub enum PrinterError {
-    #[error("printer `{printer}` is not connected; check that it is on and reachable, the action was not sent")]
+    #[error(
+        "printer `{printer}` is not connected; check that it is on and reachable, the action was not sent"
+    )]
     NotConnected { printer: String },
     #[error("printer `{printer}` refused `{action}`: {message}")]
     Refused { printer: String, action: String, message: String },
@@ -127,7 +129,9 @@ pub enum PrinterError {
         "printer `{printer}` did not confirm `{action}` within {timeout:?} (its state stayed `{state:?}`); check the printer and its {action} macro"
     )]
     NotConfirmed { printer: String, action: String, timeout: Duration, state: PrinterState },
-    #[error("printer `{printer}` did not answer `{method}` within {timeout:?}; the connection may be stalled")]
+    #[error(
+        "printer `{printer}` did not answer `{method}` within {timeout:?}; the connection may be stalled"
+    )]
     Timeout { printer: String, method: String, timeout: Duration },
     #[error("printer `{printer}`: the connection closed before `{method}` was answered")]
     Closed { printer: String, method: String },

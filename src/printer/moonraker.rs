@@ -21,8 +21,8 @@ use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 use tracing::{debug, error, info, warn};
 
 use super::{
-    CameraInfo, JobId, JobOutcome, PrinterError, PrinterEvent, PrinterLink, PrinterState,
-    PrinterStatus, Temperature,
+    CameraInfo, JobId, JobOutcome, PrinterError, PrinterEvent, PrinterLink, PrinterState, PrinterStatus,
+    Temperature,
 };
 use crate::config::{ConfigError, invalid};
 use crate::secret::Secret;
@@ -207,7 +207,11 @@ impl MoonrakerLink {
     ) -> Result<(), PrinterError> {
         let state = self.shared.status.borrow().state;
         if !allowed.contains(&state) {
-            return Err(PrinterError::WrongState { printer: self.printer(), action: action.into(), state });
+            return Err(PrinterError::WrongState {
+                printer: self.printer(),
+                action: action.into(),
+                state,
+            });
         }
         let rpc = self
             .shared
@@ -285,10 +289,10 @@ impl PrinterLink for MoonrakerLink {
     async fn stop(&self) {
         let _ = self.stop_tx.send(true);
         let task = self.task.lock().ok().and_then(|mut g| g.take());
-        if let Some(task) = task {
-            if tokio::time::timeout(Duration::from_secs(5), &mut Box::pin(task)).await.is_err() {
-                warn!(printer = %self.shared.cfg.name, "link task did not stop in 5 s");
-            }
+        if let Some(task) = task
+            && tokio::time::timeout(Duration::from_secs(5), task).await.is_err()
+        {
+            warn!(printer = %self.shared.cfg.name, "link task did not stop in 5 s");
         }
     }
 }
@@ -310,11 +314,9 @@ impl CallError {
                 PrinterError::Timeout { printer: printer.into(), method: method.into(), timeout }
             }
             CallError::Closed => PrinterError::Closed { printer: printer.into(), method: method.into() },
-            CallError::Rpc { message, .. } => PrinterError::Refused {
-                printer: printer.into(),
-                action: method.into(),
-                message,
-            },
+            CallError::Rpc { message, .. } => {
+                PrinterError::Refused { printer: printer.into(), action: method.into(), message }
+            }
         }
     }
 }
@@ -358,7 +360,12 @@ impl Rpc {
         self.call_timeout(method, params, self.timeout).await
     }
 
-    async fn call_timeout(&self, method: &str, params: Value, timeout: Duration) -> Result<Value, CallError> {
+    async fn call_timeout(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().map_err(|_| CallError::Closed)?.insert(id, tx);
@@ -408,7 +415,8 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 if end.unauthorized {
                     Err(ConnectError::Unauthorized("JSON-RPC error 401 on the websocket".into()))
                 } else {
-                    tracker.offline(&shared, &format!("lost the connection to Moonraker: {}", end.reason));
+                    tracker
+                        .offline(&shared, &format!("lost the connection to Moonraker: {}", end.reason));
                     Ok(backoff)
                 }
             }
@@ -434,7 +442,10 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             }
             Err(ConnectError::Other(reason)) => {
                 debug!(printer = %shared.cfg.name, %reason, "cannot reach Moonraker");
-                tracker.offline(&shared, &format!("cannot reach Moonraker at {}: {reason}", shared.cfg.url));
+                tracker.offline(
+                    &shared,
+                    &format!("cannot reach Moonraker at {}: {reason}", shared.cfg.url),
+                );
                 backoff
             }
         };
@@ -466,10 +477,9 @@ async fn connect(shared: &Shared) -> Result<Ws, ConnectError> {
         .into_client_request()
         .map_err(|e| ConnectError::Other(format!("bad websocket address: {e}")))?;
     if let (Some(key), ApiKeyVia::Header) = (key, cfg.api_key_via) {
-        let value = key
-            .expose()
-            .parse()
-            .map_err(|_| ConnectError::Other("the API key contains characters a header cannot carry".into()))?;
+        let value = key.expose().parse().map_err(|_| {
+            ConnectError::Other("the API key contains characters a header cannot carry".into())
+        })?;
         request.headers_mut().insert("X-Api-Key", value);
     }
     let timeout = Duration::from_secs(cfg.request_timeout_secs);
@@ -483,19 +493,20 @@ async fn connect(shared: &Shared) -> Result<Ws, ConnectError> {
     }
 }
 
-async fn oneshot_token(base: &url::Url, key: &Secret, timeout: Duration) -> Result<String, ConnectError> {
+async fn oneshot_token(
+    base: &url::Url,
+    key: &Secret,
+    timeout: Duration,
+) -> Result<String, ConnectError> {
     let mut url = base.clone();
     url.set_path("/access/oneshot_token");
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .build()
         .map_err(|e| ConnectError::Other(e.to_string()))?;
-    let resp = client
-        .get(url)
-        .header("X-Api-Key", key.expose())
-        .send()
-        .await
-        .map_err(|e| ConnectError::Other(format!("one-shot token request failed: {}", e.without_url())))?;
+    let resp = client.get(url).header("X-Api-Key", key.expose()).send().await.map_err(|e| {
+        ConnectError::Other(format!("one-shot token request failed: {}", e.without_url()))
+    })?;
     let status = resp.status();
     if matches!(status.as_u16(), 401 | 403) {
         return Err(ConnectError::Unauthorized(format!("HTTP {status} on /access/oneshot_token")));
@@ -520,7 +531,12 @@ struct SessionEnd {
     stopped: bool,
 }
 
-async fn session(shared: &Arc<Shared>, ws: Ws, tracker: &mut Tracker, stop: &mut watch::Receiver<bool>) -> SessionEnd {
+async fn session(
+    shared: &Arc<Shared>,
+    ws: Ws,
+    tracker: &mut Tracker,
+    stop: &mut watch::Receiver<bool>,
+) -> SessionEnd {
     let (mut sink, mut stream) = ws.split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
     let (notif_tx, mut notif_rx) = mpsc::unbounded_channel::<(String, Value)>();
@@ -575,7 +591,11 @@ async fn session(shared: &Arc<Shared>, ws: Ws, tracker: &mut Tracker, stop: &mut
 }
 
 /// Routes one text frame: answers to their waiting request, notifications to the session.
-fn dispatch(text: &str, pending: &Pending, notif: &mpsc::UnboundedSender<(String, Value)>) -> Result<(), String> {
+fn dispatch(
+    text: &str,
+    pending: &Pending,
+    notif: &mpsc::UnboundedSender<(String, Value)>,
+) -> Result<(), String> {
     let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON ({e})"))?;
     let obj = v.as_object().ok_or("not a JSON object")?;
     if let Some(method) = obj.get("method").and_then(Value::as_str) {
@@ -583,7 +603,10 @@ fn dispatch(text: &str, pending: &Pending, notif: &mpsc::UnboundedSender<(String
         let _ = notif.send((method.to_string(), params));
         return Ok(());
     }
-    let id = obj.get("id").and_then(Value::as_u64).ok_or("neither a notification nor an answer with a numeric id")?;
+    let id = obj
+        .get("id")
+        .and_then(Value::as_u64)
+        .ok_or("neither a notification nor an answer with a numeric id")?;
     let result = if let Some(err) = obj.get("error") {
         let msg = err.get("message").and_then(Value::as_str).unwrap_or("unknown error");
         let code = err.get("code").and_then(Value::as_i64).unwrap_or(0);
@@ -672,12 +695,16 @@ impl Session {
         match state.as_str() {
             "ready" => self.on_ready(tracker).await,
             "shutdown" | "error" => {
-                let msg = self.state_message().await.unwrap_or_else(|| format!("Klipper is in {state} state"));
+                let msg =
+                    self.state_message().await.unwrap_or_else(|| format!("Klipper is in {state} state"));
                 tracker.halted(&self.shared, &msg);
                 Ok(())
             }
             other => {
-                tracker.offline(&self.shared, &format!("Klipper is not ready (Moonraker reports `{other}`)"));
+                tracker.offline(
+                    &self.shared,
+                    &format!("Klipper is not ready (Moonraker reports `{other}`)"),
+                );
                 Ok(())
             }
         }
@@ -711,7 +738,10 @@ impl Session {
             }
         }
         for name in &present {
-            if name == "heater_bed" || name.starts_with("extruder") || name.starts_with("heater_generic ") {
+            if name == "heater_bed"
+                || name.starts_with("extruder")
+                || name.starts_with("heater_generic ")
+            {
                 objects.insert(name.clone(), json!(["temperature", "target"]));
             }
         }
@@ -726,7 +756,12 @@ impl Session {
         Ok(())
     }
 
-    async fn notification(&mut self, tracker: &mut Tracker, method: &str, params: Value) -> Result<(), CallError> {
+    async fn notification(
+        &mut self,
+        tracker: &mut Tracker,
+        method: &str,
+        params: Value,
+    ) -> Result<(), CallError> {
         match method {
             "notify_status_update" => {
                 if !self.ready {
@@ -737,11 +772,7 @@ impl Session {
                     self.process_status(tracker, false).await;
                 }
             }
-            "notify_klippy_ready" => {
-                if !self.ready {
-                    self.check_ready(tracker).await?;
-                }
-            }
+            "notify_klippy_ready" if !self.ready => self.check_ready(tracker).await?,
             "notify_klippy_disconnected" => {
                 self.ready = false;
                 tracker.offline(&self.shared, "Klipper disconnected from Moonraker");
@@ -1066,7 +1097,8 @@ impl Tracker {
     fn lost_track(&self, job: &HistJob) -> bool {
         matches!(job.status.as_str(), "interrupted" | "server_exit")
             && matches!(self.print_state().as_deref(), Some("printing" | "paused"))
-            && self.field("print_stats", "filename").and_then(Value::as_str) == Some(job.filename.as_str())
+            && self.field("print_stats", "filename").and_then(Value::as_str)
+                == Some(job.filename.as_str())
     }
 
     /// The end of a print whose history entry was closed early, from `print_stats`.
@@ -1163,9 +1195,15 @@ fn parse_webcams(v: &Value, base: &url::Url) -> Vec<CameraInfo> {
                             r @ (90 | 180 | 270) => r as u16,
                             _ => 0,
                         },
-                        flip_horizontal: c.get("flip_horizontal").and_then(Value::as_bool).unwrap_or(false),
+                        flip_horizontal: c
+                            .get("flip_horizontal")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false),
                         flip_vertical: c.get("flip_vertical").and_then(Value::as_bool).unwrap_or(false),
-                        target_fps: c.get("target_fps").and_then(Value::as_u64).map(|f| f.min(1000) as u32),
+                        target_fps: c
+                            .get("target_fps")
+                            .and_then(Value::as_u64)
+                            .map(|f| f.min(1000) as u32),
                     })
                 })
                 .collect()
@@ -1189,7 +1227,12 @@ mod tests {
     }
 
     fn job(id: &str, status: &str, t: f64) -> HistJob {
-        HistJob { job_id: id.into(), filename: format!("{id}.gcode"), status: status.into(), start_time: t }
+        HistJob {
+            job_id: id.into(),
+            filename: format!("{id}.gcode"),
+            status: status.into(),
+            start_time: t,
+        }
     }
 
     fn drain(rx: &mut broadcast::Receiver<PrinterEvent>) -> Vec<PrinterEvent> {
@@ -1258,7 +1301,13 @@ mod tests {
         t.catch_up(&sh, &[job("1", "interrupted", 1.0), job("2", "interrupted", 2.0)], Some("standby"));
         let ev = drain(&mut rx);
         assert!(
-            matches!(&ev[..], [PrinterEvent::PrintStarted { .. }, PrinterEvent::Finished { outcome: JobOutcome::Failed(_), .. }]),
+            matches!(
+                &ev[..],
+                [
+                    PrinterEvent::PrintStarted { .. },
+                    PrinterEvent::Finished { outcome: JobOutcome::Failed(_), .. }
+                ]
+            ),
             "{ev:?}"
         );
     }
@@ -1315,14 +1364,24 @@ mod tests {
         t.pause_edges(&sh, Some("printing"), Some("paused"));
         t.pause_edges(&sh, Some("paused"), Some("printing"));
         let ev = drain(&mut rx);
-        assert!(matches!(&ev[..], [PrinterEvent::Paused { .. }, PrinterEvent::Resumed { .. }]), "{ev:?}");
+        assert!(
+            matches!(&ev[..], [PrinterEvent::Paused { .. }, PrinterEvent::Resumed { .. }]),
+            "{ev:?}"
+        );
     }
 
     #[test]
     fn garbage_from_moonraker_is_rejected_not_fatal() {
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let (tx, _rx) = mpsc::unbounded_channel();
-        for text in ["", "nonsense", "[1,2]", "{\"id\": \"x\"}", "{\"id\": 99, \"result\": 1}", "{\"jsonrpc\":\"2.0\"}"] {
+        for text in [
+            "",
+            "nonsense",
+            "[1,2]",
+            "{\"id\": \"x\"}",
+            "{\"id\": 99, \"result\": 1}",
+            "{\"jsonrpc\":\"2.0\"}",
+        ] {
             assert!(dispatch(text, &pending, &tx).is_err(), "{text}");
         }
         assert!(dispatch("{\"method\":\"notify_x\",\"params\":[]}", &pending, &tx).is_ok());
@@ -1359,6 +1418,9 @@ mod tests {
         assert_eq!(cams.len(), 1);
         assert_eq!(cams[0].snapshot_url.as_deref(), Some("http://192.168.1.9/webcam/?action=snapshot"));
         assert_eq!(cams[0].stream_url.as_deref(), Some("http://10.0.0.5:8080/stream"));
-        assert_eq!((cams[0].rotation, cams[0].flip_horizontal, cams[0].target_fps), (90, true, Some(15)));
+        assert_eq!(
+            (cams[0].rotation, cams[0].flip_horizontal, cams[0].target_fps),
+            (90, true, Some(15))
+        );
     }
 }

@@ -165,7 +165,8 @@ impl Peers {
         let mut cmd = Command::new(&klippy_python);
         cmd.arg(peers_dir.join("klipper/sim_mcu.py")).arg(&mcu_link).arg(data.join("temps"));
         let sim = Proc::spawn("sim_mcu", cmd, d.join("sim_mcu.log"));
-        wait_until("the simulated MCU's pty", Duration::from_secs(30), || mcu_link.exists(), &[&sim]).await;
+        wait_until("the simulated MCU's pty", Duration::from_secs(30), || mcu_link.exists(), &[&sim])
+            .await;
 
         let cfg = std::fs::read_to_string(peers_dir.join("klipper/printer.cfg"))
             .unwrap()
@@ -285,17 +286,23 @@ impl Peers {
             \x20       print(json.dumps([str(x) for x in row]))\n";
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let out = Command::new(&self.moonraker_python).arg("-c").arg(script).arg(&db).output().unwrap();
+            let out =
+                Command::new(&self.moonraker_python).arg("-c").arg(script).arg(&db).output().unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
             if let Some(line) = text.lines().next()
                 && let Ok(row) = serde_json::from_str::<Vec<String>>(line)
             {
                 // Columns: username, password (the API key for this user), ...
-                if let Some(key) = row.iter().find(|c| c.len() == 32 && c.chars().all(|ch| ch.is_ascii_hexdigit())) {
+                if let Some(key) =
+                    row.iter().find(|c| c.len() == 32 && c.chars().all(|ch| ch.is_ascii_hexdigit()))
+                {
                     return key.clone();
                 }
             }
-            self.check_deadline(deadline, &format!("the API key in {} ({})", db.display(), String::from_utf8_lossy(&out.stderr)));
+            self.check_deadline(
+                deadline,
+                &format!("the API key in {} ({})", db.display(), String::from_utf8_lossy(&out.stderr)),
+            );
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
@@ -310,7 +317,11 @@ impl Peers {
 
     /// GET a Moonraker endpoint; its `result`.
     pub async fn get(&self, path: &str) -> Value {
-        let resp = self.req(reqwest::Method::GET, path).send().await.unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let resp = self
+            .req(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
         let status = resp.status();
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         assert!(status.is_success(), "GET {path}: HTTP {status} {v}\n{}", self.logs());
@@ -319,7 +330,11 @@ impl Peers {
 
     /// POST a Moonraker endpoint; its `result`.
     pub async fn post(&self, path: &str) -> Value {
-        let resp = self.req(reqwest::Method::POST, path).send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let resp = self
+            .req(reqwest::Method::POST, path)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
         let status = resp.status();
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         assert!(status.is_success(), "POST {path}: HTTP {status} {v}\n{}", self.logs());

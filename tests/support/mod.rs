@@ -23,7 +23,9 @@ impl EventLog {
         tokio::spawn(async move {
             loop {
                 match rx.recv().await {
-                    Ok(ev) => events.lock().unwrap().push((Instant::now(), std::time::SystemTime::now(), ev)),
+                    Ok(ev) => {
+                        events.lock().unwrap().push((Instant::now(), std::time::SystemTime::now(), ev))
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         panic!("the event log lagged by {n} events")
                     }
