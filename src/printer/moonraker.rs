@@ -30,6 +30,7 @@ use crate::secret::Secret;
 /// Sent to Moonraker when identifying.
 const CLIENT_URL: &str = "https://github.com/printvigil/printvigil";
 const READY_POLL: Duration = Duration::from_secs(2);
+const LIVENESS_CHECK: Duration = Duration::from_secs(30);
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(15);
 /// Retry interval after a 401: a configuration problem, so no hurry.
@@ -650,6 +651,11 @@ impl Session {
         self.shared.set_rpc(Some(self.rpc.clone()));
         let mut poll = tokio::time::interval(READY_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // While ready, a cheap request now and then notices a connection that stalled
+        // without closing (a half-open TCP connection never ends on its own).
+        let mut liveness = tokio::time::interval(LIVENESS_CHECK);
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        liveness.reset();
         loop {
             tokio::select! {
                 r = &mut reader => {
@@ -660,6 +666,13 @@ impl Session {
                     let Some((method, params)) = n else { return ("closed".into(), false) };
                     if let Err(e) = self.notification(tracker, &method, params).await {
                         warn!(printer = %self.shared.cfg.name, "handling {method}: {e}");
+                    }
+                }
+                _ = liveness.tick(), if self.ready => {
+                    if let Err(e @ (CallError::Timeout(_) | CallError::Closed)) =
+                        self.rpc.call("server.info", json!({})).await
+                    {
+                        return (format!("Moonraker stopped answering ({e})"), false);
                     }
                 }
                 _ = poll.tick(), if !self.ready => {
