@@ -368,6 +368,29 @@ async fn link_dropped_mid_print_reports_what_happened_meanwhile_in_order() {
     link.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_connection_is_noticed_and_redone() {
+    let peers = Peers::start(Options::default()).await;
+    let proxy = Proxy::start(peers.port).await;
+    let mut cfg = MoonrakerConfig::new("sim", &format!("http://127.0.0.1:{}", proxy.port));
+    cfg.request_timeout_secs = 2;
+    let link = MoonrakerLink::start_concrete(cfg, "stalled");
+    let log = EventLog::record(link.as_ref());
+    log.wait("Online", LONG, is_online).await;
+    proxy.freeze();
+    let (ev, _) = log.wait("Offline", LONG, |e| matches!(e, PrinterEvent::Offline { .. })).await;
+    assert!(
+        matches!(&ev, PrinterEvent::Offline { reason } if reason.contains("stopped answering")),
+        "{ev:?}"
+    );
+    log.wait_nth("Online on a new connection", 2, LONG, is_online).await;
+    // The new connection works: a print is seen.
+    peers.write_gcode("s.gcode", &dwell_gcode(1.0, 250));
+    peers.start_print("s.gcode").await;
+    log.wait("the print start", LONG, is_start).await;
+    link.stop().await;
+}
+
 async fn wait_state(peers: &Peers, want: &str) {
     let deadline = Instant::now() + LONG;
     while peers.print_state().await != want {

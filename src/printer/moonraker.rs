@@ -30,7 +30,6 @@ use crate::secret::Secret;
 /// Sent to Moonraker when identifying.
 const CLIENT_URL: &str = "https://github.com/printvigil/printvigil";
 const READY_POLL: Duration = Duration::from_secs(2);
-const LIVENESS_CHECK: Duration = Duration::from_secs(30);
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(15);
 /// Retry interval after a 401: a configuration problem, so no hurry.
@@ -54,7 +53,8 @@ pub struct MoonrakerConfig {
     /// `oneshot_token` (a one-shot token fetched over HTTP, then `?token=`).
     #[serde(default)]
     pub api_key_via: ApiKeyVia,
-    /// Seconds to wait for an answer to a request.
+    /// Seconds to wait for an answer to a request; a connection is also checked every
+    /// three times this long, and redone when it stalled.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_secs: u64,
     /// Seconds to wait for the printer to confirm pause, resume or cancel.
@@ -646,14 +646,24 @@ impl Session {
             Err(CallError::Rpc { code, message }) if is_auth_error(code, &message) => {
                 return (UNAUTHORIZED.into(), false);
             }
+            Err(CallError::Rpc { message, .. }) if message.contains("already registered") => {
+                // Our previous connection still holds the agent name: it stalled and
+                // Moonraker has not noticed yet (its pings time out after ~30 s). Watching
+                // the printer matters more than the agent role: carry on without it.
+                warn!(
+                    printer = %self.shared.cfg.name,
+                    client = %self.shared.client_name,
+                    "Moonraker still holds this client name from an earlier connection ({message}); continuing without the agent role until the next reconnect. If this repeats, another printvigil instance uses the same instance name."
+                );
+            }
             Err(e) => return (format!("identify failed: {e}"), false),
         }
         self.shared.set_rpc(Some(self.rpc.clone()));
         let mut poll = tokio::time::interval(READY_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // While ready, a cheap request now and then notices a connection that stalled
-        // without closing (a half-open TCP connection never ends on its own).
-        let mut liveness = tokio::time::interval(LIVENESS_CHECK);
+        // While ready, a cheap request every three request timeouts notices a connection
+        // that stalled without closing (a half-open TCP connection never ends on its own).
+        let mut liveness = tokio::time::interval(self.rpc.timeout * 3);
         liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         liveness.reset();
         loop {

@@ -11,6 +11,7 @@ pub struct Proxy {
     pub port: u16,
     open: Arc<AtomicBool>,
     cut_tx: watch::Sender<u64>,
+    freeze_tx: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -21,6 +22,7 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let open = Arc::new(AtomicBool::new(true));
         let (cut_tx, cut_rx) = watch::channel(0u64);
+        let (freeze_tx, freeze_rx) = watch::channel(0u64);
         let o = open.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -31,24 +33,35 @@ impl Proxy {
                 }
                 let mut cut = cut_rx.clone();
                 cut.mark_unchanged();
+                let mut freeze = freeze_rx.clone();
+                freeze.mark_unchanged();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
                         return;
                     };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.changed() => {}
+                        _ = cut.changed() => return,
+                        _ = freeze.changed() => {}
                     }
+                    // Frozen: keep both sockets open, forward nothing, until cut.
+                    let _ = cut.changed().await;
                 });
             }
         });
-        Proxy { port, open, cut_tx, task }
+        Proxy { port, open, cut_tx, freeze_tx, task }
     }
 
     /// Drops every connection and refuses new ones until [`Proxy::restore`].
     pub fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);
         self.cut_tx.send_modify(|n| *n += 1);
+    }
+
+    /// Stops forwarding on the current connections without closing them (a stalled peer);
+    /// new connections work.
+    pub fn freeze(&self) {
+        self.freeze_tx.send_modify(|n| *n += 1);
     }
 
     pub fn restore(&self) {
