@@ -215,15 +215,24 @@ async fn moonraker_restarted_mid_print_reattaches_without_a_second_start() {
     let link = link_to(&peers.url(), "moonraker-restart");
     let log = EventLog::record(link.as_ref());
     log.wait("Online", LONG, is_online).await;
-    peers.write_gcode("print.gcode", &dwell_gcode(25.0, 250));
+    peers.write_gcode("print.gcode", &dwell_gcode(30.0, 250));
     peers.start_print("print.gcode").await;
     let (ev, _) = log.wait("the print start", LONG, is_start).await;
     let job = started_file(&ev).unwrap().0.clone();
-    peers.kill_moonraker();
-    log.wait("Offline", LONG, |e| matches!(e, PrinterEvent::Offline { .. })).await;
-    peers.start_moonraker().await;
-    log.wait_nth("Online again", 2, LONG, is_online).await;
-    assert_eq!(peers.print_state().await, "printing", "the print must survive Moonraker's restart");
+    // First a clean stop and start (history entry closed as `server_exit`), then a crash
+    // (the entry is left `in_progress` and marked `interrupted` at the next start).
+    for (round, graceful) in [(1, true), (2, false)] {
+        if graceful {
+            peers.stop_moonraker();
+        } else {
+            peers.kill_moonraker();
+        }
+        log.wait_nth("Offline", round, LONG, |e| matches!(e, PrinterEvent::Offline { .. })).await;
+        peers.start_moonraker().await;
+        log.wait_nth("Online again", round + 1, LONG, is_online).await;
+        assert_eq!(peers.print_state().await, "printing", "the print must survive Moonraker's restart");
+        assert_eq!(log.count(is_end), 0, "round {round}: {:#?}", log.all());
+    }
     let (ev, _) = log.wait("the print end", LONG, is_end).await;
     let (end_job, _, outcome) = finished(&ev).unwrap();
     eprintln!("moonraker restart: events {:#?}", log.all());

@@ -100,6 +100,23 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM to the group, then SIGKILL if it is still there after 15 s.
+    fn terminate(&mut self) {
+        let pgid = self.child.id() as i32;
+        // SAFETY: kill(2) on our own child's process group.
+        unsafe {
+            libc::kill(-pgid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+    }
+
     fn tail(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {
@@ -254,6 +271,14 @@ impl Peers {
     /// Kills Moonraker (SIGKILL, no goodbye to its clients).
     pub fn kill_moonraker(&mut self) {
         self.moonraker.take();
+    }
+
+    /// Stops Moonraker as a service manager would (SIGTERM: it closes its history entry
+    /// as `server_exit` and says goodbye).
+    pub fn stop_moonraker(&mut self) {
+        if let Some(mut m) = self.moonraker.take() {
+            m.terminate();
+        }
     }
 
     fn check_deadline(&self, deadline: Instant, what: &str) {
