@@ -145,7 +145,8 @@ pub trait PrinterLink: Send + Sync {
     /// The printer's name from the configuration.
     fn name(&self) -> &str;
     /// The events. The first call gets every event since the link was created; later
-    /// calls get events from then on.
+    /// calls get events from then on. A receiver that falls more than 1024 events behind
+    /// gets `RecvError::Lagged` (the status watch always has the latest state).
     fn events(&self) -> broadcast::Receiver<PrinterEvent>;
     /// The latest status; changes whenever the printer reports something.
     fn status(&self) -> watch::Receiver<PrinterStatus>;
