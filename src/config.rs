@@ -29,11 +29,18 @@ pub struct Config {
     pub detector: DetectorConfig,
     /// The Obico-compatible server to mirror prints to; absent: no mirroring.
     pub server: Option<crate::server::ServerConfig>,
+    /// The printers to watch (`[[printers]]` entries).
+    pub printers: Vec<crate::printer::PrinterConfig>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { state_dir: PathBuf::from("/var/lib/printvigil"), detector: DetectorConfig::default(), server: None }
+        Self {
+            state_dir: PathBuf::from("/var/lib/printvigil"),
+            detector: DetectorConfig::default(),
+            server: None,
+            printers: Vec::new(),
+        }
     }
 }
 
@@ -135,6 +142,18 @@ impl Config {
         if let Some(s) = &self.server {
             s.validate()?;
         }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.printers.iter().enumerate() {
+            let key = format!("printers[{i}]");
+            p.validate(&key)?;
+            if !names.insert(p.name().to_string()) {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    &format!("{:?}", p.name()),
+                    "another printer already has this name; give each printer its own name",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -218,5 +237,41 @@ mod tests {
     fn out_of_range_sensitivity_is_refused() {
         let e = Config::from_toml_str("[detector]\nsensitivity = 7.0\n").unwrap_err().to_string();
         assert!(e.contains("detector.sensitivity") && e.contains("0.8"), "{e}");
+    }
+
+    #[test]
+    fn printers_parse_with_defaults_and_redacted_key() {
+        let c = Config::from_toml_str(
+            "[[printers]]\nname = \"voron\"\nkind = \"moonraker\"\napi_key = \"abc123\"\n\n[[printers]]\nname = \"ender\"\nkind = \"moonraker\"\nurl = \"http://192.168.1.20:7125\"\napi_key_via = \"oneshot_token\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.printers.len(), 2);
+        let crate::printer::PrinterConfig::Moonraker(m) = &c.printers[0];
+        assert_eq!(m.url, "http://127.0.0.1:7125");
+        assert_eq!(m.api_key.as_ref().unwrap().expose(), "abc123");
+        assert!(!format!("{c:?}").contains("abc123"), "the key must not show in Debug output");
+        let crate::printer::PrinterConfig::Moonraker(m) = &c.printers[1];
+        assert_eq!(m.api_key_via, crate::printer::moonraker::ApiKeyVia::OneshotToken);
+    }
+
+    #[test]
+    fn bad_printer_entries_name_the_key_and_the_fix() {
+        let cases = [
+            ("name = \"a\"\nkind = \"moonraker\"\napi_key = \"  \"", "printers[0].api_key"),
+            ("name = \"a\"\nkind = \"moonraker\"\nurl = \"ftp://x\"", "printers[0].url"),
+            ("name = \"a\"\nkind = \"moonraker\"\nurl = \"not a url\"", "printers[0].url"),
+            ("name = \"\"\nkind = \"moonraker\"", "printers[0].name"),
+            ("name = \"a\"\nkind = \"moonraker\"\nportt = 1", "portt"),
+            ("name = \"a\"\nkind = \"octoprint\"", "octoprint"),
+            ("name = \"a\"\nkind = \"moonraker\"\nrequest_timeout_secs = 0", "request_timeout_secs"),
+        ];
+        for (entry, key) in cases {
+            let err =
+                Config::from_toml_str(&format!("[[printers]]\n{entry}\n")).unwrap_err().to_string();
+            assert!(err.contains(key), "{entry:?}: {err}");
+        }
+        let dup = "[[printers]]\nname = \"a\"\nkind = \"moonraker\"\n[[printers]]\nname = \"a\"\nkind = \"moonraker\"\n";
+        let err = Config::from_toml_str(dup).unwrap_err().to_string();
+        assert!(err.contains("printers[1].name") && err.contains("own name"), "{err}");
     }
 }

@@ -13,6 +13,9 @@
 //!   - [`detector::smoothing`]: per-printer temporal state, warn/pause decision.
 //!   - [`detector::annotate`]: draws detections on a frame and encodes a JPEG.
 //! - [`bench`]: the `printvigil bench` figures (per-stage timings, memory).
+//! - [`printer`]: printer links, one module per firmware behind one trait
+//!   ([`printer::PrinterLink`]: events, status, cameras, pause / resume / cancel).
+//!   - [`printer::moonraker`]: Klipper through Moonraker (websocket JSON-RPC).
 //! - [`secret`]: a string type that redacts itself (tokens, keys, passwords).
 //! - [`server`]: the mirror to an Obico-compatible server (a sink).
 //!   - [`server::config`]: the `[server]` settings.
@@ -26,5 +29,6 @@
 pub mod bench;
 pub mod config;
 pub mod detector;
+pub mod printer;
 pub mod secret;
 pub mod server;

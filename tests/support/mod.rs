@@ -1,9 +1,16 @@
-//! Shared helpers for the integration tests.
+//! Shared test support: real peers, fake servers and helpers. Included by test files with
+//! `mod support;`.
 #![allow(dead_code)]
 
 pub mod fake_obico;
+pub mod klipper;
+pub mod proxy;
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use printvigil::printer::{PrinterEvent, PrinterLink};
 
 /// The test-tools Python (numpy, onnx, OpenCV), set up by `scripts/test.sh`.
 pub fn tools_python() -> PathBuf {
@@ -63,4 +70,72 @@ pub fn camera_like(w: usize, h: usize, seed: u64) -> printvigil::detector::prepr
 /// Encodes an RGB image as a JPEG.
 pub fn encode_jpeg(img: &printvigil::detector::preprocess::Rgb8, quality: u8) -> Vec<u8> {
     printvigil::detector::annotate::encode_jpeg(img, quality as i32).unwrap()
+}
+
+/// Every event a link reported, with the time it arrived.
+#[derive(Clone)]
+pub struct EventLog {
+    events: Arc<Mutex<Vec<(Instant, std::time::SystemTime, PrinterEvent)>>>,
+}
+
+impl EventLog {
+    pub fn record(link: &dyn PrinterLink) -> EventLog {
+        let log = EventLog { events: Arc::new(Mutex::new(Vec::new())) };
+        let mut rx = link.events();
+        let events = log.events.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        events.lock().unwrap().push((Instant::now(), std::time::SystemTime::now(), ev))
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        panic!("the event log lagged by {n} events")
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        log
+    }
+
+    pub fn all(&self) -> Vec<PrinterEvent> {
+        self.events.lock().unwrap().iter().map(|(_, _, e)| e.clone()).collect()
+    }
+
+    /// Waits for the `n`th (1-based) event matching `pred`; returns it and its arrival time.
+    pub async fn wait_nth(
+        &self,
+        what: &str,
+        n: usize,
+        limit: Duration,
+        pred: impl Fn(&PrinterEvent) -> bool,
+    ) -> (PrinterEvent, std::time::SystemTime) {
+        let deadline = Instant::now() + limit;
+        loop {
+            {
+                let ev = self.events.lock().unwrap();
+                if let Some((_, t, e)) = ev.iter().filter(|(_, _, e)| pred(e)).nth(n - 1) {
+                    return (e.clone(), *t);
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("timed out after {limit:?} waiting for {what}; events so far: {:#?}", self.all());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait(
+        &self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&PrinterEvent) -> bool,
+    ) -> (PrinterEvent, std::time::SystemTime) {
+        self.wait_nth(what, 1, limit, pred).await
+    }
+
+    pub fn count(&self, pred: impl Fn(&PrinterEvent) -> bool) -> usize {
+        self.all().iter().filter(|e| pred(e)).count()
+    }
 }
