@@ -130,11 +130,24 @@ fn shape_matches(found: &Option<Vec<i64>>, expected: &[i64]) -> bool {
     }
 }
 
-/// The optimised ORT-format copy of `model`, kept beside it.
+/// The optimised ORT-format copy of `model`, kept beside it. Its name carries a
+/// fingerprint of this machine's CPU features and ONNX Runtime library, because the
+/// optimised graph is specific to both: a state directory copied to another host (a farm
+/// image) gets a fresh copy there instead of a wrong one.
 pub fn cache_path(model: &Path, settings: &SessionSettings) -> PathBuf {
+    use sha2::Digest;
     let level = if settings.memory.full_optimization { "all" } else { "ext" };
+    let mut h = sha2::Sha256::new();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let features = cpuinfo.lines().find(|l| l.starts_with("flags") || l.starts_with("Features")).unwrap_or("");
+    h.update(features.as_bytes());
+    h.update(std::env::consts::ARCH.as_bytes());
+    if let Some(lib) = runtime::loaded().and_then(|p| std::fs::metadata(p).ok()) {
+        h.update(lib.len().to_le_bytes());
+    }
+    let fingerprint = &hex::encode(h.finalize())[..12];
     let mut name = model.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".{level}.ort"));
+    name.push(format!(".{level}-{fingerprint}.ort"));
     model.with_file_name(name)
 }
 

@@ -15,8 +15,9 @@ pub const SYSTEM_DIR: &str = "/usr/lib/printvigil";
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "ONNX Runtime could not be loaded; tried:\n{}\nfix: run `scripts/fetch-onnxruntime.sh` (it places the library where printvigil looks), \
-     or set `detector.onnxruntime` / ORT_DYLIB_PATH to a libonnxruntime.so (1.31 or newer) built for this machine's architecture ({arch})",
+    "ONNX Runtime could not be loaded; tried:\n{}\nfix: get libonnxruntime.so (1.31 or newer) for this machine's architecture ({arch}) with \
+     `scripts/fetch-onnxruntime.sh --dest /usr/lib/printvigil` (or `--dest` the folder of the printvigil executable), \
+     or point `detector.onnxruntime` / ORT_DYLIB_PATH at one",
     tried.iter().map(|(p, why)| format!("  - {}: {why}", p.display())).collect::<Vec<_>>().join("\n"),
     arch = std::env::consts::ARCH
 )]
