@@ -49,6 +49,39 @@ pub fn run(detector: &mut Detector, frames: &[Vec<u8>], runs: usize) -> Result<B
     Ok(BenchReport { frames: frames.len(), times })
 }
 
+/// Runs the same passes pipelined: a second thread decodes and resizes the next frame
+/// while the model scores the current one. Returns the report and the wall time per frame.
+pub fn run_pipelined(
+    detector: &mut Detector,
+    frames: &[Vec<u8>],
+    runs: usize,
+) -> Result<(BenchReport, Duration), DetectError> {
+    let size = detector.model().input_size();
+    if let Some(first) = frames.first() {
+        detector.detect(first)?;
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let start = std::time::Instant::now();
+    let mut times = Vec::with_capacity(frames.len() * runs);
+    std::thread::scope(|scope| -> Result<(), DetectError> {
+        scope.spawn(move || {
+            for _ in 0..runs {
+                for f in frames {
+                    if tx.send(crate::detector::prepare(f, size)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        for prepared in rx {
+            times.push(detector.infer(&prepared?)?.times);
+        }
+        Ok(())
+    })?;
+    let per_frame = start.elapsed() / times.len().max(1) as u32;
+    Ok((BenchReport { frames: frames.len(), times }, per_frame))
+}
+
 fn stats(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
     v.sort();
     if v.is_empty() {

@@ -95,6 +95,9 @@ struct BenchArgs {
     /// Passes over the frames.
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Also run the passes pipelined (decode and resize of the next frame beside the model).
+    #[arg(long)]
+    pipelined: bool,
 }
 
 #[derive(Subcommand)]
@@ -280,6 +283,11 @@ fn bench(config: &Config, args: BenchArgs) -> Result<(), AnyError> {
     };
     let report = printvigil::bench::run(&mut detector, &frames, args.runs.max(1))?;
     let after = printvigil::bench::Memory::now();
+    let pipelined = if args.pipelined {
+        Some(printvigil::bench::run_pipelined(&mut detector, &frames, args.runs.max(1))?)
+    } else {
+        None
+    };
     println!("model: {} ({} threads)", detector.model().path().display(), args.model.threads.unwrap_or_else(|| config.detector.threads()));
     println!("model load: {:.0} ms", load.as_secs_f64() * 1000.0);
     print!("{}", report.render());
@@ -287,6 +295,15 @@ fn bench(config: &Config, args: BenchArgs) -> Result<(), AnyError> {
         "memory (MiB): before load RSS {:.0}; after load RSS {:.0}, peak {:.0}; after run RSS {:.0} (steady), peak {:.0}",
         before.rss_mib, loaded.rss_mib, loaded.peak_rss_mib, after.rss_mib, after.peak_rss_mib
     );
+    if let Some((piped, per_frame)) = pipelined {
+        let sequential_run = report.stage(|t| t.infer).0.as_secs_f64();
+        println!(
+            "pipelined: {:.3} ms wall per frame; / sequential session.run median: {:.4}; session.run median while pipelined {:.3} ms",
+            per_frame.as_secs_f64() * 1000.0,
+            per_frame.as_secs_f64() / sequential_run,
+            piped.stage(|t| t.infer).0.as_secs_f64() * 1000.0
+        );
+    }
     Ok(())
 }
 

@@ -47,6 +47,37 @@ pub struct FrameDetections {
     pub times: StageTimes,
 }
 
+/// A frame decoded and turned into the model's input tensor: the half of the pipeline
+/// that needs no model, so it can run beside the model while the model scores another
+/// frame (see `printvigil bench --pipelined`).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub width: usize,
+    pub height: usize,
+    tensor: Vec<f32>,
+    times: StageTimes,
+}
+
+/// Decodes a JPEG and resizes it into a tensor of `input_size` (width, height).
+pub fn prepare(jpeg: &[u8], input_size: (usize, usize)) -> Result<Prepared, FrameError> {
+    let mut tensor = vec![0.0; 3 * input_size.0 * input_size.1];
+    let (width, height, times) = prepare_into(jpeg, input_size, &mut tensor)?;
+    Ok(Prepared { width, height, tensor, times })
+}
+
+fn prepare_into(
+    jpeg: &[u8],
+    (w, h): (usize, usize),
+    tensor: &mut [f32],
+) -> Result<(usize, usize, StageTimes), FrameError> {
+    let t0 = Instant::now();
+    let frame = preprocess::decode_jpeg(jpeg)?;
+    let t1 = Instant::now();
+    preprocess::resize_to_nchw(&frame, w, h, tensor);
+    let t2 = Instant::now();
+    Ok((frame.width, frame.height, StageTimes { decode: t1 - t0, resize: t2 - t1, ..Default::default() }))
+}
+
 /// A model plus the buffers its frames go through (reused from frame to frame).
 #[derive(Debug)]
 pub struct Detector {
@@ -68,21 +99,27 @@ impl Detector {
 
     /// Runs one JPEG frame through decode, resize, the model and post-processing.
     pub fn detect(&mut self, jpeg: &[u8]) -> Result<FrameDetections, DetectError> {
+        let size = self.model.input_size();
+        let (width, height, times) = prepare_into(jpeg, size, &mut self.input)?;
+        self.score(width, height, times)
+    }
+
+    /// Runs the model and post-processing on a prepared frame.
+    pub fn infer(&mut self, frame: &Prepared) -> Result<FrameDetections, DetectError> {
+        if frame.tensor.len() != self.input.len() {
+            return Err(ModelError::Run("the frame was prepared for another input size".into()).into());
+        }
+        self.input.copy_from_slice(&frame.tensor);
+        self.score(frame.width, frame.height, frame.times)
+    }
+
+    fn score(&mut self, width: usize, height: usize, mut times: StageTimes) -> Result<FrameDetections, DetectError> {
         let t0 = Instant::now();
-        let frame = preprocess::decode_jpeg(jpeg)?;
-        let t1 = Instant::now();
-        let (w, h) = self.model.input_size();
-        preprocess::resize_to_nchw(&frame, w, h, &mut self.input);
-        let t2 = Instant::now();
         self.model.run(&self.input, &mut self.boxes, &mut self.confs)?;
-        let t3 = Instant::now();
-        let detections = postprocess::postprocess(&self.boxes, &self.confs, frame.width, frame.height);
-        let t4 = Instant::now();
-        Ok(FrameDetections {
-            width: frame.width,
-            height: frame.height,
-            detections,
-            times: StageTimes { decode: t1 - t0, resize: t2 - t1, infer: t3 - t2, post: t4 - t3 },
-        })
+        let t1 = Instant::now();
+        let detections = postprocess::postprocess(&self.boxes, &self.confs, width, height);
+        times.infer = t1 - t0;
+        times.post = t1.elapsed();
+        Ok(FrameDetections { width, height, detections, times })
     }
 }
