@@ -316,7 +316,7 @@ impl Link {
         let resp = match tokio::time::timeout(self.timeout, self.client.get(url).send()).await {
             Err(_) => return self.timeout_err(),
             Ok(Err(e)) if e.is_timeout() => return self.timeout_err(),
-            Ok(Err(e)) => return CameraError::Connect { url: url.clone(), reason: e.to_string() },
+            Ok(Err(e)) => return CameraError::Connect { url: url.clone(), reason: super::chain(&e) },
             Ok(Ok(r)) => r,
         };
         if !resp.status().is_success() {
@@ -345,7 +345,7 @@ impl Link {
                     }
                     return CameraError::StreamEnded { url: url.clone() };
                 }
-                Ok(Some(Err(e))) => return CameraError::Connect { url: url.clone(), reason: e.to_string() },
+                Ok(Some(Err(e))) => return CameraError::Connect { url: url.clone(), reason: super::chain(&e) },
                 Ok(Some(Ok(c))) => c,
             };
             seen += chunk.len();

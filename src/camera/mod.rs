@@ -367,6 +367,18 @@ pub(crate) fn sniff(bytes: &[u8]) -> String {
     what.to_string()
 }
 
+/// An error and its causes, on one line (reqwest's own message leaves the cause out).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 pub(crate) fn is_jpeg(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0xFF, 0xD8, 0xFF])
 }

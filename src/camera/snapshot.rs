@@ -41,7 +41,7 @@ impl SnapshotCamera {
             if e.is_timeout() {
                 CameraError::Timeout { url: url.clone(), secs: self.timeout_secs }
             } else {
-                CameraError::Connect { url: url.clone(), reason: e.to_string() }
+                CameraError::Connect { url: url.clone(), reason: super::chain(&e) }
             }
         };
         let resp = self.client.get(url).send().await.map_err(net)?;
