@@ -292,7 +292,7 @@ impl Link {
 
     /// Keeps the stream open, reconnecting, until the camera is dropped.
     async fn run(self) {
-        let first = BACKOFF_MIN.min(self.timeout / 2);
+        let first = BACKOFF_MIN.min(self.timeout / 2).max(Duration::from_millis(50));
         let mut backoff = first;
         loop {
             let mut got_frames = false;

@@ -158,8 +158,12 @@ impl CameraConfig {
         }
     }
 
+    /// The timeout; the default when the value is not a usable number (see `validate`).
     pub fn timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.timeout_secs)
+        Duration::try_from_secs_f64(self.timeout_secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs_f64(default_timeout()))
     }
 
     /// Checks every value; the error names the key and the fix.
@@ -179,9 +183,9 @@ impl CameraConfig {
                 self.max_frame_bytes
             )));
         }
-        if !(self.frozen_after_secs.is_finite() && self.frozen_after_secs >= 0.0) {
+        if !(self.frozen_after_secs.is_finite() && (0.0..=86_400.0).contains(&self.frozen_after_secs)) {
             return Err(bad(format!(
-                "`frozen_after_secs` = {} is not allowed; use a number of seconds (0 turns the check off, default 300)",
+                "`frozen_after_secs` = {} is not allowed; use a number of seconds up to 86400 (0 turns the check off, default 300)",
                 self.frozen_after_secs
             )));
         }
@@ -229,8 +233,10 @@ pub fn from_config(cfg: &CameraConfig) -> Result<Box<dyn Camera>, CameraError> {
             )));
         }
     };
-    let frozen = (cfg.frozen_after_secs > 0.0)
-        .then(|| FrozenWatch::new(Duration::from_secs_f64(cfg.frozen_after_secs)));
+    let frozen = Duration::try_from_secs_f64(cfg.frozen_after_secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .map(FrozenWatch::new);
     Ok(Box::new(Watched { name: cfg.display_name(), source, orientation: cfg.orientation(), frozen }))
 }
 
@@ -427,6 +433,7 @@ mod tests {
         check(&|c| c.timeout_secs = f64::NAN, "`timeout_secs`");
         check(&|c| c.max_frame_bytes = 10, "`max_frame_bytes`");
         check(&|c| c.frozen_after_secs = -1.0, "`frozen_after_secs`");
+        check(&|c| c.frozen_after_secs = 1e300, "`frozen_after_secs`");
         check(&|c| c.url = "cam.local/snap".into(), "`url`");
         check(&|c| c.url = "ftp://cam.local/snap".into(), "`url`");
     }
