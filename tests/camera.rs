@@ -144,6 +144,15 @@ async fn stream(State(cam): State<Cam>, UrlPath(mode): UrlPath<String>) -> Respo
             });
             multipart(Body::from_stream(s))
         }
+        "huge" => {
+            // Frames far over the cap, again and again.
+            let big = support::encode_jpeg(&support::camera_like(320, 240, 7), 95);
+            let s = futures_util::stream::unfold(big, |big| async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Some((Ok::<_, Infallible>(Bytes::from(part(&big, false))), big))
+            });
+            multipart(Body::from_stream(s))
+        }
         "stall" => multipart(Body::from_stream(futures_util::stream::pending::<Chunk>())),
         "html" => ([(header::CONTENT_TYPE, "text/html")], "<html>not a stream</html>").into_response(),
         "missing" => StatusCode::NOT_FOUND.into_response(),
@@ -333,6 +342,11 @@ async fn camera_mjpeg_faults_are_errors() {
     c.timeout_secs = 0.3;
     let e = from_config(&c).unwrap().grab().await.unwrap_err();
     assert!(matches!(e, CameraError::Timeout { .. }), "{e}");
+
+    let mut c = config(CameraKind::Mjpeg, format!("{}/stream/huge", s.base));
+    c.max_frame_bytes = 8 * 1024;
+    let e = from_config(&c).unwrap().grab().await.unwrap_err();
+    assert!(matches!(e, CameraError::TooLarge { max: 8192, .. }), "{e}");
 
     let e = camera(CameraKind::Mjpeg, format!("{}/stream/missing", s.base)).grab().await.unwrap_err();
     assert!(matches!(e, CameraError::HttpStatus { status: 404, .. }), "{e}");

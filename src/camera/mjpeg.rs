@@ -623,6 +623,31 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn any_bytes_never_panic_and_frames_are_framed_and_capped(
+            // Random bytes, a third of them marker bytes, so that markers meet often.
+            bytes in proptest::collection::vec(any::<u16>(), 0..3000).prop_map(|v| {
+                v.into_iter()
+                    .map(|x| if x % 3 == 0 { [0xFF, 0xD8, 0xD9, 0xDA, 0x00][(x / 3 % 5) as usize] } else { x as u8 })
+                    .collect::<Vec<u8>>()
+            }),
+            chunks in proptest::collection::vec(1usize..300, 1..6),
+            max in 16usize..2000,
+            boundary in proptest::option::of(Just("frame")),
+        ) {
+            let mut parser = MjpegParser::new(max, boundary);
+            for e in feed_all(&mut parser, &bytes, &chunks) {
+                if let Event::Frame(f) = e {
+                    prop_assert!(f.starts_with(&[0xFF, 0xD8]) && f.ends_with(&[0xFF, 0xD9]));
+                    prop_assert!(f.len() <= max + 2);
+                }
+            }
+            prop_assert!(parser.buf.len() <= max + 300 + KEEP + 4);
+        }
+    }
+
+    proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
         fn random_chunkings_yield_exactly_the_complete_jpegs(
