@@ -300,10 +300,14 @@ impl Link {
             if self.tx.is_closed() {
                 return;
             }
-            tracing::debug!(url = %self.url, error = %e, "camera stream interrupted");
-            self.publish_error(e);
             if got_frames {
+                // It worked until now (or it serves one picture per connection): reopen
+                // quietly; a grab waits for the next frame rather than seeing an error.
+                tracing::debug!(url = %self.url, error = %e, "camera stream interrupted; reopening");
                 backoff = first;
+            } else {
+                tracing::debug!(url = %self.url, error = %e, "camera stream failed");
+                self.publish_error(e);
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
