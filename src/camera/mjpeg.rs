@@ -42,12 +42,42 @@ enum State {
     Seek,
     /// A frame starts at `buf[0]`; its part announced `len` bytes.
     Sized { len: usize },
-    /// A frame starts at `buf[0]`; markers walked up to `i`; `scan`: inside entropy-coded data.
-    Walk { i: usize, scan: bool },
+    /// A frame starts at `buf[0]`; markers walked up to `i`.
+    Walk { i: usize, scan: Phase },
+}
+
+/// Where the walk is in a frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// Marker segments before the first scan.
+    Head,
+    /// Entropy-coded data.
+    Scan,
+    /// A marker segment after scan data (progressive scans, tables, restart interval).
+    Between,
+}
+
+/// Whether a marker segment of this length can be what its marker says. Cuts and garbage
+/// read as a segment are caught here instead of sending the walk far ahead.
+fn plausible(marker: u8, len: usize, body: &[u8], phase: Phase) -> bool {
+    match marker {
+        // Start of scan: 1..4 components, two bytes each.
+        0xDA => body.first().is_some_and(|&n| (1..=4).contains(&n) && len == 6 + 2 * n as usize),
+        // Restart interval, number of lines.
+        0xDD | 0xDC => len == 4,
+        // Quantisation tables: 65 bytes (8-bit) or 129 bytes (16-bit) each.
+        0xDB => (0..=4).any(|b| (len - 2).checked_sub(129 * b).is_some_and(|r| r % 65 == 0 && r + 129 * b > 0)),
+        // Huffman tables: at least one 17-byte header with one code.
+        0xC4 => (19..=2 + 4 * (17 + 256)).contains(&len),
+        _ if phase == Phase::Between => marker == 0xFE,
+        // Frame headers, arithmetic conditioning, hierarchical, APPn, JPGn, COM.
+        0xC0..=0xFE => true,
+        _ => false,
+    }
 }
 
 enum Walked {
-    NeedMore { i: usize, scan: bool },
+    NeedMore { i: usize, scan: Phase },
     Done(usize),
     /// Not a JPEG after all; a new start of image at this offset, if one was met.
     Corrupt(Option<usize>),
@@ -99,7 +129,7 @@ impl MjpegParser {
                     self.buf.drain(..s);
                     self.state = match announced {
                         Some(len) if len >= 4 && len <= self.max => State::Sized { len },
-                        _ => State::Walk { i: 2, scan: false },
+                        _ => State::Walk { i: 2, scan: Phase::Head },
                     };
                 }
                 State::Sized { len } => {
@@ -110,7 +140,7 @@ impl MjpegParser {
                         if !ended_early {
                             return out;
                         }
-                        self.state = State::Walk { i: 2, scan: false };
+                        self.state = State::Walk { i: 2, scan: Phase::Head };
                         continue;
                     }
                     let part = &self.buf[..len];
@@ -120,7 +150,7 @@ impl MjpegParser {
                         self.buf.drain(..len);
                         self.state = State::Seek;
                     } else {
-                        self.state = State::Walk { i: 2, scan: false };
+                        self.state = State::Walk { i: 2, scan: Phase::Head };
                     }
                 }
                 State::Walk { i, scan } => match self.walk(i, scan) {
@@ -160,13 +190,13 @@ impl MjpegParser {
         self.state = State::Seek;
     }
 
-    fn walk(&self, mut i: usize, mut scan: bool) -> Walked {
+    fn walk(&self, mut i: usize, mut scan: Phase) -> Walked {
         let buf = &self.buf;
         loop {
             if i > self.max || (i >= buf.len() && buf.len() > self.max) {
                 return Walked::TooLarge;
             }
-            if !scan {
+            if scan != Phase::Scan {
                 if i + 2 > buf.len() {
                     return Walked::NeedMore { i, scan };
                 }
@@ -178,13 +208,12 @@ impl MjpegParser {
                     0xD8 => return Walked::Corrupt(Some(i)),
                     0xD9 => return Walked::Done(i + 2),
                     0x01 | 0xD0..=0xD7 => i += 2,
-                    0x00 => return Walked::Corrupt(None),
                     marker => {
-                        if i + 4 > buf.len() {
+                        if i + 5 > buf.len() {
                             return Walked::NeedMore { i, scan };
                         }
                         let len = u16::from_be_bytes([buf[i + 2], buf[i + 3]]) as usize;
-                        if len < 2 {
+                        if len < 2 || !plausible(marker, len, &buf[i + 4..], scan) {
                             return Walked::Corrupt(None);
                         }
                         let next = i + 2 + len;
@@ -202,7 +231,7 @@ impl MjpegParser {
                         }
                         i = next;
                         if marker == 0xDA {
-                            scan = true;
+                            scan = Phase::Scan;
                         }
                     }
                 }
@@ -219,11 +248,13 @@ impl MjpegParser {
                     0xFF => i = j + 1,
                     0xD8 => return Walked::Corrupt(Some(j)),
                     0xD9 => return Walked::Done(j + 2),
-                    _ => {
-                        // Another marker (progressive scans, DHT, DRI...): back to segments.
+                    // Tables, restart interval or the next scan of a progressive JPEG.
+                    0xC4 | 0xDA | 0xDB | 0xDC | 0xDD | 0xFE => {
                         i = j;
-                        scan = false;
+                        scan = Phase::Between;
                     }
+                    // Nothing else may follow scan data: the frame was cut here.
+                    _ => return Walked::Corrupt(None),
                 }
             }
         }
