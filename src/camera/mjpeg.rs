@@ -79,8 +79,11 @@ fn plausible(marker: u8, len: usize, body: &[u8], phase: Phase) -> bool {
 enum Walked {
     NeedMore { i: usize, scan: Phase },
     Done(usize),
-    /// Not a JPEG after all; a new start of image at this offset, if one was met.
-    Corrupt(Option<usize>),
+    /// Not a JPEG after all: a new start of image met at this offset.
+    Restart(usize),
+    /// Not a JPEG after all; no new frame starts before `resume` (the bytes before it
+    /// were walked as this frame's segments and scan data).
+    Corrupt { resume: usize },
     TooLarge,
 }
 
@@ -163,14 +166,14 @@ impl MjpegParser {
                         self.buf.drain(..end);
                         self.state = State::Seek;
                     }
-                    Walked::Corrupt(Some(next)) => {
+                    Walked::Restart(next) => {
                         self.buf.drain(..next);
                         self.state = State::Seek;
                     }
-                    Walked::Corrupt(None) => self.resync(),
+                    Walked::Corrupt { resume } => self.resync(resume),
                     Walked::TooLarge => {
                         out.push(Event::TooLarge);
-                        self.resync();
+                        self.resync(2);
                     }
                 },
             }
@@ -179,19 +182,23 @@ impl MjpegParser {
 
     /// Drops the frame that starts at `buf[0]`: up to the next boundary when there is one
     /// (so nothing inside the bad frame, like an EXIF thumbnail, is taken for a frame),
-    /// else just its start marker.
-    fn resync(&mut self) {
+    /// else up to `resume`.
+    fn resync(&mut self, resume: usize) {
         let skip = self
             .boundary
             .as_deref()
             .and_then(|b| find(&self.buf[2.min(self.buf.len())..], b))
-            .map_or(2, |p| p + 2);
+            .map_or(resume.max(2), |p| p + 2);
         self.buf.drain(..skip.min(self.buf.len()));
         self.state = State::Seek;
     }
 
     fn walk(&self, mut i: usize, mut scan: Phase) -> Walked {
         let buf = &self.buf;
+        // Before the first scan, a segment skip may have jumped over the next frame's
+        // start: search again from this frame's start. After scan data, everything up to
+        // `i` was walked, so the search resumes there.
+        let head_resume = |i: usize, scan: Phase| if scan == Phase::Head { 2 } else { i };
         loop {
             if i > self.max || (i >= buf.len() && buf.len() > self.max) {
                 return Walked::TooLarge;
@@ -201,11 +208,11 @@ impl MjpegParser {
                     return Walked::NeedMore { i, scan };
                 }
                 if buf[i] != 0xFF {
-                    return Walked::Corrupt(None);
+                    return Walked::Corrupt { resume: head_resume(i, scan) };
                 }
                 match buf[i + 1] {
                     0xFF => i += 1, // fill byte
-                    0xD8 => return Walked::Corrupt(Some(i)),
+                    0xD8 => return Walked::Restart(i),
                     0xD9 => return Walked::Done(i + 2),
                     0x01 | 0xD0..=0xD7 => i += 2,
                     marker => {
@@ -214,7 +221,7 @@ impl MjpegParser {
                         }
                         let len = u16::from_be_bytes([buf[i + 2], buf[i + 3]]) as usize;
                         if len < 2 || !plausible(marker, len, &buf[i + 4..], scan) {
-                            return Walked::Corrupt(None);
+                            return Walked::Corrupt { resume: head_resume(i, scan) };
                         }
                         let next = i + 2 + len;
                         if next > self.max {
@@ -227,7 +234,7 @@ impl MjpegParser {
                         if let Some(b) = &self.boundary
                             && find(&buf[i + 4..next], b).is_some()
                         {
-                            return Walked::Corrupt(None);
+                            return Walked::Corrupt { resume: 2 };
                         }
                         i = next;
                         if marker == 0xDA {
@@ -246,7 +253,7 @@ impl MjpegParser {
                 match buf[j + 1] {
                     0x00 | 0xD0..=0xD7 => i = j + 2,
                     0xFF => i = j + 1,
-                    0xD8 => return Walked::Corrupt(Some(j)),
+                    0xD8 => return Walked::Restart(j),
                     0xD9 => return Walked::Done(j + 2),
                     // Tables, restart interval or the next scan of a progressive JPEG.
                     0xC4 | 0xDA | 0xDB | 0xDC | 0xDD | 0xFE => {
@@ -254,7 +261,7 @@ impl MjpegParser {
                         scan = Phase::Between;
                     }
                     // Nothing else may follow scan data: the frame was cut here.
-                    _ => return Walked::Corrupt(None),
+                    _ => return Walked::Corrupt { resume: j },
                 }
             }
         }
@@ -683,7 +690,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig::with_cases(128))]
         #[test]
         fn random_chunkings_yield_exactly_the_complete_jpegs(
             items in proptest::collection::vec(item(), 1..6),
@@ -697,24 +704,22 @@ mod tests {
                 stream.extend_from_slice(&it.garbage);
                 let body = &pool[it.which];
                 if let Some(at) = it.truncated_before {
-                    // A frame cut short (the camera dropped it), framed as the good ones are,
-                    // but only the thumbnail-free frames (see `resync`).
-                    if it.which != 2 {
-                        let cut = truncate(body, at);
-                        let framed = if it.framing == 0 { cut.clone() } else {
-                            let mut p = part(&cut, false);
-                            if it.framing == 2 {
-                                // The announced length is the full frame's.
-                                p = b"--frame\r\nContent-Length: ".to_vec();
-                                p.extend_from_slice(format!("{}\r\n\r\n", body.len()).as_bytes());
-                                p.extend_from_slice(&cut);
-                                // Servers that announce lengths close parts with a boundary.
-                                p.extend_from_slice(b"\r\n--frame\r\n");
-                            }
-                            p
-                        };
-                        stream.extend_from_slice(&framed);
-                    }
+                    // A frame cut short in its scan data (the camera dropped it), framed as
+                    // the good ones are.
+                    let cut = truncate(body, at);
+                    let framed = if it.framing == 0 { cut.clone() } else {
+                        let mut p = part(&cut, false);
+                        if it.framing == 2 {
+                            // The announced length is the full frame's.
+                            p = b"--frame\r\nContent-Length: ".to_vec();
+                            p.extend_from_slice(format!("{}\r\n\r\n", body.len()).as_bytes());
+                            p.extend_from_slice(&cut);
+                            // Servers that announce lengths close parts with a boundary.
+                            p.extend_from_slice(b"\r\n--frame\r\n");
+                        }
+                        p
+                    };
+                    stream.extend_from_slice(&framed);
                 }
                 match it.framing {
                     0 => stream.extend_from_slice(body),
