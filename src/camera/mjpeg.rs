@@ -704,9 +704,14 @@ mod tests {
                 stream.extend_from_slice(&it.garbage);
                 let body = &pool[it.which];
                 if let Some(at) = it.truncated_before {
-                    // A frame cut short in its scan data (the camera dropped it), framed as
-                    // the good ones are.
-                    let cut = truncate(body, at);
+                    // A frame cut short (the camera dropped it), framed as the good ones
+                    // are: anywhere when parts have boundaries the parser knows, else in
+                    // its scan data (see the known limits at the top).
+                    let cut = if boundary_known && it.framing != 0 {
+                        body[..3 + ((body.len() - 5) as f64 * at) as usize].to_vec()
+                    } else {
+                        truncate(body, at)
+                    };
                     let framed = if it.framing == 0 { cut.clone() } else {
                         let mut p = part(&cut, false);
                         if it.framing == 2 {
