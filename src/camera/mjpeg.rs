@@ -227,14 +227,14 @@ impl MjpegParser {
                         if next > self.max {
                             return Walked::TooLarge;
                         }
-                        if next > buf.len() {
-                            return Walked::NeedMore { i, scan };
-                        }
                         // A segment never holds a multipart boundary: the frame was cut.
                         if let Some(b) = &self.boundary
-                            && find(&buf[i + 4..next], b).is_some()
+                            && find(&buf[i + 4..next.min(buf.len())], b).is_some()
                         {
                             return Walked::Corrupt { resume: 2 };
+                        }
+                        if next > buf.len() {
+                            return Walked::NeedMore { i, scan };
                         }
                         i = next;
                         if marker == 0xDA {
