@@ -40,8 +40,9 @@ pub enum Event {
 enum State {
     /// Looking for a start of image.
     Seek,
-    /// A frame starts at `buf[0]`; its part announced `len` bytes.
-    Sized { len: usize },
+    /// A frame starts at `buf[0]`; its part announced `len` bytes; no boundary before
+    /// `checked`.
+    Sized { len: usize, checked: usize },
     /// A frame starts at `buf[0]`; markers walked up to `i`.
     Walk { i: usize, scan: Phase },
 }
@@ -131,16 +132,18 @@ impl MjpegParser {
                     let announced = if self.boundary.is_some() { content_length(&self.buf[..s]) } else { None };
                     self.buf.drain(..s);
                     self.state = match announced {
-                        Some(len) if len >= 4 && len <= self.max => State::Sized { len },
+                        Some(len) if len >= 4 && len <= self.max => State::Sized { len, checked: 2 },
                         _ => State::Walk { i: 2, scan: Phase::Head },
                     };
                 }
-                State::Sized { len } => {
+                State::Sized { len, checked } => {
                     if self.buf.len() < len {
                         // A part that ends before its announced length: walk it instead.
-                        let ended_early =
-                            self.boundary.as_deref().is_some_and(|b| find(&self.buf[2..], b).is_some());
-                        if !ended_early {
+                        // (Only the new bytes are searched, so waiting costs no rescans.)
+                        let b = self.boundary.as_deref().unwrap_or_default();
+                        let from = checked.saturating_sub(b.len()).max(2).min(self.buf.len());
+                        if find(&self.buf[from..], b).is_none() {
+                            self.state = State::Sized { len, checked: self.buf.len() };
                             return out;
                         }
                         self.state = State::Walk { i: 2, scan: Phase::Head };
