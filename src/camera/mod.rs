@@ -439,6 +439,27 @@ mod tests {
     }
 
     #[test]
+    fn config_from_toml_as_the_settings_file_gives_it() {
+        use figment::providers::{Format, Toml};
+        let toml = r#"
+            kind = "mjpeg"
+            url = "http://127.0.0.1/webcam/?action=stream"
+            rotation = 270
+            flip_horizontal = true
+            timeout_secs = 5
+            max_frame_bytes = 4194304
+            frozen_after_secs = 120
+        "#;
+        let cfg: CameraConfig = figment::Figment::from(Toml::string(toml)).extract().unwrap();
+        assert_eq!((cfg.kind, cfg.rotation, cfg.flip_horizontal, cfg.flip_vertical), (CameraKind::Mjpeg, 270, true, false));
+        assert_eq!((cfg.timeout_secs, cfg.max_frame_bytes, cfg.frozen_after_secs), (5.0, 4 << 20, 120.0));
+        assert!(cfg.validate().is_ok());
+        let typo = figment::Figment::from(Toml::string("kind = \"snapshot\"\nurl = \"http://x/\"\nflip_horizonal = true"))
+            .extract::<CameraConfig>();
+        assert!(typo.unwrap_err().to_string().contains("flip_horizonal"));
+    }
+
+    #[test]
     fn v4l2_without_the_feature_says_how_to_get_it() {
         let cfg = CameraConfig::new(CameraKind::V4l2, "/dev/video0");
         match from_config(&cfg) {
