@@ -273,6 +273,31 @@ async fn camera_frozen_feed_is_reported_and_recovers_when_the_picture_changes() 
 }
 
 #[tokio::test]
+async fn camera_mjpeg_stream_of_one_repeated_picture_is_frozen_until_it_changes() {
+    let s = server().await;
+    let mut c = config(CameraKind::Mjpeg, format!("{}/stream/live", s.base));
+    c.frozen_after_secs = 0.3;
+    let mut cam = from_config(&c).unwrap();
+    assert!(cam.grab().await.is_ok());
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let e = cam.grab().await.unwrap_err();
+    assert!(matches!(e, CameraError::Frozen { .. }), "{e}");
+    *s.cam.current.lock().unwrap() = s.cam.frames[1].clone();
+    let mut recovered = false;
+    for _ in 0..50 {
+        match cam.grab().await {
+            Ok(f) => {
+                assert_eq!(f.jpeg, s.cam.frames[1]);
+                recovered = true;
+                break;
+            }
+            Err(e) => assert!(matches!(e, CameraError::Frozen { .. }), "{e}"),
+        }
+    }
+    assert!(recovered, "the new picture did not end the frozen state");
+}
+
+#[tokio::test]
 async fn camera_mjpeg_returns_the_newest_frame() {
     let s = server().await;
     let mut cam = camera(CameraKind::Mjpeg, format!("{}/stream/live", s.base));
