@@ -12,6 +12,13 @@
 //!   - [`detector::postprocess`]: confidence threshold, NMS, boxes in frame pixels.
 //!   - [`detector::smoothing`]: per-printer temporal state, warn/pause decision.
 //!   - [`detector::annotate`]: draws detections on a frame and encodes a JPEG.
+//! - [`camera`]: frame sources behind one small trait ([`camera::Camera`]), with rotation and
+//!   flips, a size cap, timeouts and a frozen-feed check; built from the config or from
+//!   the printer link's discovery.
+//!   - [`camera::snapshot`]: a JPEG per HTTP request.
+//!   - [`camera::mjpeg`]: an MJPEG stream kept open; its parser cuts JPEGs out of it.
+//!   - [`camera::orientation`]: rotation/flips (lossless when whole MCUs, else re-encoded).
+//!   - `camera::v4l2` (feature `v4l2`): a local video device through `nokhwa`.
 //! - [`bench`]: the `printvigil bench` figures (per-stage timings, memory).
 //! - [`printer`]: printer links, one module per firmware behind one trait
 //!   ([`printer::PrinterLink`]: events, status, cameras, pause / resume / cancel).
@@ -27,6 +34,7 @@
 //!   - [`server::upload`]: upload policy and shrink-to-fit of frames.
 
 pub mod bench;
+pub mod camera;
 pub mod config;
 pub mod detector;
 pub mod printer;
