@@ -63,7 +63,7 @@ struct ModelArgs {
     /// Inference threads (default: `detector.intra_threads`).
     #[arg(long)]
     threads: Option<usize>,
-    /// Session tuning for experiments, comma separated: no-arena, prepack, no-full-opt.
+    /// Session tuning for experiments, comma separated: no-arena, prepack, no-full-opt, no-spin.
     #[arg(long, value_delimiter = ',', hide = true)]
     tune: Vec<String>,
 }
@@ -196,6 +196,7 @@ fn load_detector(config: &Config, args: &ModelArgs) -> Result<Detector, AnyError
             arena: !args.tune.iter().any(|t| t == "no-arena"),
             prepack: args.tune.iter().any(|t| t == "prepack"),
             full_optimization: !args.tune.iter().any(|t| t == "no-full-opt"),
+            spin: !args.tune.iter().any(|t| t == "no-spin"),
         },
     })?;
     Ok(Detector::new(model))

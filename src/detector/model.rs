@@ -53,11 +53,14 @@ pub struct MemoryTuning {
     pub prepack: bool,
     /// Full graph optimisation (layout transforms; may copy weights).
     pub full_optimization: bool,
+    /// Let idle inference threads spin-wait for work (slightly faster runs; burns CPU the
+    /// printer host may want).
+    pub spin: bool,
 }
 
 impl Default for MemoryTuning {
     fn default() -> Self {
-        MemoryTuning { arena: true, prepack: false, full_optimization: true }
+        MemoryTuning { arena: true, prepack: false, full_optimization: true, spin: true }
     }
 }
 
@@ -162,6 +165,7 @@ fn builder(env: &ort::environment::Environment, settings: &SessionSettings) -> o
         })?
         .with_prepacking(settings.memory.prepack)?
         .with_memory_pattern(settings.memory.arena)?
+        .with_intra_op_spinning(settings.memory.spin)?
         .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(settings.memory.arena).build()])?;
     Ok(b)
 }
