@@ -29,6 +29,8 @@ pub struct Config {
     pub detector: DetectorConfig,
     /// The Obico-compatible server to mirror prints to; absent: no mirroring.
     pub server: Option<crate::server::ServerConfig>,
+    /// How the printers are watched: cadence, action on failure, saved frames.
+    pub watch: crate::watch::WatchConfig,
     /// The printers to watch (`[[printers]]` entries).
     pub printers: Vec<crate::printer::PrinterConfig>,
 }
@@ -39,6 +41,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/printvigil"),
             detector: DetectorConfig::default(),
             server: None,
+            watch: crate::watch::WatchConfig::default(),
             printers: Vec::new(),
         }
     }
@@ -142,6 +145,7 @@ impl Config {
         if let Some(s) = &self.server {
             s.validate()?;
         }
+        self.watch.validate()?;
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.printers.iter().enumerate() {
             let key = format!("printers[{i}]");

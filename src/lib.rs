@@ -32,6 +32,12 @@
 //!   - [`server::check`]: the server lines of `printvigil check`.
 //!   - [`server::outbox`]: the durable SQLite outbox and printer registration record.
 //!   - [`server::upload`]: upload policy and shrink-to-fit of frames.
+//! - [`watch`]: one watch loop per printer (frames at the cadence, detect, smooth, decide,
+//!   act; start/finish/predict to the mirror) and the supervisor that runs them.
+//!   - [`watch::watcher`]: the loop; it sees only [`printer::PrinterLink`] and [`camera::Camera`].
+//!   - [`watch::supervisor`]: `printvigil run`, sd-notify READY/STATUS/WATCHDOG/STOPPING, graceful stop.
+//!   - [`watch::state`]: per-printer state in SQLite (smoothing, the print watched, acted).
+//!   - [`watch::frames`]: annotated decision frames within a disk budget.
 
 pub mod bench;
 pub mod camera;
@@ -40,3 +46,4 @@ pub mod detector;
 pub mod printer;
 pub mod secret;
 pub mod server;
+pub mod watch;

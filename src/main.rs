@@ -23,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Watch the configured printers until stopped (the service's command).
+    Run,
     /// Run JPEG frames, in order, through the detector and the smoother of one printer.
     Predict(PredictArgs),
     /// Measure the detection pipeline: per-stage times and memory.
@@ -158,6 +160,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             println!("{}", serde_json::to_string_pretty(&config)?);
             Ok(())
         }
+        Command::Run => Ok(runtime()?.block_on(printvigil::watch::supervisor::run(&config))?),
         Command::Predict(args) => predict(&config, args),
         Command::Bench(args) => bench(&config, args),
         Command::Model(ModelCommand::Fetch { dest, url, sha256 }) => {

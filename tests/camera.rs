@@ -17,7 +17,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use printvigil::camera::{
-    Camera, CameraConfig, CameraError, CameraKind, DiscoveredCamera, Method, Orientation, from_config,
+    Camera, CameraConfig, CameraError, CameraKind, CameraInfo, from_info, Method, Orientation, from_config,
 };
 use printvigil::detector::preprocess::{Rgb8, decode_jpeg};
 
@@ -449,7 +449,8 @@ async fn camera_discovered_with_a_relative_url_grabs_turned_frames() {
     let s = server().await;
     let jpeg = support::encode_jpeg(&quadrants(64, 48), 90);
     *s.cam.current.lock().unwrap() = jpeg;
-    let d = DiscoveredCamera {
+    let d = CameraInfo {
+        target_fps: None,
         name: "nozzle cam".into(),
         snapshot_url: Some("/snap/good".into()),
         stream_url: None,
@@ -457,7 +458,7 @@ async fn camera_discovered_with_a_relative_url_grabs_turned_frames() {
         flip_horizontal: false,
         flip_vertical: false,
     };
-    let cfg = d.to_config(&format!("{}/", s.base)).unwrap();
+    let cfg = from_info(&d, &format!("{}/", s.base)).unwrap();
     let mut cam = from_config(&cfg).unwrap();
     assert_eq!(cam.name(), "nozzle cam");
     let img = decode_jpeg(&cam.grab().await.unwrap().jpeg).unwrap();

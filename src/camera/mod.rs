@@ -8,13 +8,15 @@
 //!
 //! [`from_config`] builds a camera from a [`CameraConfig`] and wraps it so that every
 //! frame is checked for a frozen feed ([`FrozenWatch`]) and turned the right way up
-//! ([`Orientation`]). Cameras found by the printer link come in as [`DiscoveredCamera`].
+//! ([`Orientation`]). Cameras found by the printer link ([`CameraInfo`]) become configs with [`from_info`].
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::printer::CameraInfo;
 
 pub mod mjpeg;
 pub mod orientation;
@@ -307,48 +309,35 @@ impl FrozenWatch {
     }
 }
 
-/// A camera as the printer link describes it (Moonraker's webcam list, OctoPrint's
-/// webcam settings). URLs may be relative to the printer host.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct DiscoveredCamera {
-    pub name: String,
-    pub snapshot_url: Option<String>,
-    pub stream_url: Option<String>,
-    pub rotation: u16,
-    pub flip_horizontal: bool,
-    pub flip_vertical: bool,
-}
-
-impl DiscoveredCamera {
-    /// A camera config for this description, relative URLs resolved against `base`
-    /// (e.g. `http://127.0.0.1/`). The snapshot URL is preferred (one request per grab, no
-    /// stream kept open); the stream URL is used when there is no snapshot URL.
-    pub fn to_config(&self, base: &str) -> Result<CameraConfig, CameraError> {
-        let who = &self.name;
-        let base = reqwest::Url::parse(base).map_err(|e| {
-            CameraError::Config(format!("camera {who}: the printer address {base:?} is not a URL ({e})"))
-        })?;
-        let pick = |u: &Option<String>| u.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
-        let (kind, url) = match (pick(&self.snapshot_url), pick(&self.stream_url)) {
-            (Some(u), _) => (CameraKind::Snapshot, u),
-            (None, Some(u)) => (CameraKind::Mjpeg, u),
-            (None, None) => {
-                return Err(CameraError::Config(format!(
-                    "camera {who}: the printer reports neither a snapshot nor a stream URL; set them in the printer's webcam settings or configure the camera in printvigil"
-                )));
-            }
-        };
-        let url = base
-            .join(&url)
-            .map_err(|e| CameraError::Config(format!("camera {who}: URL {url:?} cannot be resolved ({e})")))?;
-        let mut cfg = CameraConfig::new(kind, url.to_string());
-        cfg.name = Some(self.name.clone());
-        cfg.rotation = self.rotation;
-        cfg.flip_horizontal = self.flip_horizontal;
-        cfg.flip_vertical = self.flip_vertical;
-        cfg.validate()?;
-        Ok(cfg)
-    }
+/// A camera config for a camera the printer link reports, relative URLs resolved against
+/// `base` (e.g. `http://127.0.0.1/`; links report absolute URLs, for which `base` does not
+/// matter). The snapshot URL is preferred (one request per grab, no stream kept open);
+/// the stream URL is used when there is no snapshot URL.
+pub fn from_info(info: &CameraInfo, base: &str) -> Result<CameraConfig, CameraError> {
+    let who = &info.name;
+    let base = reqwest::Url::parse(base).map_err(|e| {
+        CameraError::Config(format!("camera {who}: the printer address {base:?} is not a URL ({e})"))
+    })?;
+    let pick = |u: &Option<String>| u.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+    let (kind, url) = match (pick(&info.snapshot_url), pick(&info.stream_url)) {
+        (Some(u), _) => (CameraKind::Snapshot, u),
+        (None, Some(u)) => (CameraKind::Mjpeg, u),
+        (None, None) => {
+            return Err(CameraError::Config(format!(
+                "camera {who}: the printer reports neither a snapshot nor a stream URL; set them in the printer's webcam settings or configure the camera in printvigil"
+            )));
+        }
+    };
+    let url = base
+        .join(&url)
+        .map_err(|e| CameraError::Config(format!("camera {who}: URL {url:?} cannot be resolved ({e})")))?;
+    let mut cfg = CameraConfig::new(kind, url.to_string());
+    cfg.name = Some(info.name.clone());
+    cfg.rotation = info.rotation;
+    cfg.flip_horizontal = info.flip_horizontal;
+    cfg.flip_vertical = info.flip_vertical;
+    cfg.validate()?;
+    Ok(cfg)
 }
 
 /// What a non-JPEG body looks like, for error messages.
@@ -474,7 +463,8 @@ mod tests {
 
     #[test]
     fn discovered_cameras_resolve_relative_urls_and_prefer_snapshots() {
-        let d = DiscoveredCamera {
+        let d = CameraInfo {
+            target_fps: None,
             name: "bed".into(),
             snapshot_url: Some("/webcam/?action=snapshot".into()),
             stream_url: Some("/webcam/?action=stream".into()),
@@ -482,23 +472,23 @@ mod tests {
             flip_horizontal: true,
             flip_vertical: false,
         };
-        let c = d.to_config("http://127.0.0.1/").unwrap();
+        let c = from_info(&d, "http://127.0.0.1/").unwrap();
         assert_eq!(c.kind, CameraKind::Snapshot);
         assert_eq!(c.url, "http://127.0.0.1/webcam/?action=snapshot");
         assert_eq!((c.rotation, c.flip_horizontal, c.flip_vertical), (180, true, false));
         assert_eq!(c.name.as_deref(), Some("bed"));
 
-        let stream_only = DiscoveredCamera { snapshot_url: Some(" ".into()), ..d.clone() };
-        let c = stream_only.to_config("http://printer.local:7125/").unwrap();
+        let stream_only = CameraInfo { snapshot_url: Some(" ".into()), ..d.clone() };
+        let c = from_info(&stream_only, "http://printer.local:7125/").unwrap();
         assert_eq!(c.kind, CameraKind::Mjpeg);
         assert_eq!(c.url, "http://printer.local:7125/webcam/?action=stream");
 
-        let absolute = DiscoveredCamera { snapshot_url: Some("http://10.0.0.9:8080/snap.jpg".into()), ..d.clone() };
-        assert_eq!(absolute.to_config("http://127.0.0.1/").unwrap().url, "http://10.0.0.9:8080/snap.jpg");
+        let absolute = CameraInfo { snapshot_url: Some("http://10.0.0.9:8080/snap.jpg".into()), ..d.clone() };
+        assert_eq!(from_info(&absolute, "http://127.0.0.1/").unwrap().url, "http://10.0.0.9:8080/snap.jpg");
 
-        let none = DiscoveredCamera { snapshot_url: None, stream_url: None, ..d.clone() };
-        assert!(none.to_config("http://127.0.0.1/").unwrap_err().to_string().contains("neither"));
-        let odd = DiscoveredCamera { rotation: 45, ..d };
-        assert!(odd.to_config("http://127.0.0.1/").unwrap_err().to_string().contains("`rotation`"));
+        let none = CameraInfo { snapshot_url: None, stream_url: None, ..d.clone() };
+        assert!(from_info(&none, "http://127.0.0.1/").unwrap_err().to_string().contains("neither"));
+        let odd = CameraInfo { rotation: 45, ..d };
+        assert!(from_info(&odd, "http://127.0.0.1/").unwrap_err().to_string().contains("`rotation`"));
     }
 }

@@ -179,6 +179,20 @@ impl PrinterConfig {
         }
     }
 
+    /// The camera configured for this printer, if any (else the link's discovery).
+    pub fn camera(&self) -> Option<&crate::camera::CameraConfig> {
+        match self {
+            PrinterConfig::Moonraker(m) => m.camera.as_ref(),
+        }
+    }
+
+    /// The action on a failing print configured for this printer, if any.
+    pub fn action_on_failure(&self) -> Option<crate::watch::Action> {
+        match self {
+            PrinterConfig::Moonraker(m) => m.action_on_failure,
+        }
+    }
+
     /// Checks one entry; `key` is its place in the file (e.g. `printers[0]`).
     pub fn validate(&self, key: &str) -> Result<(), crate::config::ConfigError> {
         let name = self.name();
@@ -188,6 +202,11 @@ impl PrinterConfig {
                 &format!("{name:?}"),
                 "give the printer a short name (1 to 64 characters), e.g. name = \"voron\"",
             ));
+        }
+        if let Some(cam) = self.camera() {
+            cam.validate().map_err(|e| {
+                crate::config::invalid(&format!("{key}.camera"), &format!("{:?}", cam.url), &e.to_string())
+            })?;
         }
         match self {
             PrinterConfig::Moonraker(m) => m.validate(key),

@@ -60,6 +60,12 @@ pub struct MoonrakerConfig {
     /// Seconds to wait for the printer to confirm pause, resume or cancel.
     #[serde(default = "default_action_timeout")]
     pub action_timeout_secs: u64,
+    /// The camera to watch; default: the first camera Moonraker lists (its webcam settings).
+    #[serde(default)]
+    pub camera: Option<crate::camera::CameraConfig>,
+    /// What to do with a failing print on this printer (default: `watch.action_on_failure`).
+    #[serde(default)]
+    pub action_on_failure: Option<crate::watch::Action>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -90,6 +96,8 @@ impl MoonrakerConfig {
             api_key_via: ApiKeyVia::Header,
             request_timeout_secs: default_request_timeout(),
             action_timeout_secs: default_action_timeout(),
+            camera: None,
+            action_on_failure: None,
         }
     }
 

@@ -229,6 +229,11 @@ impl Mirror {
         &self.inner.outbox
     }
 
+    /// JPEG quality for frames shrunk before upload (`server.jpeg_quality`).
+    pub fn upload_quality(&self) -> u8 {
+        self.inner.cfg.jpeg_quality
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.inner.stats
     }

@@ -1,0 +1,237 @@
+//! The supervisor: one watch per printer, the service manager's view of them (sd-notify
+//! READY, STATUS, WATCHDOG, STOPPING), and a graceful stop.
+//!
+//! WATCHDOG pings are sent only while every watch loop has turned recently: a loop that is
+//! stuck (a hung camera, a wedged detector) stops the pings and systemd restarts the
+//! service. Outside systemd (no `NOTIFY_SOCKET`) the notifications are no-ops.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, watch};
+
+use super::state::{StateStore, state_file};
+use super::watcher::{self, Shared, Vitals};
+use super::{CameraChoice, WatchEvent, WatchSpec};
+use crate::config::Config;
+use crate::detector::Detector;
+use crate::detector::model::{Model, SessionSettings};
+use crate::printer::PrinterLink;
+use crate::server::Mirror;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "no printers are configured; add a [[printers]] entry to the config (see config/printvigil.toml), or try `printvigil demo`"
+    )]
+    NoPrinters,
+    #[error("the detector cannot start: {0}")]
+    Detector(String),
+    #[error(transparent)]
+    State(#[from] super::state::StateError),
+    #[error(transparent)]
+    Mirror(#[from] crate::server::MirrorError),
+}
+
+/// How long a stop waits for the watches and for queued server events.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// Loads the detector the config names (on a blocking thread: a large model takes seconds).
+pub async fn load_detector(config: &Config) -> Result<Detector, RunError> {
+    let path = config.detector.model_path(&config.state_dir);
+    let ort = config.detector.onnxruntime.clone();
+    let settings = SessionSettings::new(config.detector.threads());
+    let model = tokio::task::spawn_blocking(move || Model::load(&path, ort.as_deref(), settings))
+        .await
+        .map_err(|e| RunError::Detector(e.to_string()))?
+        .map_err(|e| RunError::Detector(e.to_string()))?;
+    Ok(Detector::new(model))
+}
+
+/// The watch specs for the configured printers; `instance` tells this printvigil apart on
+/// printers that several instances watch.
+pub fn specs_from_config(config: &Config, instance: &str) -> Vec<WatchSpec> {
+    let single = config.printers.len() == 1;
+    config
+        .printers
+        .iter()
+        .map(|p| WatchSpec {
+            name: p.name().to_string(),
+            // One printer: the server's `printer_id` setting applies to it.
+            mirror_key: if single { crate::server::DEFAULT_PRINTER.to_string() } else { p.name().to_string() },
+            link: p.connect(instance),
+            camera: p.camera().cloned().map(CameraChoice::Config).unwrap_or(CameraChoice::Discover),
+            action: p.action_on_failure().unwrap_or(config.watch.action_on_failure),
+        })
+        .collect()
+}
+
+/// Everything a supervisor needs besides the printers.
+pub struct Parts {
+    pub detector: Detector,
+    pub mirror: Option<Arc<Mirror>>,
+    pub store: Arc<StateStore>,
+}
+
+impl Parts {
+    /// The detector, the state database and the server mirror (when configured) from the config.
+    pub async fn from_config(config: &Config) -> Result<Self, RunError> {
+        let detector = load_detector(config).await?;
+        let store = Arc::new(StateStore::open(&state_file(&config.state_dir))?);
+        let mirror = match &config.server {
+            Some(s) => {
+                let m = Arc::new(Mirror::open(s, &config.state_dir)?);
+                m.spawn();
+                Some(m)
+            }
+            None => None,
+        };
+        Ok(Self { detector, mirror, store })
+    }
+}
+
+/// Runs the watches until `stop` completes, then stops them gracefully.
+pub async fn supervise(
+    config: &Config,
+    specs: Vec<WatchSpec>,
+    parts: Parts,
+    events: broadcast::Sender<WatchEvent>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    if specs.is_empty() {
+        return Err(RunError::NoPrinters);
+    }
+    if config.watch.cadence_secs < crate::detector::smoothing::CADENCE_SECS as f64 {
+        tracing::warn!(
+            "frames are scored every {} s, faster than the 10 s Obico's thresholds assume: warnings and pauses come sooner",
+            config.watch.cadence_secs
+        );
+    }
+    let shared = Shared {
+        detector: Arc::new(std::sync::Mutex::new(parts.detector)),
+        sensitivity: config.detector.sensitivity,
+        mirror: parts.mirror.clone(),
+        store: parts.store,
+        cfg: config.watch.clone(),
+        frames_root: config.state_dir.join("frames"),
+        events,
+    };
+    let epoch = Instant::now();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut loops = Vec::new();
+    let mut links: Vec<Arc<dyn PrinterLink>> = Vec::new();
+    for spec in specs {
+        let vitals = Arc::new(Vitals::default());
+        vitals.heartbeat_ms.store(0, Ordering::Relaxed);
+        links.push(spec.link.clone());
+        let name = spec.name.clone();
+        let handle = tokio::spawn(watcher::run(spec, shared.clone(), vitals.clone(), epoch, stop_rx.clone()));
+        loops.push((name, vitals, handle));
+    }
+    let names: Vec<&str> = loops.iter().map(|l| l.0.as_str()).collect();
+    tracing::info!("watching {} printer(s): {}", loops.len(), names.join(", "));
+    notify(&[sd_notify::NotifyState::Ready]);
+
+    let watchdog = sd_notify::watchdog_enabled();
+    if let Some(wd) = watchdog {
+        tracing::debug!("systemd watchdog every {wd:?}");
+    }
+    let mut last_status = String::new();
+    let mut last_ping = Instant::now();
+    let mut stuck_reported = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {}
+        }
+        let status: Vec<String> =
+            loops.iter().map(|l| l.1.status.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect();
+        let status = status.join("; ");
+        if status != last_status {
+            notify(&[sd_notify::NotifyState::Status(&status)]);
+            last_status = status;
+        }
+        if let Some(wd) = watchdog
+            && last_ping.elapsed() >= wd / 2
+        {
+            let now_ms = epoch.elapsed().as_millis() as i64;
+            let limit = (wd.as_millis() as i64 * 3 / 4).max(1000);
+            let stuck: Vec<&str> = loops
+                .iter()
+                .filter(|l| l.2.is_finished() || now_ms - l.1.heartbeat_ms.load(Ordering::Relaxed) > limit)
+                .map(|l| l.0.as_str())
+                .collect();
+            if stuck.is_empty() {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+                last_ping = Instant::now();
+                stuck_reported = false;
+            } else if !stuck_reported {
+                tracing::error!(
+                    "the watch of {} has not turned for {:.0} s: no longer telling systemd all is well (it will restart printvigil)",
+                    stuck.join(", "),
+                    limit as f64 / 1000.0
+                );
+                stuck_reported = true;
+            }
+        }
+    }
+
+    tracing::info!("stopping: finishing the watches and sending what is queued");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    let deadline = Instant::now() + STOP_WAIT;
+    for (name, _, handle) in loops {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, handle).await.is_err() {
+            tracing::warn!(printer = name, "the watch did not stop in time; its state was saved at its last frame");
+        }
+    }
+    if let Some(m) = &parts.mirror {
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        if !m.flush(left).await {
+            let n = m.outbox().pending().unwrap_or(0);
+            tracing::info!("{n} event(s) for the server stay queued on disk; they are sent after the next start");
+        }
+    }
+    for link in links {
+        link.stop().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn signals() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT; stop printvigil with SIGKILL (its state is kept on disk)");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::debug!("sd_notify: {e}");
+    }
+}
+
+/// `printvigil run`: every configured printer, until SIGTERM or SIGINT.
+pub async fn run(config: &Config) -> Result<(), RunError> {
+    if config.printers.is_empty() {
+        return Err(RunError::NoPrinters);
+    }
+    let started = Instant::now();
+    let parts = Parts::from_config(config).await?;
+    tracing::info!("detector ready in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+    let specs = specs_from_config(config, &crate::server::hostname());
+    let (events, _) = broadcast::channel(256);
+    supervise(config, specs, parts, events, signals()).await
+}
