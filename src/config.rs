@@ -250,12 +250,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.printers.len(), 2);
-        let crate::printer::PrinterConfig::Moonraker(m) = &c.printers[0];
+        let crate::printer::PrinterConfig::Moonraker(m) = &c.printers[0] else {
+            panic!("not a moonraker entry: {:?}", c.printers[0]);
+        };
         assert_eq!(m.url, "http://127.0.0.1:7125");
         assert_eq!(m.api_key.as_ref().unwrap().expose(), "abc123");
         assert!(!format!("{c:?}").contains("abc123"), "the key must not show in Debug output");
-        let crate::printer::PrinterConfig::Moonraker(m) = &c.printers[1];
+        let crate::printer::PrinterConfig::Moonraker(m) = &c.printers[1] else {
+            panic!("not a moonraker entry: {:?}", c.printers[1]);
+        };
         assert_eq!(m.api_key_via, crate::printer::moonraker::ApiKeyVia::OneshotToken);
+    }
+
+    #[test]
+    fn simulated_printer_parses_with_defaults() {
+        let c = Config::from_toml_str(
+            "[[printers]]\nname = \"sim\"\nkind = \"simulated\"\n\n[[printers]]\nname = \"sim2\"\nkind = \"simulated\"\nfile = \"benchy.gcode\"\nstart_after_secs = 0\nprint_secs = 30.5\nrepeat = true\n",
+        )
+        .unwrap();
+        match &c.printers[..] {
+            [crate::printer::PrinterConfig::Simulated(a), crate::printer::PrinterConfig::Simulated(b)] => {
+                assert_eq!(*a, crate::printer::sim::SimConfig::new("sim"));
+                assert_eq!(
+                    (b.file.as_str(), b.start_after_secs, b.print_secs, b.repeat),
+                    ("benchy.gcode", 0.0, 30.5, true)
+                );
+            }
+            other => panic!("two simulated printers expected: {other:?}"),
+        }
+        assert_eq!(c.printers[1].name(), "sim2");
     }
 
     #[test]
@@ -268,6 +291,11 @@ mod tests {
             ("name = \"a\"\nkind = \"moonraker\"\nportt = 1", "portt"),
             ("name = \"a\"\nkind = \"octoprint\"", "octoprint"),
             ("name = \"a\"\nkind = \"moonraker\"\nrequest_timeout_secs = 0", "request_timeout_secs"),
+            ("name = \"a\"\nkind = \"simulated\"\nprint_secs = 0", "printers[0].print_secs"),
+            ("name = \"a\"\nkind = \"simulated\"\nstart_after_secs = -2", "printers[0].start_after_secs"),
+            ("name = \"a\"\nkind = \"simulated\"\nfile = \"\"", "printers[0].file"),
+            ("name = \"a\"\nkind = \"simulated\"\nurl = \"http://x\"", "url"),
+            ("name = \"\"\nkind = \"simulated\"", "printers[0].name"),
         ];
         for (entry, key) in cases {
             let err =

@@ -23,6 +23,7 @@
 //! - [`printer`]: printer links, one module per firmware behind one trait
 //!   ([`printer::PrinterLink`]: events, status, cameras, pause / resume / cancel).
 //!   - [`printer::moonraker`]: Klipper through Moonraker (websocket JSON-RPC).
+//!   - [`printer::sim`]: a simulated printer (the demo's, the tests', `kind = "simulated"`).
 //! - [`secret`]: a string type that redacts itself (tokens, keys, passwords).
 //! - [`server`]: the mirror to an Obico-compatible server (a sink).
 //!   - [`server::config`]: the `[server]` settings.

@@ -15,6 +15,7 @@ use tokio::sync::{broadcast, watch};
 use crate::secret::Secret;
 
 pub mod moonraker;
+pub mod sim;
 
 /// Identifies one print, stable across restarts of printvigil and of the printer's host
 /// software (for Moonraker: the history job id and its start time).
@@ -163,12 +164,15 @@ pub trait PrinterLink: Send + Sync {
 }
 
 /// One `[[printers]]` entry of the configuration; `kind = "..."` picks the firmware path
-/// (`moonraker` today; OctoPrint, serial and Bambu links add variants).
+/// (`moonraker` today, `simulated` to try printvigil without a printer; OctoPrint, serial
+/// and Bambu links add variants).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PrinterConfig {
     /// Klipper through Moonraker.
     Moonraker(moonraker::MoonrakerConfig),
+    /// A simulated printer running a scripted print (demo, trying printvigil out).
+    Simulated(sim::SimConfig),
 }
 
 impl PrinterConfig {
@@ -176,6 +180,7 @@ impl PrinterConfig {
     pub fn name(&self) -> &str {
         match self {
             PrinterConfig::Moonraker(m) => &m.name,
+            PrinterConfig::Simulated(s) => &s.name,
         }
     }
 
@@ -210,6 +215,7 @@ impl PrinterConfig {
         }
         match self {
             PrinterConfig::Moonraker(m) => m.validate(key),
+            PrinterConfig::Simulated(s) => s.validate(key),
         }
     }
 
@@ -218,6 +224,7 @@ impl PrinterConfig {
     pub fn connect(&self, instance: &str) -> std::sync::Arc<dyn PrinterLink> {
         match self {
             PrinterConfig::Moonraker(m) => moonraker::MoonrakerLink::start(m.clone(), instance),
+            PrinterConfig::Simulated(s) => sim::SimPrinter::start(s),
         }
     }
 }
