@@ -188,6 +188,7 @@ impl PrinterConfig {
     pub fn camera(&self) -> Option<&crate::camera::CameraConfig> {
         match self {
             PrinterConfig::Moonraker(m) => m.camera.as_ref(),
+            PrinterConfig::Simulated(s) => s.camera.as_ref(),
         }
     }
 
@@ -195,6 +196,7 @@ impl PrinterConfig {
     pub fn action_on_failure(&self) -> Option<crate::watch::Action> {
         match self {
             PrinterConfig::Moonraker(m) => m.action_on_failure,
+            PrinterConfig::Simulated(s) => s.action_on_failure,
         }
     }
 

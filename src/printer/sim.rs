@@ -50,6 +50,13 @@ pub struct SimConfig {
     /// Start another print after each one ends (completed, cancelled or failed).
     #[serde(default)]
     pub repeat: bool,
+    /// The camera to watch (e.g. `kind = "files"` over a folder of frames); default: the
+    /// cameras given to the simulated printer, if any.
+    #[serde(default)]
+    pub camera: Option<crate::camera::CameraConfig>,
+    /// What to do with a failing print on this printer (default: `watch.action_on_failure`).
+    #[serde(default)]
+    pub action_on_failure: Option<crate::watch::Action>,
 }
 
 fn default_file() -> String {
@@ -74,6 +81,8 @@ impl SimConfig {
             start_after_secs: default_start_after(),
             print_secs: default_print_secs(),
             repeat: false,
+            camera: None,
+            action_on_failure: None,
         }
     }
 

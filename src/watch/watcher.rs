@@ -277,7 +277,13 @@ impl Watcher {
                 let job = s.job.as_ref().map(|j| j.0.clone());
                 match (job, &self.record.job) {
                     (Some(j), Some(known)) if &j == known => {
-                        self.phase = if paused { Phase::Paused } else { Phase::Printing };
+                        if matches!(self.phase, Phase::Printing | Phase::Paused) {
+                            self.phase = if paused { Phase::Paused } else { Phase::Printing };
+                        } else {
+                            // Not watched until now (a restart): the same print continues.
+                            let file = s.file.clone().or_else(|| self.record.file.clone()).unwrap_or_default();
+                            self.begin(&j, &file, paused);
+                        }
                     }
                     (Some(j), _) => {
                         let file = s.file.clone().unwrap_or_default();

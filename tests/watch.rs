@@ -1,0 +1,322 @@
+//! The watch loop in process: a simulated printer (a real `PrinterLink`), a camera whose
+//! frames the test chooses, the bundled demo model, and the fake Obico server. End-to-end
+//! runs against real Moonraker and Klipper are in tests/e2e.rs.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use printvigil::camera::{Camera, CameraError, Frame, Grab};
+use printvigil::config::Config;
+use printvigil::detector::Detector;
+use printvigil::detector::model::{Model, SessionSettings};
+use printvigil::printer::sim::SimPrinter;
+use printvigil::printer::{JobOutcome, PrinterLink};
+use printvigil::secret::Secret;
+use printvigil::server::config::{ServerConfig, UploadMode};
+use printvigil::server::{DEFAULT_PRINTER, Mirror};
+use printvigil::watch::state::{StateStore, state_file};
+use printvigil::watch::supervisor::{Parts, supervise};
+use printvigil::watch::{Action, CameraChoice, WatchEvent, WatchSpec};
+use support::fake_obico::{FakeObico, Settings};
+use tokio::sync::broadcast;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn frame(name: &str) -> Vec<u8> {
+    std::fs::read(repo().join("models/frames").join(name)).unwrap()
+}
+
+/// A camera whose next frame the test sets; `None` makes it fail like a dead camera.
+#[derive(Clone)]
+struct TestCamera(Arc<Mutex<Option<Vec<u8>>>>);
+
+impl TestCamera {
+    fn new(jpeg: Vec<u8>) -> Self {
+        Self(Arc::new(Mutex::new(Some(jpeg))))
+    }
+    fn set(&self, jpeg: Option<Vec<u8>>) {
+        *self.0.lock().unwrap() = jpeg;
+    }
+}
+
+impl Camera for TestCamera {
+    fn name(&self) -> &str {
+        "test camera"
+    }
+    fn grab(&mut self) -> Grab<'_> {
+        let f = self.0.lock().unwrap().clone();
+        Box::pin(async move {
+            f.map(|jpeg| Frame { jpeg, taken: SystemTime::now() }).ok_or(CameraError::Connect {
+                url: "http://camera.test/snap".into(),
+                reason: "connection refused".into(),
+            })
+        })
+    }
+}
+
+fn detector() -> Detector {
+    support::init_onnxruntime();
+    Detector::new(Model::load(&repo().join("models/demo.onnx"), None, SessionSettings::new(1)).unwrap())
+}
+
+fn config(state: &Path, action: Action) -> Config {
+    let mut c = Config::from_toml_str(&format!(
+        "state_dir = {:?}\n[watch]\ncadence_secs = 0.02\nallow_fast_cadence = true\ncooldown_secs = 60\n",
+        state
+    ))
+    .unwrap();
+    c.watch.action_on_failure = action;
+    c
+}
+
+fn server_cfg(fake: &FakeObico) -> ServerConfig {
+    let s = Settings::default();
+    ServerConfig {
+        url: fake.url(),
+        client_id: Some(s.client_id),
+        client_secret: Some(Secret::new(s.client_secret)),
+        printer_name: Some("watch-test".into()),
+        upload: UploadMode::Always,
+        upload_min_interval_secs: 0.0,
+        request_timeout_secs: 1.0,
+        backoff_initial_ms: 10,
+        backoff_cap_secs: 0.2,
+        ..Default::default()
+    }
+}
+
+/// A running supervisor over one simulated printer.
+struct Rig {
+    camera: TestCamera,
+    seen: Vec<WatchEvent>,
+    events: broadcast::Receiver<WatchEvent>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Rig {
+    async fn start(config: &Config, printer: &Arc<SimPrinter>, mirror: Option<Arc<Mirror>>, first: Vec<u8>) -> Rig {
+        let camera = TestCamera::new(first);
+        let spec = WatchSpec {
+            name: "sim".into(),
+            mirror_key: DEFAULT_PRINTER.into(),
+            link: printer.clone(),
+            camera: CameraChoice::Ready(Box::new(camera.clone())),
+            action: config.watch.action_on_failure,
+        };
+        let parts = Parts {
+            detector: detector(),
+            mirror,
+            store: Arc::new(StateStore::open(&state_file(&config.state_dir)).unwrap()),
+        };
+        let (tx, events) = broadcast::channel(4096);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = config.clone();
+        let task = tokio::spawn(async move {
+            supervise(&config, vec![spec], parts, tx, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Rig { camera, seen: Vec::new(), events, stop: Some(stop), task }
+    }
+
+    /// Waits for an event matching `want`, returning it; fails after `limit`.
+    async fn wait(&mut self, what: &str, limit: Duration, want: impl Fn(&WatchEvent) -> bool) -> WatchEvent {
+        let end = Instant::now() + limit;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.events.recv()).await {
+                Ok(Ok(ev)) => {
+                    self.seen.push(ev.clone());
+                    if want(&ev) {
+                        return ev;
+                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(e)) => panic!("waiting for {what}: {e}"),
+                Err(_) => panic!("waiting for {what}: nothing within {limit:?}"),
+            }
+        }
+    }
+
+    /// Like `wait`, but an event already seen counts.
+    async fn seen_or_wait(&mut self, what: &str, limit: Duration, want: impl Fn(&WatchEvent) -> bool) -> WatchEvent {
+        if let Some(ev) = self.seen.iter().find(|e| want(e)) {
+            return ev.clone();
+        }
+        self.wait(what, limit, want).await
+    }
+
+    async fn scored_until(&mut self, n: u64) -> u64 {
+        match self.wait("scored frame", Duration::from_secs(60), |e| matches!(e, WatchEvent::Scored { frame_num, .. } if *frame_num >= n)).await {
+            WatchEvent::Scored { frame_num, .. } => frame_num,
+            _ => unreachable!(),
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(20), self.task).await.expect("the supervisor stops").unwrap();
+    }
+}
+
+fn pauses(p: &SimPrinter) -> usize {
+    p.actions().iter().filter(|a| a.0 == "pause").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_print_is_paused_once_and_mirrored_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeObico::start(Settings::default()).await;
+    let mut cfg = config(dir.path(), Action::Pause);
+    cfg.server = Some(server_cfg(&fake));
+    let mirror = Arc::new(Mirror::open(cfg.server.as_ref().unwrap(), dir.path()).unwrap());
+    mirror.spawn();
+    let printer = SimPrinter::new("sim");
+    let mut rig = Rig::start(&cfg, &printer, Some(mirror.clone()), frame("02-healthy.jpg")).await;
+    let job = printer.start_print("benchy.gcode");
+    rig.wait("print start", Duration::from_secs(10), |e| matches!(e, WatchEvent::PrintStarted { continued: false, .. })).await;
+    // Warm-up on healthy frames: no decision is possible before frame 30.
+    rig.scored_until(32).await;
+    assert_eq!(pauses(&printer), 0, "healthy frames never pause");
+    rig.camera.set(Some(frame("08-failing.jpg")));
+    let acted = rig.wait("the pause", Duration::from_secs(30), |e| matches!(e, WatchEvent::Acted { .. })).await;
+    let WatchEvent::Acted { action, result, decided, done, .. } = acted else { unreachable!() };
+    assert_eq!((action, result), (Action::Pause, Ok(())));
+    println!("decision -> printer confirmed paused: {:?}", done - decided);
+    assert_eq!(printer.status().borrow().state, printvigil::printer::PrinterState::Paused);
+    let saved = rig.seen_or_wait("the decision frame", Duration::from_secs(10), |e| matches!(e, WatchEvent::FrameSaved { .. })).await;
+    let WatchEvent::FrameSaved { path, .. } = saved else { unreachable!() };
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[..2], &[0xFF, 0xD8], "an annotated JPEG at {}", path.display());
+    assert!(path.starts_with(dir.path().join("frames/sim")), "{}", path.display());
+
+    // The user resumes; the frames keep failing: no second pause in this print.
+    printer.user_resume();
+    rig.wait("resumed scoring", Duration::from_secs(10), |e| matches!(e, WatchEvent::Scored { pause: true, .. })).await;
+    let n = rig.scored_until(0).await;
+    rig.scored_until(n + 20).await;
+    assert_eq!(pauses(&printer), 1, "at most one pause per print");
+
+    printer.finish(JobOutcome::Cancelled);
+    rig.wait("print end", Duration::from_secs(10), |e| matches!(e, WatchEvent::PrintFinished { .. })).await;
+    assert!(mirror.flush(Duration::from_secs(20)).await, "events delivered");
+    let calls = fake.calls();
+    let kinds: Vec<&str> = calls.iter().map(|c| c.kind.as_str()).filter(|k| *k != "predict" && *k != "create").collect();
+    assert_eq!(kinds, ["start", "finish"], "one start then one finish: {calls:?}");
+    assert_eq!(calls.iter().find(|c| c.kind == "start").unwrap().arg, "benchy.gcode");
+    assert!(calls.iter().filter(|c| c.kind == "predict").count() > 0, "frames were uploaded");
+
+    // The next print starts afresh and may be paused again.
+    let _ = job;
+    rig.camera.set(Some(frame("02-healthy.jpg")));
+    printer.start_print("second.gcode");
+    rig.wait("second print", Duration::from_secs(10), |e| matches!(e, WatchEvent::PrintStarted { continued: false, .. })).await;
+    let first = rig.scored_until(1).await;
+    assert!(first <= 2, "the per-print frame count restarted: {first}");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_continues_the_same_print_and_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Action::Pause);
+    let printer = SimPrinter::new("sim");
+    let mut rig = Rig::start(&cfg, &printer, None, frame("01-healthy.jpg")).await;
+    printer.start_print("long.gcode");
+    let before = rig.scored_until(12).await;
+    rig.stop().await;
+    let store = StateStore::open(&state_file(dir.path())).unwrap();
+    let kept = store.load("sim").unwrap();
+    assert!(kept.smoothing.current_frame_num >= before, "{kept:?}");
+    drop(store);
+
+    // The same printer (still printing the same job), a new daemon: the link reports the
+    // running print; the watch continues its state.
+    let mut rig = Rig::start(&cfg, &printer, None, frame("01-healthy.jpg")).await;
+    let started = rig.wait("re-attach", Duration::from_secs(10), |e| matches!(e, WatchEvent::PrintStarted { .. })).await;
+    assert!(matches!(started, WatchEvent::PrintStarted { continued: true, .. }), "{started:?}");
+    let next = rig.scored_until(0).await;
+    assert!(next > kept.smoothing.current_frame_num, "frame count continues: {next} after {}", kept.smoothing.current_frame_num);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_camera_is_reported_and_detection_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Action::Pause);
+    let printer = SimPrinter::new("sim");
+    let mut rig = Rig::start(&cfg, &printer, None, frame("03-healthy.jpg")).await;
+    printer.start_print("cam.gcode");
+    let n = rig.scored_until(3).await;
+    rig.camera.set(None);
+    let failed = rig.wait("camera failure", Duration::from_secs(10), |e| matches!(e, WatchEvent::CameraFailed { .. })).await;
+    let WatchEvent::CameraFailed { message, .. } = failed else { unreachable!() };
+    assert!(message.contains("connection refused") && message.contains("check"), "{message}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rig.camera.set(Some(frame("03-healthy.jpg")));
+    rig.wait("camera back", Duration::from_secs(10), |e| matches!(e, WatchEvent::CameraBack { .. })).await;
+    let m = rig.scored_until(n + 3).await;
+    assert!(m >= n + 3);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_notify_actions() {
+    for action in [Action::Cancel, Action::Notify] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), action);
+        let printer = SimPrinter::new("sim");
+        let mut rig = Rig::start(&cfg, &printer, None, frame("00-healthy.jpg")).await;
+        printer.start_print("farm.gcode");
+        rig.scored_until(31).await;
+        rig.camera.set(Some(frame("09-failing.jpg")));
+        let acted = rig.wait("the action", Duration::from_secs(30), |e| matches!(e, WatchEvent::Acted { .. })).await;
+        assert!(matches!(acted, WatchEvent::Acted { action: a, result: Ok(()), .. } if a == action), "{acted:?}");
+        let asked: Vec<String> = printer.actions().into_iter().map(|a| a.0).collect();
+        match action {
+            Action::Cancel => {
+                assert_eq!(asked, ["cancel"]);
+                rig.wait("the end", Duration::from_secs(10), |e| matches!(e, WatchEvent::PrintFinished { outcome: JobOutcome::Cancelled, .. })).await;
+            }
+            _ => {
+                assert!(asked.is_empty(), "notify leaves the print alone: {asked:?}");
+                let n = rig.scored_until(0).await;
+                rig.scored_until(n + 10).await;
+                assert!(printer.actions().is_empty());
+            }
+        }
+        rig.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_resume_starts_the_cooldown() {
+    // The user paused and resumed the print themselves: a failure within the cooldown is
+    // not acted on.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Action::Pause);
+    let printer = SimPrinter::new("sim");
+    let mut rig = Rig::start(&cfg, &printer, None, frame("00-healthy.jpg")).await;
+    printer.start_print("cool.gcode");
+    rig.scored_until(31).await;
+    printer.user_pause();
+    printer.user_resume();
+    rig.camera.set(Some(frame("09-failing.jpg")));
+    rig.wait("a pause verdict", Duration::from_secs(30), |e| matches!(e, WatchEvent::Scored { pause: true, .. })).await;
+    let n = rig.scored_until(0).await;
+    rig.scored_until(n + 5).await;
+    assert!(
+        printer.actions().iter().all(|a| a.0 != "pause"),
+        "no automatic pause within the cooldown after a resume: {:?}",
+        printer.actions()
+    );
+    rig.stop().await;
+}
