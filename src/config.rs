@@ -193,6 +193,24 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_parses_and_shows_the_defaults() {
+        let text = include_str!("../config/printvigil.toml");
+        assert_eq!(Config::from_toml_str(text).unwrap(), Config::default());
+        let e = Config::from_toml_str("[watch]\ncadence_secs = 2\n").unwrap_err().to_string();
+        assert!(e.contains("watch.cadence_secs") && e.contains("allow_fast_cadence"), "{e}");
+        let c = Config::from_toml_str("[watch]\ncadence_secs = 2\nallow_fast_cadence = true\n").unwrap();
+        assert_eq!(c.watch.cadence_secs, 2.0);
+        let e = Config::from_toml_str("[watch]\naction_on_failure = \"explode\"\n").unwrap_err().to_string();
+        assert!(e.contains("watch.action_on_failure"), "{e}");
+        let e = Config::from_toml_str(
+            "[[printers]]\nname = \"a\"\nkind = \"moonraker\"\ncamera = { kind = \"snapshot\", url = \"x\", rotation = 45 }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("printers[0].camera"), "{e}");
+    }
+
+    #[test]
     fn unknown_key_is_named_with_fix() {
         let e = Config::from_toml_str("[detector]\nsensitivty = 1.1\n").unwrap_err().to_string();
         assert!(e.contains("sensitivty"), "{e}");
