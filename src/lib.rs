@@ -19,6 +19,7 @@
 //!   - [`camera::mjpeg`]: an MJPEG stream kept open; its parser cuts JPEGs out of it.
 //!   - [`camera::orientation`]: rotation/flips (lossless when whole MCUs, else re-encoded).
 //!   - `camera::v4l2` (feature `v4l2`): a local video device through `nokhwa`.
+//!   - [`camera::files`]: JPEG files from a directory or one file (replays, no camera).
 //! - [`bench`]: the `printvigil bench` figures (per-stage timings, memory).
 //! - [`printer`]: printer links, one module per firmware behind one trait
 //!   ([`printer::PrinterLink`]: events, status, cameras, pause / resume / cancel).

@@ -1,6 +1,7 @@
 //! Cameras against a local HTTP server that serves JPEG snapshots and MJPEG streams, with
 //! injected faults: slow answers, 404/500, HTML instead of JPEG, oversized bodies, streams
-//! with garbage and missing boundaries, a stream that dies and comes back, a frozen feed.
+//! with garbage and missing boundaries, a stream that dies and comes back, a frozen feed;
+//! and JPEG files replayed from a directory.
 //! Durations are configured small so the suite takes seconds; nothing asserts on timing.
 
 mod support;
@@ -464,4 +465,37 @@ async fn camera_discovered_with_a_relative_url_grabs_turned_frames() {
     let img = decode_jpeg(&cam.grab().await.unwrap().jpeg).unwrap();
     assert_eq!((img.width, img.height), (48, 64));
     assert_eq!(corners(&img), [GREEN, WHITE, RED, BLUE]);
+}
+
+#[tokio::test]
+async fn camera_files_replays_a_directory_in_order_turned_then_holds_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorded = frames();
+    for (i, f) in recorded.iter().enumerate() {
+        std::fs::write(dir.path().join(format!("frame-{i:04}.jpg")), f).unwrap();
+    }
+    let mut cam = camera(CameraKind::Files, dir.path().display().to_string());
+    for f in &recorded {
+        assert_eq!(&cam.grab().await.unwrap().jpeg, f);
+    }
+    assert_eq!(&cam.grab().await.unwrap().jpeg, recorded.last().unwrap(), "stays on the last");
+
+    let one = dir.path().join("quadrants.jpeg");
+    std::fs::write(&one, support::encode_jpeg(&quadrants(64, 48), 90)).unwrap();
+    let mut cfg = config(CameraKind::Files, one.display().to_string());
+    cfg.rotation = 270;
+    cfg.frozen_after_secs = 1.0;
+    let mut cam = from_config(&cfg).unwrap();
+    for _ in 0..2 {
+        let img = decode_jpeg(&cam.grab().await.unwrap().jpeg).unwrap();
+        assert_eq!((img.width, img.height), (48, 64));
+        assert_eq!(corners(&img), [GREEN, WHITE, RED, BLUE]);
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(cam.grab().await.is_ok(), "a file replay is never reported frozen");
+
+    std::fs::write(&one, b"<html>oops</html>").unwrap();
+    let e = cam.grab().await.unwrap_err();
+    assert!(matches!(e, CameraError::NotJpeg { .. }), "{e}");
+    assert!(e.to_string().contains(".jpg"), "{e}");
 }

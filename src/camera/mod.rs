@@ -5,9 +5,10 @@
 //! - [`mjpeg`]: an HTTP `multipart/x-mixed-replace` stream, kept open; a grab returns the
 //!   newest complete frame.
 //! - `v4l2` (cargo feature `v4l2`): a local video device through `nokhwa`.
+//! - [`files`]: JPEG files from a directory (a recorded print replayed, or no camera at all).
 //!
 //! [`from_config`] builds a camera from a [`CameraConfig`] and wraps it so that every
-//! frame is checked for a frozen feed ([`FrozenWatch`]) and turned the right way up
+//! frame is checked for a frozen feed ([`FrozenWatch`], not for files) and turned the right way up
 //! ([`Orientation`]). Cameras found by the printer link ([`CameraInfo`]) become configs with [`from_info`].
 
 use std::future::Future;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::printer::CameraInfo;
 
+pub mod files;
 pub mod mjpeg;
 pub mod orientation;
 pub mod snapshot;
@@ -73,6 +75,8 @@ pub enum CameraError {
     Config(String),
     #[error("camera device {device}: {reason}")]
     Device { device: String, reason: String },
+    #[error("could not read {path} ({reason}); check that it exists and that printvigil's user may read it")]
+    File { path: String, reason: String },
 }
 
 /// What kind of camera a config entry describes.
@@ -85,6 +89,8 @@ pub enum CameraKind {
     Mjpeg,
     /// A local video device (`/dev/video0`); needs the `v4l2` build feature.
     V4l2,
+    /// JPEG files: a directory (played in name order) or one file.
+    Files,
 }
 
 /// One camera in the settings file.
@@ -95,7 +101,8 @@ pub struct CameraConfig {
     #[serde(default)]
     pub name: Option<String>,
     pub kind: CameraKind,
-    /// The snapshot or stream URL, or for `v4l2` the device (`/dev/video0` or `0`).
+    /// The snapshot or stream URL; for `v4l2` the device (`/dev/video0` or `0`); for
+    /// `files` a directory of JPEG files or one file.
     pub url: String,
     /// Clockwise rotation in degrees: 0, 90, 180 or 270.
     #[serde(default)]
@@ -213,6 +220,9 @@ impl CameraConfig {
                     return Err(bad("`url` is empty; give the video device, e.g. /dev/video0".into()));
                 }
             }
+            CameraKind::Files => {
+                files::local_path(&self.url).map_err(|why| bad(format!("`url` = {:?} {why}", self.url)))?;
+            }
         }
         Ok(())
     }
@@ -225,6 +235,7 @@ pub fn from_config(cfg: &CameraConfig) -> Result<Box<dyn Camera>, CameraError> {
     let source: Box<dyn Camera> = match cfg.kind {
         CameraKind::Snapshot => Box::new(snapshot::SnapshotCamera::new(cfg)?),
         CameraKind::Mjpeg => Box::new(mjpeg::MjpegCamera::new(cfg)?),
+        CameraKind::Files => Box::new(files::FilesCamera::new(cfg)?),
         #[cfg(feature = "v4l2")]
         CameraKind::V4l2 => Box::new(v4l2::V4l2Camera::new(cfg)?),
         #[cfg(not(feature = "v4l2"))]
@@ -235,9 +246,10 @@ pub fn from_config(cfg: &CameraConfig) -> Result<Box<dyn Camera>, CameraError> {
             )));
         }
     };
+    // A replay stays on its last picture by design: that is no frozen camera.
     let frozen = Duration::try_from_secs_f64(cfg.frozen_after_secs)
         .ok()
-        .filter(|d| !d.is_zero())
+        .filter(|d| !d.is_zero() && cfg.kind != CameraKind::Files)
         .map(FrozenWatch::new);
     Ok(Box::new(Watched { name: cfg.display_name(), source, orientation: cfg.orientation(), frozen }))
 }
