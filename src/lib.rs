@@ -34,6 +34,7 @@
 //!   - [`server::check`]: the server lines of `printvigil check`.
 //!   - [`server::outbox`]: the durable SQLite outbox and printer registration record.
 //!   - [`server::upload`]: upload policy and shrink-to-fit of frames.
+//!   - [`server::standin`]: a stand-in Obico server: the demo's, and the tests' fake.
 //! - [`watch`]: one watch loop per printer (frames at the cadence, detect, smooth, decide,
 //!   act; start/finish/predict to the mirror) and the supervisor that runs them.
 //!   - [`watch::watcher`]: the loop; it sees only [`printer::PrinterLink`] and [`camera::Camera`].

@@ -14,14 +14,14 @@ use printvigil::server::config::{ClientAuth, ServerConfig, TokenHeader, UploadMo
 use printvigil::server::oauth::{AuthError, TokenManager, TokenSource};
 use printvigil::server::upload::{FrameScore, solid_jpeg};
 use printvigil::server::{self, DEFAULT_PRINTER, FinishStatus, Mirror};
-use support::fake_obico::{FakeObico, Settings, Shape, audit};
+use support::fake_obico::{self, FakeObico, Settings, Shape, audit};
 
 fn cfg(fake: &FakeObico) -> ServerConfig {
     let s = Settings::default();
     ServerConfig {
         url: fake.url(),
         client_id: Some(s.client_id),
-        client_secret: Some(Secret::new(s.client_secret)),
+        client_secret: Some(s.client_secret),
         printer_name: Some("test-printer".into()),
         upload: UploadMode::Always,
         upload_min_interval_secs: 0.0,
@@ -43,7 +43,7 @@ fn manager(c: &ServerConfig, dir: &Path) -> TokenManager {
 
 #[tokio::test]
 async fn token_client_auth_basic_and_form() {
-    let fake = FakeObico::start(Settings {
+    let fake = fake_obico::start(Settings {
         accept_form: false,
         ..Default::default()
     })
@@ -86,7 +86,7 @@ async fn token_client_auth_basic_and_form() {
 
 #[tokio::test]
 async fn token_is_kept_private_and_reused_across_restarts() {
-    let fake = FakeObico::start(Settings::default()).await;
+    let fake = fake_obico::start(Settings::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(&fake);
     let t1 = manager(&c, dir.path()).access_token().await.unwrap();
@@ -118,7 +118,7 @@ async fn token_is_kept_private_and_reused_across_restarts() {
 
 #[tokio::test]
 async fn refresh_grant_ahead_of_expiry_then_fallback_to_client_credentials() {
-    let fake = FakeObico::start(Settings {
+    let fake = fake_obico::start(Settings {
         issue_refresh: true,
         expires_in: 0,
         ..Default::default()
@@ -147,7 +147,7 @@ async fn refresh_grant_ahead_of_expiry_then_fallback_to_client_credentials() {
 
 #[tokio::test]
 async fn revoked_token_is_replaced_once_then_reported() {
-    let fake = FakeObico::start(Settings::default()).await;
+    let fake = fake_obico::start(Settings::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(&fake);
     let api = server::client_for(&c, dir.path()).unwrap();
@@ -179,7 +179,7 @@ async fn revoked_token_is_replaced_once_then_reported() {
 
 #[tokio::test]
 async fn static_token_as_x_api_key() {
-    let fake = FakeObico::start(Settings::default()).await;
+    let fake = fake_obico::start(Settings::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let minted = manager(&cfg(&fake), dir.path())
         .access_token()
@@ -203,7 +203,7 @@ async fn static_token_as_x_api_key() {
 
 #[tokio::test]
 async fn stock_server_refusal_says_so_and_names_the_ways_out() {
-    let fake = FakeObico::start(Settings {
+    let fake = fake_obico::start(Settings {
         stock: true,
         ..Default::default()
     })
@@ -231,7 +231,7 @@ async fn stock_server_refusal_says_so_and_names_the_ways_out() {
 
 #[tokio::test]
 async fn oauth_errors_say_what_to_fix() {
-    let fake = FakeObico::start(Settings {
+    let fake = fake_obico::start(Settings {
         allow_client_credentials: false,
         ..Default::default()
     })
@@ -275,7 +275,7 @@ async fn oauth_errors_say_what_to_fix() {
 
 #[tokio::test]
 async fn not_printing_404s_and_both_predict_shapes() {
-    let fake = FakeObico::start(Settings::default()).await;
+    let fake = fake_obico::start(Settings::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let api = server::client_for(&cfg(&fake), dir.path()).unwrap();
     let p = api.create_printer("p").await.unwrap();
@@ -321,7 +321,7 @@ async fn not_printing_404s_and_both_predict_shapes() {
 
 #[tokio::test]
 async fn registration_survives_a_crash_between_create_and_persist() {
-    let fake = FakeObico::start(Settings::default()).await;
+    let fake = fake_obico::start(Settings::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(&fake);
     {
@@ -368,7 +368,7 @@ async fn registration_survives_a_crash_between_create_and_persist() {
 
 #[tokio::test]
 async fn rejected_event_is_dropped_with_reason_and_the_queue_goes_on() {
-    let fake = FakeObico::start(Settings::default()).await;
+    let fake = fake_obico::start(Settings::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let m = Mirror::open(&cfg(&fake), dir.path()).unwrap();
     m.spawn();
@@ -389,7 +389,7 @@ async fn rejected_event_is_dropped_with_reason_and_the_queue_goes_on() {
 #[tokio::test]
 async fn login_with_pkce_over_loopback_then_logout() {
     // A stock server: client-credentials tokens cannot manage printers, a linked user can.
-    let fake = FakeObico::start(Settings {
+    let fake = fake_obico::start(Settings {
         stock: true,
         issue_refresh: true,
         ..Default::default()
@@ -436,7 +436,7 @@ async fn login_with_pkce_over_loopback_then_logout() {
 
 #[tokio::test]
 async fn login_paste_mode_checks_state() {
-    let fake = FakeObico::start(Settings::default()).await;
+    let fake = fake_obico::start(Settings::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(&fake);
     let api = server::client_for(&c, dir.path()).unwrap();
@@ -478,7 +478,7 @@ async fn login_paste_mode_checks_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_suite_whole_prints() {
     let started = Instant::now();
-    let fake = FakeObico::start(Settings::default()).await;
+    let fake = fake_obico::start(Settings::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(&fake);
     let m = Arc::new(Mirror::open(&c, dir.path()).unwrap());
@@ -509,7 +509,7 @@ async fn fault_suite_whole_prints() {
     //    the same number of cycles as ~1.5 h at the 5 min production cap).
     print(&m, &mut jobs);
     settle().await;
-    fake.set_down(true).await;
+    fake.set_down(true).await.unwrap();
     frames(&m, 20);
     m.finish_print(DEFAULT_PRINTER, jobs.last().unwrap(), FinishStatus::Success)
         .unwrap();
@@ -520,7 +520,7 @@ async fn fault_suite_whole_prints() {
         .stats()
         .frames_replaced
         .load(std::sync::atomic::Ordering::Relaxed);
-    fake.set_down(false).await;
+    fake.set_down(false).await.unwrap();
     settle().await;
     m.finish_print(
         DEFAULT_PRINTER,
@@ -603,7 +603,7 @@ async fn fault_suite_whole_prints() {
 /// server and not repeated; one that never arrived is sent.
 #[tokio::test]
 async fn interrupted_send_is_reconciled_not_repeated() {
-    let fake = FakeObico::start(Settings::default()).await;
+    let fake = fake_obico::start(Settings::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(&fake);
     let key = |kind: &str, job: &str| format!("{DEFAULT_PRINTER}/{kind}/{job}");
@@ -666,7 +666,7 @@ async fn interrupted_send_is_reconciled_not_repeated() {
 
 #[tokio::test]
 async fn check_reports_each_link_with_a_fix() {
-    let fake = FakeObico::start(Settings::default()).await;
+    let fake = fake_obico::start(Settings::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let config = printvigil::config::Config {
         state_dir: dir.path().to_path_buf(),
@@ -723,7 +723,7 @@ async fn check_reports_each_link_with_a_fix() {
 
 #[tokio::test]
 async fn printer_deleted_on_the_server_is_registered_again() {
-    let fake = FakeObico::start(Settings::default()).await;
+    let fake = fake_obico::start(Settings::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let m = Mirror::open(&cfg(&fake), dir.path()).unwrap();
     m.spawn();
@@ -751,16 +751,16 @@ async fn printer_deleted_on_the_server_is_registered_again() {
 
 #[tokio::test]
 async fn refused_token_is_not_reused_after_a_restart() {
-    let fake = FakeObico::start(Settings::default()).await;
+    let fake = fake_obico::start(Settings::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(&fake);
     let api = server::client_for(&c, dir.path()).unwrap();
     api.list_printers().await.unwrap();
     fake.revoke_all();
-    fake.set_down(true).await;
+    fake.set_down(true).await.unwrap();
     let t = api.tokens().access_token().await.unwrap();
     assert!(api.tokens().invalidate(&t).await);
-    fake.set_down(false).await;
+    fake.set_down(false).await.unwrap();
     // Restart: the dropped token is renewed, not sent again.
     let api2 = server::client_for(&c, dir.path()).unwrap();
     api2.list_printers().await.unwrap();
@@ -772,7 +772,7 @@ async fn refused_token_is_not_reused_after_a_restart() {
 /// with the CA given in `server.ca_file`, the whole chain works over TLS.
 #[tokio::test]
 async fn tls_untrusted_certificate_is_refused_and_ca_file_fixes_it() {
-    let fake = FakeObico::start_tls(Settings::default()).await;
+    let fake = fake_obico::start_tls(Settings::default()).await;
     assert!(fake.url().starts_with("https://"));
     let dir = tempfile::tempdir().unwrap();
     let config = printvigil::config::Config {

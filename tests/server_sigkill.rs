@@ -7,7 +7,7 @@ mod support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::fake_obico::{FakeObico, Settings, audit};
+use support::fake_obico::{self, Settings, audit};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const PRINTS: usize = 12;
@@ -47,7 +47,7 @@ fn command(config: &std::path::Path, log: &std::path::Path) -> tokio::process::C
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_between_queueing_and_sending_then_restart() {
     let started = Instant::now();
-    let fake = FakeObico::start(Settings::default()).await;
+    let fake = fake_obico::start(Settings::default()).await;
     fake.set_faults(|f| f.fail_every = 5);
     let dir = tempfile::tempdir().unwrap();
     let s = Settings::default();
@@ -60,7 +60,7 @@ async fn sigkill_between_queueing_and_sending_then_restart() {
             dir.path().join("state").display().to_string(),
             fake.url(),
             s.client_id,
-            s.client_secret
+            s.client_secret.expose()
         ),
     )
     .unwrap();
@@ -100,14 +100,14 @@ async fn sigkill_between_queueing_and_sending_then_restart() {
             tokio::time::sleep(Duration::from_millis(3 * round)).await;
         }
         if round == 4 {
-            fake.set_down(true).await;
+            fake.set_down(true).await.unwrap();
         }
         child.start_kill().unwrap(); // SIGKILL
         let status = child.wait().await.unwrap();
         assert!(!status.success());
         kills += 1;
         if round == 4 {
-            fake.set_down(false).await;
+            fake.set_down(false).await.unwrap();
         }
     }
 

@@ -24,6 +24,7 @@ pub mod config;
 pub mod login;
 pub mod oauth;
 pub mod outbox;
+pub mod standin;
 pub mod upload;
 
 use std::collections::{HashMap, HashSet};
