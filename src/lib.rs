@@ -4,6 +4,8 @@
 //!
 //! Module map (keep it true):
 //! - [`config`]: the settings file, env overrides and their validation (figment).
+//! - [`demo`]: `printvigil demo`: the whole loop on a simulated printer, bundled frames, the
+//!   demo model and a stand-in server.
 //! - [`detector`]: Obico's failure detector on the device.
 //!   - [`detector::runtime`]: finds and loads the ONNX Runtime library.
 //!   - [`detector::model`]: the ONNX session, its I/O signature check, inference.
@@ -45,6 +47,7 @@
 pub mod bench;
 pub mod camera;
 pub mod config;
+pub mod demo;
 pub mod detector;
 pub mod printer;
 pub mod secret;

@@ -25,6 +25,16 @@ struct Cli {
 enum Command {
     /// Watch the configured printers until stopped (the service's command).
     Run,
+    /// The whole loop on built-in defaults: a simulated printer, the bundled frames as its
+    /// camera, the demo model, a stand-in server. Takes seconds.
+    Demo {
+        /// Folder for the demo's state and saved frames (emptied first).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds between frames (a real print: 10).
+        #[arg(long, default_value_t = 0.25)]
+        cadence: f64,
+    },
     /// Run JPEG frames, in order, through the detector and the smoother of one printer.
     Predict(PredictArgs),
     /// Measure the detection pipeline: per-stage times and memory.
@@ -161,6 +171,22 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             Ok(())
         }
         Command::Run => Ok(runtime()?.block_on(printvigil::watch::supervisor::run(&config))?),
+        Command::Demo { dir, cadence } => {
+            if !(cadence.is_finite() && (0.01..=10.0).contains(&cadence)) {
+                return Err("--cadence must be between 0.01 and 10 seconds".into());
+            }
+            let dir = dir.unwrap_or_else(|| std::env::temp_dir().join("printvigil-demo"));
+            let summary = runtime()?.block_on(printvigil::demo::run(printvigil::demo::DemoOptions {
+                dir,
+                cadence: std::time::Duration::from_secs_f64(cadence),
+                onnxruntime: config.detector.onnxruntime.clone(),
+            }))?;
+            print!("{}", summary.render());
+            if !summary.complete() {
+                return Err("the demo did not show the whole story (see the summary)".into());
+            }
+            Ok(())
+        }
         Command::Predict(args) => predict(&config, args),
         Command::Bench(args) => bench(&config, args),
         Command::Model(ModelCommand::Fetch { dest, url, sha256 }) => {

@@ -14,13 +14,12 @@ use printvigil::detector::Detector;
 use printvigil::detector::model::{Model, SessionSettings};
 use printvigil::printer::sim::SimPrinter;
 use printvigil::printer::{JobOutcome, PrinterLink};
-use printvigil::secret::Secret;
 use printvigil::server::config::{ServerConfig, UploadMode};
 use printvigil::server::{DEFAULT_PRINTER, Mirror};
 use printvigil::watch::state::{StateStore, state_file};
 use printvigil::watch::supervisor::{Parts, supervise};
 use printvigil::watch::{Action, CameraChoice, WatchEvent, WatchSpec};
-use support::fake_obico::{FakeObico, Settings};
+use support::fake_obico::{self, FakeObico, Settings};
 use tokio::sync::broadcast;
 
 fn repo() -> PathBuf {
@@ -75,18 +74,14 @@ fn config(state: &Path, action: Action) -> Config {
 }
 
 fn server_cfg(fake: &FakeObico) -> ServerConfig {
-    let s = Settings::default();
     ServerConfig {
-        url: fake.url(),
-        client_id: Some(s.client_id),
-        client_secret: Some(Secret::new(s.client_secret)),
         printer_name: Some("watch-test".into()),
         upload: UploadMode::Always,
         upload_min_interval_secs: 0.0,
         request_timeout_secs: 1.0,
         backoff_initial_ms: 10,
         backoff_cap_secs: 0.2,
-        ..Default::default()
+        ..fake.server_config()
     }
 }
 
@@ -174,7 +169,7 @@ fn pauses(p: &SimPrinter) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_print_is_paused_once_and_mirrored_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let fake = FakeObico::start(Settings::default()).await;
+    let fake = fake_obico::start(Settings::default()).await;
     let mut cfg = config(dir.path(), Action::Pause);
     cfg.server = Some(server_cfg(&fake));
     let mirror = Arc::new(Mirror::open(cfg.server.as_ref().unwrap(), dir.path()).unwrap());

@@ -170,6 +170,11 @@ impl Watcher {
     /// or a reconnect), whose smoothing state goes on.
     fn begin(&mut self, job: &str, file: &str, paused: bool) {
         let continued = self.record.job.as_deref() == Some(job);
+        if continued && matches!(self.phase, Phase::Printing | Phase::Paused) {
+            // Already watching it (seen in the status before its event arrived).
+            self.phase = if paused { Phase::Paused } else { Phase::Printing };
+            return;
+        }
         if !continued {
             if self.record.job.is_some() {
                 tracing::info!(printer = self.spec_name, "the print watched before ({}) is over", self.record.job.as_deref().unwrap_or(""));

@@ -1,0 +1,34 @@
+//! `printvigil demo`, the quick start's main job, run as a user runs it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn the_demo_tells_the_whole_story_and_saves_the_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let ort = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(".runtime/onnxruntime")
+            .join(std::env::consts::ARCH)
+            .join("libonnxruntime.so")
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_printvigil"))
+        .args(["demo", "--cadence", "0.03", "--dir"])
+        .arg(dir.path().join("demo"))
+        .env("ORT_DYLIB_PATH", ort)
+        .env_remove("PRINTVIGIL_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    for want in ["started on the simulated printer", "(warm-up)", "WARNING", "PAUSE requested", "finished: Cancelled", "Summary"] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+    assert!(stdout.contains("1 start_print") && stdout.contains("1 finish_print"), "{stdout}");
+    assert!(stderr.contains("FAILURE DETECTED"), "the log says it: {stderr}");
+    let frames = dir.path().join("demo/state/frames/demo");
+    let saved: Vec<_> = std::fs::read_dir(&frames).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(saved.iter().any(|p| p.to_string_lossy().ends_with("-pause.jpg")), "{saved:?}");
+    assert!(stdout.contains(&frames.display().to_string()), "the summary says where the frames are");
+}
