@@ -20,6 +20,8 @@
 //!   - [`camera::orientation`]: rotation/flips (lossless when whole MCUs, else re-encoded).
 //!   - `camera::v4l2` (feature `v4l2`): a local video device through `nokhwa`.
 //! - [`bench`]: the `printvigil bench` figures (per-stage timings, memory).
+//! - [`logging`]: log lines to journald under systemd (`JOURNAL_STREAM`), else to stderr;
+//!   the `PRINTVIGIL_LOG` filter.
 //! - [`printer`]: printer links, one module per firmware behind one trait
 //!   ([`printer::PrinterLink`]: events, status, cameras, pause / resume / cancel).
 //!   - [`printer::moonraker`]: Klipper through Moonraker (websocket JSON-RPC).
@@ -37,6 +39,7 @@ pub mod bench;
 pub mod camera;
 pub mod config;
 pub mod detector;
+pub mod logging;
 pub mod printer;
 pub mod secret;
 pub mod server;
