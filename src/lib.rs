@@ -23,6 +23,8 @@
 //!   - `camera::v4l2` (feature `v4l2`): a local video device through `nokhwa`.
 //!   - [`camera::files`]: JPEG files from a directory or one file (replays, no camera).
 //! - [`bench`]: the `printvigil bench` figures (per-stage timings, memory).
+//! - [`logging`]: log lines to journald under systemd (`JOURNAL_STREAM`), else to stderr;
+//!   the `PRINTVIGIL_LOG` filter.
 //! - [`printer`]: printer links, one module per firmware behind one trait
 //!   ([`printer::PrinterLink`]: events, status, cameras, pause / resume / cancel).
 //!   - [`printer::moonraker`]: Klipper through Moonraker (websocket JSON-RPC).
@@ -49,6 +51,7 @@ pub mod camera;
 pub mod config;
 pub mod demo;
 pub mod detector;
+pub mod logging;
 pub mod printer;
 pub mod secret;
 pub mod server;

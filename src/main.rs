@@ -130,7 +130,7 @@ enum ModelCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    printvigil::logging::init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -138,12 +138,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PRINTVIGIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 type AnyError = Box<dyn std::error::Error>;

@@ -110,3 +110,68 @@ fn a_bad_frame_is_reported_and_the_others_still_scored() {
     assert!(stderr.contains("1 of 3 frames could not be scored"), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
 }
+
+/// `dev:ino` of a file, as systemd writes it into `JOURNAL_STREAM`.
+fn journal_stream_of(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).unwrap();
+    format!("{}:{}", meta.dev(), meta.ino())
+}
+
+#[test]
+fn a_journal_stream_naming_another_file_logs_to_stderr_as_plain_text() {
+    // A child of a service inherits JOURNAL_STREAM while its stderr goes elsewhere.
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::write(&elsewhere, "").unwrap();
+    let out = printvigil(dir.path())
+        .env("JOURNAL_STREAM", journal_stream_of(&elsewhere))
+        .env("PRINTVIGIL_LOG", "debug")
+        .arg("config")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(config["detector"].is_object());
+    assert!(stderr.contains("log destination: stderr"), "{stderr}");
+    assert!(!stderr.contains("journald"), "{stderr}");
+    // stderr is a pipe, not a terminal: no colour codes.
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+}
+
+#[test]
+fn a_journal_stream_naming_stderr_uses_journald_or_says_why_not() {
+    // stderr is a file and JOURNAL_STREAM names it, as under systemd.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let status = printvigil(dir.path())
+        .env("JOURNAL_STREAM", journal_stream_of(&log))
+        .env("PRINTVIGIL_LOG", "debug")
+        .arg("config")
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .status()
+        .unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("log destination"), "{stderr}");
+    if Path::new("/run/systemd/journal/socket").exists() {
+        println!("journald runs here: the log line went to the journal (journalctl -t printvigil)");
+        return;
+    }
+    let warning = "stderr is the journal but journald's socket cannot be used";
+    assert_eq!(stderr.matches(warning).count(), 1, "{stderr}");
+    assert!(stderr.contains("logging to stderr instead"), "{stderr}");
+}
+
+#[test]
+fn an_invalid_log_filter_falls_back_to_the_default_and_says_how() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = printvigil(dir.path()).env("PRINTVIGIL_LOG", "printvigil=loud").arg("config").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("PRINTVIGIL_LOG=\"printvigil=loud\" is not a valid log filter"), "{stderr}");
+    assert!(stderr.contains("using \"info,ort=warn\""), "{stderr}");
+}
