@@ -22,6 +22,10 @@ use crate::server::{FinishStatus, Mirror, upload::FrameScore};
 /// Links report absolute camera URLs; a relative one is taken as on this host.
 const LINK_BASE: &str = "http://127.0.0.1/";
 
+/// An idle loop still turns this often, so the supervisor never takes it for stuck: its
+/// shortest stuck limit is 1 s.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
 /// What every watch shares.
 #[derive(Clone)]
 pub struct Shared {
@@ -111,7 +115,7 @@ pub async fn run(spec: WatchSpec, shared: Shared, vitals: Arc<Vitals>, epoch: In
     let mut status = w.link.status();
     let mut ticker = tokio::time::interval(w.shared.cfg.cadence());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(2));
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
     w.sync_status(&status.borrow_and_update().clone());
     w.update_status_line();
     loop {

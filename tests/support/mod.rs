@@ -2,9 +2,11 @@
 //! `mod support;`.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod fake_obico;
 pub mod klipper;
 pub mod proxy;
+pub mod snapcam;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
