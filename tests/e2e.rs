@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use support::daemon::{Daemon, frame_numbers};
-use support::fake_obico::{Call, FakeObico, Settings, audit};
+use support::fake_obico::{self, Call, FakeObico, Settings, audit};
 use support::klipper::{Options, Peers, dwell_gcode};
 use support::snapcam::{Mode, SnapCam};
 
@@ -73,7 +73,7 @@ impl Case {
                  backoff_initial_ms = 100\nbackoff_cap_secs = 1.0\n",
                 fake.url(),
                 set.client_id,
-                set.client_secret
+                set.client_secret.expose()
             ));
         }
         text.push_str(&format!(
@@ -222,7 +222,7 @@ fn pause_ms(line: &str) -> f64 {
 /// a. Healthy frames for a whole short print: no pause; the server got one start,
 /// predicts, one finish.
 async fn healthy_print(peers: &Peers) {
-    let fake = FakeObico::start(Settings::default()).await;
+    let fake = fake_obico::start(Settings::default()).await;
     let cam = SnapCam::start(Mode::Healthy).await;
     let mut case = Case::new("a", &Setup { peers, cam: &cam, server: Some(&fake), watch: "" });
     let mut d = case.start().await;
@@ -269,7 +269,7 @@ async fn healthy_print(peers: &Peers) {
 /// b. Failing frames after the warm-up: Klipper really pauses, once; resumed with failing
 /// frames going on (cooldown 0), no second pause; the cancel reaches the server.
 async fn failing_print_pauses_once(peers: &Peers) {
-    let fake = FakeObico::start(Settings::default()).await;
+    let fake = fake_obico::start(Settings::default()).await;
     let cam = SnapCam::start(Mode::Healthy).await;
     let mut case = Case::new("b", &Setup { peers, cam: &cam, server: Some(&fake), watch: "cooldown_secs = 0.0" });
     let mut d = case.start().await;
@@ -331,7 +331,7 @@ async fn failing_print_pauses_once(peers: &Peers) {
 /// c. SIGKILL mid-print, restart: the same print goes on (no second start on the server,
 /// the log says so, the smoothing frame count continues).
 async fn sigkill_and_restart_continue_the_print(peers: &Peers) {
-    let fake = FakeObico::start(Settings::default()).await;
+    let fake = fake_obico::start(Settings::default()).await;
     let cam = SnapCam::start(Mode::Healthy).await;
     let mut case = Case::new("c", &Setup { peers, cam: &cam, server: Some(&fake), watch: "" });
     let mut d = case.start().await;
@@ -376,8 +376,8 @@ async fn sigkill_and_restart_continue_the_print(peers: &Peers) {
 /// d. The server down for the whole print: the pause still happens; once the server is
 /// back, the start and the finish arrive, in order, once each.
 async fn server_down_for_the_whole_print(peers: &Peers) {
-    let fake = FakeObico::start(Settings::default()).await;
-    fake.set_down(true).await;
+    let fake = fake_obico::start(Settings::default()).await;
+    fake.set_down(true).await.unwrap();
     let cam = SnapCam::start(Mode::Healthy).await;
     let mut case = Case::new("d", &Setup { peers, cam: &cam, server: Some(&fake), watch: "" });
     let mut d = case.start().await;
@@ -402,7 +402,7 @@ async fn server_down_for_the_whole_print(peers: &Peers) {
     );
 
     let back = Instant::now();
-    fake.set_down(false).await;
+    fake.set_down(false).await.unwrap();
     wait_calls(&fake, "the finish after the server came back", LONG, |c| {
         count(c, "finish") + count(c, "finish_not_printing") > 0
     })
