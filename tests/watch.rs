@@ -315,3 +315,22 @@ async fn a_user_resume_starts_the_cooldown() {
     );
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_pause_is_tried_again_on_a_later_failing_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Action::Pause);
+    let printer = SimPrinter::new("sim");
+    let mut rig = Rig::start(&cfg, &printer, None, frame("00-healthy.jpg")).await;
+    printer.start_print("macro.gcode");
+    rig.scored_until(31).await;
+    printer.refuse_actions(Some("PAUSE macro failed"));
+    rig.camera.set(Some(frame("09-failing.jpg")));
+    let first = rig.wait("the refused pause", Duration::from_secs(30), |e| matches!(e, WatchEvent::Acted { .. })).await;
+    assert!(matches!(&first, WatchEvent::Acted { result: Err(e), .. } if e.contains("PAUSE macro failed")), "{first:?}");
+    printer.refuse_actions(None);
+    let second = rig.wait("the retried pause", Duration::from_secs(30), |e| matches!(e, WatchEvent::Acted { .. })).await;
+    assert!(matches!(second, WatchEvent::Acted { result: Ok(()), .. }), "{second:?}");
+    assert_eq!(printer.status().borrow().state, printvigil::printer::PrinterState::Paused);
+    rig.stop().await;
+}

@@ -121,6 +121,7 @@ pub struct SimPrinter {
     status: watch::Sender<PrinterStatus>,
     cameras: watch::Sender<Vec<CameraInfo>>,
     action_delay: Mutex<Duration>,
+    refusal: Mutex<Option<String>>,
     actions: Mutex<Vec<(String, Instant)>>,
     script: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -165,6 +166,7 @@ impl SimPrinter {
             status: watch::channel(PrinterStatus::default()).0,
             cameras: watch::channel(Vec::new()).0,
             action_delay: Mutex::new(Duration::ZERO),
+            refusal: Mutex::new(None),
             actions: Mutex::new(Vec::new()),
             script: Mutex::new(None),
         };
@@ -200,6 +202,12 @@ impl SimPrinter {
     /// Every action received through [`PrinterLink`] (`"pause"`, `"resume"`, `"cancel"`),
     /// refused ones too, with the time it arrived (Tokio's clock, so a paused test clock
     /// applies).
+    /// Refuses every pause, resume and cancel with `message` (a printer whose pause macro
+    /// fails), until called with `None`.
+    pub fn refuse_actions(&self, message: Option<&str>) {
+        *lock(&self.refusal) = message.map(str::to_string);
+    }
+
     pub fn actions(&self) -> Vec<(String, Instant)> {
         lock(&self.actions).clone()
     }
@@ -425,6 +433,9 @@ impl SimPrinter {
         lock(&self.actions).push((action.to_string(), tokio::time::Instant::now().into_std()));
         info!(printer = %self.name, action, "simulated printer: action received");
         self.check(&self.lock(), action, allowed)?;
+        if let Some(message) = lock(&self.refusal).clone() {
+            return Err(PrinterError::Refused { printer: self.name.clone(), action: action.into(), message });
+        }
         let delay = *lock(&self.action_delay);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;

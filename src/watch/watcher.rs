@@ -73,6 +73,8 @@ struct Watcher {
     resumed_at: Option<Instant>,
     last_warn: Option<Instant>,
     acting: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by a failed action: the next failing frame may try again.
+    retry: Arc<std::sync::atomic::AtomicBool>,
     vitals: Arc<Vitals>,
     epoch: Instant,
     last_p: Option<f64>,
@@ -107,6 +109,7 @@ pub async fn run(spec: WatchSpec, shared: Shared, vitals: Arc<Vitals>, epoch: In
         resumed_at: None,
         last_warn: None,
         acting: Default::default(),
+        retry: Default::default(),
         vitals,
         epoch,
         last_p: None,
@@ -449,6 +452,9 @@ impl Watcher {
             warn: verdict.warn,
             pause: verdict.pause,
         });
+        if self.retry.swap(false, Ordering::Relaxed) {
+            self.record.acted = false;
+        }
         let act = verdict.pause && self.may_act();
         if act {
             self.record.acted = true;
@@ -499,7 +505,7 @@ impl Watcher {
         let name = self.spec_name.clone();
         let events = self.shared.events.clone();
         let acting = self.acting.clone();
-        let store = self.shared.store.clone();
+        let retry = self.retry.clone();
         acting.store(true, Ordering::Relaxed);
         tokio::spawn(async move {
             let requested = Instant::now();
@@ -521,11 +527,7 @@ impl Watcher {
                 }
                 Err(e) => {
                     tracing::error!(printer = name, "could not {} the failing print: {e}; trying again on the next failing frame", action.as_str());
-                    // Allow another try.
-                    if let Ok(mut rec) = store.load(&name) {
-                        rec.acted = false;
-                        let _ = store.save(&name, &rec);
-                    }
+                    retry.store(true, Ordering::Relaxed);
                     Err(e.to_string())
                 }
             };
