@@ -45,6 +45,7 @@
 //!   - [`watch::supervisor`]: `printvigil run`, sd-notify READY/STATUS/WATCHDOG/STOPPING, graceful stop.
 //!   - [`watch::state`]: per-printer state in SQLite (smoothing, the print watched, acted).
 //!   - [`watch::frames`]: annotated decision frames within a disk budget.
+//!   - [`watch::check`]: the local lines of `printvigil check` (detector, state, printers, cameras).
 
 pub mod bench;
 pub mod camera;

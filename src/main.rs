@@ -147,7 +147,11 @@ fn run(cli: Cli) -> Result<(), AnyError> {
         let lines = match Config::load(cli.config.as_deref()) {
             Ok(config) => {
                 println!("ok    config is valid");
-                runtime()?.block_on(server::check::run(&config))
+                runtime()?.block_on(async {
+                    let mut lines = printvigil::watch::check::run(&config).await;
+                    lines.extend(server::check::run(&config).await);
+                    lines
+                })
             }
             Err(e) => vec![server::check::Line::fail("config is valid", e.to_string(), "fix the key named above")],
         };

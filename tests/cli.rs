@@ -175,3 +175,36 @@ fn an_invalid_log_filter_falls_back_to_the_default_and_says_how() {
     assert!(stderr.contains("PRINTVIGIL_LOG=\"printvigil=loud\" is not a valid log filter"), "{stderr}");
     assert!(stderr.contains("using \"info,ort=warn\""), "{stderr}");
 }
+
+#[test]
+fn check_reports_the_detector_printers_and_cameras_line_by_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.path().join("check.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[detector]\nmodel = {:?}\n[[printers]]\nname = \"sim\"\nkind = \"simulated\"\ncamera = {{ kind = \"files\", url = {:?} }}\n\
+             [[printers]]\nname = \"voron\"\nkind = \"moonraker\"\nurl = \"http://127.0.0.1:{closed}\"\n",
+            repo("models/demo.onnx"),
+            repo("models/frames"),
+        ),
+    )
+    .unwrap();
+    let out = printvigil(dir.path()).env("ORT_DYLIB_PATH", ort_path()).arg("--config").arg(&config).arg("check").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a printer is unreachable: check fails\n{stdout}");
+    for want in [
+        "ok    state directory",
+        "ok    detector",
+        "ok    printer sim: Idle",
+        "ok    camera of sim",
+        "a 480x360 frame",
+        "FAIL  printer voron: not reachable",
+        "fix: check the printer's `url`",
+        "server mirror: not configured",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+    assert!(!stdout.contains("camera of voron"), "no camera check for a printer that cannot be reached:\n{stdout}");
+}

@@ -17,6 +17,7 @@ use crate::camera::{Camera, CameraConfig};
 use crate::config::{ConfigError, invalid};
 use crate::printer::{JobOutcome, PrinterLink};
 
+pub mod check;
 pub mod frames;
 pub mod state;
 pub mod supervisor;

@@ -1,0 +1,143 @@
+//! `printvigil check`, the local part: the detector (ONNX Runtime and the model), the state
+//! directory, and for each printer its link and its camera. One line each, with a fix for
+//! each failure. Read-only towards the printers: nothing is paused or started.
+
+use std::time::Duration;
+
+use crate::camera;
+use crate::config::Config;
+use crate::detector::model::{Model, SessionSettings};
+use crate::printer::{PrinterLink, PrinterState};
+use crate::server::check::Line;
+
+/// How long a printer link gets to come online.
+const LINK_WAIT: Duration = Duration::from_secs(15);
+
+pub async fn run(config: &Config) -> Vec<Line> {
+    let mut out = Vec::new();
+    out.push(state_dir(config));
+    out.push(detector(config).await);
+    if config.printers.is_empty() {
+        out.push(Line::fail(
+            "printers",
+            "none configured",
+            "add a [[printers]] entry (see config/printvigil.toml); `printvigil demo` shows the loop without one",
+        ));
+    }
+    for p in &config.printers {
+        let link = p.connect(&format!("{}-check", crate::server::hostname()));
+        let online = printer_line(p.name(), link.as_ref()).await;
+        let ok = online.ok;
+        out.push(online);
+        if ok || p.camera().is_some() {
+            out.push(camera_line(p.name(), p.camera(), link.as_ref()).await);
+        }
+        link.stop().await;
+    }
+    out
+}
+
+fn state_dir(config: &Config) -> Line {
+    let dir = &config.state_dir;
+    let what = "state directory";
+    let probe = dir.join(".check-write");
+    let result = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&probe, b"ok"));
+    let _ = std::fs::remove_file(&probe);
+    match result {
+        Ok(()) => Line::ok(what, format!("{} is writable", dir.display())),
+        Err(e) => Line::fail(
+            what,
+            format!("{}: {e}", dir.display()),
+            "create it, owned by the user printvigil runs as (the systemd unit's StateDirectory does this), or set `state_dir`",
+        ),
+    }
+}
+
+async fn detector(config: &Config) -> Line {
+    let path = config.detector.model_path(&config.state_dir);
+    let ort = config.detector.onnxruntime.clone();
+    let settings = SessionSettings::new(config.detector.threads());
+    let shown = path.display().to_string();
+    let loaded = tokio::task::spawn_blocking(move || Model::load(&path, ort.as_deref(), settings)).await;
+    match loaded {
+        Ok(Ok(m)) => {
+            let (w, h) = m.input_size();
+            Line::ok("detector", format!("{shown} loaded ({w}x{h} input, {} threads)", config.detector.threads()))
+        }
+        Ok(Err(e)) => Line::fail("detector", e.to_string(), "see above; `printvigil model fetch` installs Obico's model"),
+        Err(e) => Line::fail("detector", e.to_string(), "report this as a bug"),
+    }
+}
+
+async fn printer_line(name: &str, link: &dyn PrinterLink) -> Line {
+    let what = format!("printer {name}");
+    let mut status = link.status();
+    let reached = tokio::time::timeout(LINK_WAIT, async {
+        loop {
+            if status.borrow_and_update().state != PrinterState::Offline {
+                return;
+            }
+            if status.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let s = link.status().borrow().clone();
+    match (reached, s.state) {
+        (Ok(()), PrinterState::Offline) | (Err(_), _) => Line::fail(
+            &what,
+            format!(
+                "not reachable or not ready within {LINK_WAIT:?}{}",
+                s.message.map(|m| format!(": {m}")).unwrap_or_default()
+            ),
+            "check the printer's `url` and API key, and that Moonraker and Klipper are running",
+        ),
+        (Ok(()), state) => Line::ok(
+            &what,
+            format!("{state:?}{}", s.file.filter(|_| state != PrinterState::Idle).map(|f| format!(", {f}")).unwrap_or_default()),
+        ),
+    }
+}
+
+async fn camera_line(name: &str, configured: Option<&camera::CameraConfig>, link: &dyn PrinterLink) -> Line {
+    let what = format!("camera of {name}");
+    let cfg = match configured {
+        Some(c) => c.clone(),
+        None => {
+            // The link reads its camera list right after connecting.
+            let mut cams = link.cameras();
+            let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                while cams.borrow_and_update().is_empty() {
+                    if cams.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+            let list = link.cameras().borrow().clone();
+            let Some(info) = list.into_iter().find(|c| c.snapshot_url.is_some() || c.stream_url.is_some()) else {
+                return Line::fail(
+                    &what,
+                    "the printer lists no camera",
+                    "add the webcam in Mainsail/Fluidd (Moonraker's [webcam] settings), or set `camera` for this printer",
+                );
+            };
+            match camera::from_info(&info, "http://127.0.0.1/") {
+                Ok(c) => c,
+                Err(e) => return Line::fail(&what, e.to_string(), "fix the printer's webcam settings or set `camera`"),
+            }
+        }
+    };
+    let mut cam = match camera::from_config(&cfg) {
+        Ok(c) => c,
+        Err(e) => return Line::fail(&what, e.to_string(), "fix the camera settings named above"),
+    };
+    match cam.grab().await {
+        Ok(f) => match crate::detector::preprocess::jpeg_dimensions(&f.jpeg) {
+            Ok((w, h)) => Line::ok(&what, format!("{}: a {w}x{h} frame", cfg.url)),
+            Err(e) => Line::fail(&what, e.to_string(), "point the camera at a JPEG snapshot or MJPEG stream"),
+        },
+        Err(e) => Line::fail(&what, e.to_string(), "see above"),
+    }
+}
