@@ -115,7 +115,8 @@ impl BenchReport {
             "min",
             "max"
         );
-        let rows: [(&str, fn(&StageTimes) -> Duration); 5] = [
+        type Stage = fn(&StageTimes) -> Duration;
+        let rows: [(&str, Stage); 5] = [
             ("decode", |t| t.decode),
             ("resize+normalise", |t| t.resize),
             ("session.run", |t| t.infer),
@@ -152,7 +153,7 @@ pub fn synthetic_frames(count: usize, width: usize, height: usize) -> Vec<Vec<u8
                     let light = 60 + (x * 50 / width) as i32 + (y * 40 / height) as i32;
                     let grid = if x % 64 == 0 || y % 64 == 0 { 12 } else { 0 };
                     let part = x.abs_diff(cx) < width / 10 && y < cy && y > cy - height / 4 - i * 4;
-                    let strand = ((x as f64 / 9.0 + i as f64).sin() * 20.0 + (y as f64 / 5.0)) as usize % 23 == 0
+                    let strand = (((x as f64 / 9.0 + i as f64).sin() * 20.0 + (y as f64 / 5.0)) as usize).is_multiple_of(23)
                         && x.abs_diff(cx) < width / 5
                         && y.abs_diff(cy) < height / 6;
                     let rgb = if strand {

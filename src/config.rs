@@ -224,6 +224,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
     fn env_overrides_nested_keys_but_not_log_or_config() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("PRINTVIGIL_DETECTOR__INTRA_THREADS", "3");

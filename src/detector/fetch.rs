@@ -169,10 +169,10 @@ async fn fetch_one(client: &reqwest::Client, url: &str, sha256: &str, dest: &Pat
     file.flush().await.map_err(io_err(&part))?;
     file.sync_all().await.map_err(io_err(&part))?;
     drop(file);
-    if let Some(total) = expected_total {
-        if received < total {
-            return Err(FetchError::Truncated { url: url.into(), received, expected: total });
-        }
+    if let Some(total) = expected_total
+        && received < total
+    {
+        return Err(FetchError::Truncated { url: url.into(), received, expected: total });
     }
     if let Some(reason) = failure {
         return Err(FetchError::Network { url: url.into(), reason });
@@ -194,10 +194,10 @@ async fn finish(
         return Err(FetchError::HashMismatch { url: url.into(), expected: sha256.into(), found });
     }
     tokio::fs::rename(part, dest).await.map_err(io_err(dest))?;
-    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
     }
     Ok(Fetched::Downloaded { bytes, resumed_from })
 }

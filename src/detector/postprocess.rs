@@ -56,7 +56,9 @@ pub fn postprocess(boxes: &[f32], confs: &[f32], frame_w: usize, frame_h: usize)
             let inter = w * h;
             let iou = inter / (a_first + area(o) - inter);
             // numpy keeps `over <= thresh`: a NaN IoU (0/0) suppresses, as there.
-            suppressed[j] = !(iou <= NMS_THRESHOLD);
+            #[allow(clippy::neg_cmp_op_on_partial_ord)]
+            let over = !(iou <= NMS_THRESHOLD);
+            suppressed[j] = over;
         }
     }
 

@@ -232,8 +232,8 @@ fn resize_rows(src: &Rgb8, dst_w: usize, dst_h: usize, mut emit: impl FnMut(usiz
     let mut rows = [vec![0i32; row_len], vec![0i32; row_len]];
     let mut cached: [Option<usize>; 2] = [None, None];
     let mut dst_row = vec![0u8; row_len];
-    for dy in 0..dst_h {
-        let Tap { s0: sy0, s1: sy1, w0: b0, w1: b1 } = yt[dy];
+    for (dy, tap) in yt.iter().enumerate().take(dst_h) {
+        let Tap { s0: sy0, s1: sy1, w0: b0, w1: b1 } = *tap;
         // Reuse horizontally resized rows across destination rows, as OpenCV does.
         if cached[0] != Some(sy0) {
             if cached[1] == Some(sy0) {
