@@ -3,8 +3,9 @@
 //! them with `scripts/bench-daemon.sh` (release build, one at a time).
 //!
 //! - `idle_cpu`: CPU of the daemon watching one printer that is not printing, over 60 s.
-//! - `pause_latency`: from the pause decision to Klipper `paused` (polled every 10 ms) and
-//!   to the link's confirmation, over a few prints.
+//! - `pause_latency`: from the pause decision to the pause request reaching Moonraker (seen
+//!   by a proxy in front of it), to Klipper `paused` (polled every 10 ms) and to the link's
+//!   confirmation, over a few prints.
 //! - `start_to_ready`: from the spawn to READY=1 on the notify socket, first start (no ORT
 //!   cache) and later starts, with the demo model and, when `PVBENCH_FULL_MODEL` names it,
 //!   the full-size model.
@@ -37,13 +38,17 @@ fn full_model() -> Option<PathBuf> {
 
 /// A config for one printer; `watch` is the `[watch]` table's body.
 fn config(dir: &Path, model: &Path, peers: &Peers, cam: &SnapCam, watch: &str) -> PathBuf {
+    config_at(dir, model, &peers.url(), cam, watch)
+}
+
+fn config_at(dir: &Path, model: &Path, moonraker: &str, cam: &SnapCam, watch: &str) -> PathBuf {
     let text = format!(
         "state_dir = {:?}\n[detector]\nmodel = {:?}\n[watch]\n{watch}\n\
          [[printers]]\nname = \"sim\"\nkind = \"moonraker\"\nurl = {:?}\n\
          camera = {{ kind = \"snapshot\", url = {:?} }}\n",
         dir.join("state").display().to_string(),
         model.display().to_string(),
-        peers.url(),
+        moonraker,
         cam.url()
     );
     let path = dir.join("printvigil.toml");
@@ -95,6 +100,130 @@ fn after_last<'a>(log: &'a str, marker: &str) -> &'a str {
     log.rfind(marker).map(|i| &log[i..]).unwrap_or("")
 }
 
+/// A TCP proxy in front of Moonraker that notes when a client's websocket message holding
+/// `needle` passes (client frames unmasked; no compression is negotiated).
+struct Spy {
+    port: u16,
+    seen: Arc<std::sync::Mutex<Vec<SystemTime>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Spy {
+    async fn start(target: u16, needle: &'static str) -> Spy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen: Arc<std::sync::Mutex<Vec<SystemTime>>> = Arc::default();
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let seen = s.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    let (mut ci, mut co) = inbound.into_split();
+                    let (mut si, mut so) = outbound.into_split();
+                    let down = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut si, &mut co).await;
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut pending: Vec<u8> = Vec::new();
+                    let mut upgraded = false;
+                    loop {
+                        let n = match ci.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let now = SystemTime::now();
+                        if so.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        pending.extend_from_slice(&buf[..n]);
+                        if !upgraded {
+                            // An HTTP request, or the websocket upgrade request.
+                            match pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                                Some(i) => {
+                                    upgraded = pending.starts_with(b"GET ") && String::from_utf8_lossy(&pending[..i]).to_ascii_lowercase().contains("upgrade: websocket");
+                                    pending.drain(..i + 4);
+                                    if !upgraded {
+                                        pending.clear();
+                                        continue;
+                                    }
+                                }
+                                None => continue,
+                            }
+                        }
+                        for payload in ws_frames(&mut pending) {
+                            if String::from_utf8_lossy(&payload).contains(needle) {
+                                seen.lock().unwrap().push(now);
+                            }
+                        }
+                    }
+                    down.abort();
+                });
+            }
+        });
+        Spy { port, seen, task }
+    }
+
+    fn seen(&self) -> Vec<SystemTime> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Spy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Takes the complete websocket frames off the front of `buf`; their unmasked payloads.
+fn ws_frames(buf: &mut Vec<u8>) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        if buf.len() < 2 {
+            return out;
+        }
+        let masked = buf[1] & 0x80 != 0;
+        let mut len = (buf[1] & 0x7f) as usize;
+        let mut at = 2;
+        if len == 126 {
+            if buf.len() < 4 {
+                return out;
+            }
+            len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
+            at = 4;
+        } else if len == 127 {
+            if buf.len() < 10 {
+                return out;
+            }
+            len = u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize;
+            at = 10;
+        }
+        let mask = if masked {
+            if buf.len() < at + 4 {
+                return out;
+            }
+            at += 4;
+            Some([buf[at - 4], buf[at - 3], buf[at - 2], buf[at - 1]])
+        } else {
+            None
+        };
+        if buf.len() < at + len {
+            return out;
+        }
+        let mut payload = buf[at..at + len].to_vec();
+        if let Some(m) = mask {
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= m[i % 4];
+            }
+        }
+        buf.drain(..at + len);
+        out.push(payload);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: scripts/bench-daemon.sh"]
 async fn idle_cpu() {
@@ -131,16 +260,19 @@ async fn pause_latency() {
     let peers = peers().await;
     let cam = SnapCam::start(Mode::Healthy).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
+    // The daemon reaches Moonraker through a proxy that notes when the pause request passes.
+    let spy = Spy::start(peers.port, "printer.print.pause").await;
+    let through = format!("http://127.0.0.1:{}", spy.port);
+    let cfg = config_at(
         dir.path(),
         &demo_model(),
-        &peers,
+        &through,
         &cam,
         "cadence_secs = 0.1\nallow_fast_cadence = true\ncooldown_secs = 0.0",
     );
     let mut d = Daemon::spawn(&cfg, &dir.path().join("daemon.log"), &[]);
     d.wait_line("printer online", LONG).await;
-    let (mut to_klipper, mut to_confirmed) = (Vec::new(), Vec::new());
+    let (mut to_request, mut to_klipper, mut to_confirmed) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         let file = format!("pause-{round}.gcode");
         cam.set(Mode::Healthy).await;
@@ -176,10 +308,15 @@ async fn pause_latency() {
         let confirmed = part.lines().find(|l| l.contains("print PAUSED by printvigil")).unwrap();
         let n: f64 = confirmed.split("PAUSED by printvigil (").nth(1).unwrap().split(" ms").next().unwrap().parse().unwrap();
         let klipper = paused_at.lock().unwrap().map(|t| ms(decided, t));
+        let request = spy.seen().into_iter().find(|t| *t >= decided).map(|t| ms(decided, t));
+        let show = |v: Option<f64>| v.map(|k| format!("{k:.1}")).unwrap_or("?".into());
         println!(
-            "BENCH pause {round}: decision -> Klipper paused {} ms (polled every 10 ms), -> pause confirmed to the daemon {n:.0} ms",
-            klipper.map(|k| format!("{k:.0}")).unwrap_or("?".into())
+            "BENCH pause {round}: decision -> pause request at Moonraker {} ms, -> Klipper paused {} ms (polled every 10 ms), \
+             -> pause confirmed to the daemon {n:.0} ms",
+            show(request),
+            show(klipper)
         );
+        to_request.extend(request);
         to_klipper.extend(klipper);
         to_confirmed.push(n);
         peers.post("/printer/print/cancel").await;
@@ -188,8 +325,11 @@ async fn pause_latency() {
     }
     let max = |v: &[f64]| v.iter().copied().fold(f64::MIN, f64::max);
     println!(
-        "BENCH pause latency over {rounds} prints: decision -> Klipper paused median {:.0} ms, max {:.0} ms; \
-         -> confirmed (log `print PAUSED by printvigil (N ms ...)`) median {:.0} ms, max {:.0} ms",
+        "BENCH pause latency over {rounds} prints: decision -> pause request at Moonraker median {:.1} ms, max {:.1} ms; \
+         -> Klipper paused median {:.0} ms, max {:.0} ms; -> confirmed (log `print PAUSED by printvigil (N ms ...)`) \
+         median {:.0} ms, max {:.0} ms",
+        median(&mut to_request.clone()),
+        max(&to_request),
         median(&mut to_klipper.clone()),
         max(&to_klipper),
         median(&mut to_confirmed.clone()),
