@@ -345,7 +345,8 @@ async fn sigkill_and_restart_continue_the_print(peers: &Peers) {
     let before = frame_numbers(&d.log_text());
     let (stored_job, stored) = stored_frame(&case.state_dir());
     assert_eq!(stored_job.as_deref(), Some(job.as_str()), "the state names the print");
-    assert!(stored >= 15 && stored >= *before.last().unwrap(), "stored frame {stored}, logged {before:?}");
+    // A frame is logged just before it is stored: the kill may fall in between.
+    assert!(stored >= 15 && stored + 1 >= *before.last().unwrap(), "stored frame {stored}, logged {before:?}");
     assert_eq!(peers.print_state().await, "printing");
 
     let mut d2 = case.start().await;
