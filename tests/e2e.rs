@@ -5,7 +5,8 @@
 //! One set of peers serves every case, one case after another (each case waits for its
 //! print to end and stops its daemon; older prints are not news to a new daemon). Every
 //! case runs even when an earlier one fails; the test fails at the end, naming them.
-//! `PVTEST_E2E_CASES=b,c` runs only some cases.
+//! `PVTEST_E2E_CASES=b,c` runs only some cases; `PVTEST_KEEP=1` keeps every case's files
+//! (config, daemon logs, state, saved frames), as a failing case always does.
 
 mod support;
 
@@ -37,7 +38,7 @@ struct Case {
 
 impl Drop for Case {
     fn drop(&mut self) {
-        if std::thread::panicking()
+        if (std::thread::panicking() || std::env::var_os("PVTEST_KEEP").is_some())
             && let Some(d) = self.dir.take()
         {
             eprintln!("case {}: files kept in {}", self.name, d.keep().display());
@@ -345,7 +346,8 @@ async fn sigkill_and_restart_continue_the_print(peers: &Peers) {
     let before = frame_numbers(&d.log_text());
     let (stored_job, stored) = stored_frame(&case.state_dir());
     assert_eq!(stored_job.as_deref(), Some(job.as_str()), "the state names the print");
-    assert!(stored >= 15 && stored >= *before.last().unwrap(), "stored frame {stored}, logged {before:?}");
+    // A frame is logged just before it is stored: the kill may fall in between.
+    assert!(stored >= 15 && stored + 1 >= *before.last().unwrap(), "stored frame {stored}, logged {before:?}");
     assert_eq!(peers.print_state().await, "printing");
 
     let mut d2 = case.start().await;
