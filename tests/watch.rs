@@ -334,3 +334,25 @@ async fn a_refused_pause_is_tried_again_on_a_later_failing_frame() {
     assert_eq!(printer.status().borrow().state, printvigil::printer::PrinterState::Paused);
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_print_without_a_file_name_is_still_watched_and_mirrored() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_obico::start(Settings::default()).await;
+    let mut cfg = config(dir.path(), Action::Pause);
+    cfg.server = Some(server_cfg(&fake));
+    let mirror = Arc::new(Mirror::open(cfg.server.as_ref().unwrap(), dir.path()).unwrap());
+    mirror.spawn();
+    let printer = SimPrinter::new("sim");
+    let mut rig = Rig::start(&cfg, &printer, Some(mirror.clone()), frame("02-healthy.jpg")).await;
+    printer.start_print("");
+    let started = rig.wait("print start", Duration::from_secs(10), |e| matches!(e, WatchEvent::PrintStarted { .. })).await;
+    assert!(matches!(&started, WatchEvent::PrintStarted { file, .. } if file == "unnamed-print.gcode"), "{started:?}");
+    rig.scored_until(3).await;
+    printer.finish(JobOutcome::Completed);
+    rig.wait("print end", Duration::from_secs(10), |e| matches!(e, WatchEvent::PrintFinished { .. })).await;
+    assert!(mirror.flush(Duration::from_secs(20)).await);
+    let got = fake.received();
+    assert_eq!((got.starts, got.finishes), (1, 1), "{:?}", fake.calls());
+    rig.stop().await;
+}

@@ -1074,10 +1074,11 @@ impl Tracker {
             self.horizon = Some(jobs.last().map(|j| j.start_time).unwrap_or(0.0));
             if let Some(last) = attach {
                 self.orphan = self.lost_track(last);
-                self.current = Some((last.id(), last.filename.clone()));
+                let file = self.job_file(last);
+                self.current = Some((last.id(), file.clone()));
                 shared.emit(PrinterEvent::Attached {
                     job: last.id(),
-                    file: last.filename.clone(),
+                    file,
                     paused: state == Some("paused"),
                 });
             }
@@ -1100,10 +1101,11 @@ impl Tracker {
         }
         let id = job.id();
         let running_on = latest && self.lost_track(job);
+        let file = self.job_file(job);
         if self.started.insert(id.clone()) {
-            shared.emit(PrinterEvent::PrintStarted { job: id.clone(), file: job.filename.clone() });
+            shared.emit(PrinterEvent::PrintStarted { job: id.clone(), file: file.clone() });
             if job.outcome().is_none() || running_on {
-                self.current = Some((id.clone(), job.filename.clone()));
+                self.current = Some((id.clone(), file.clone()));
             }
         }
         if running_on && self.current.as_ref().is_some_and(|(c, _)| *c == id) {
@@ -1118,9 +1120,22 @@ impl Tracker {
             if self.current.as_ref().is_some_and(|(c, _)| *c == id) {
                 self.current = None;
             }
-            shared.emit(PrinterEvent::Finished { job: id, file: job.filename.clone(), outcome });
+            shared.emit(PrinterEvent::Finished { job: id, file, outcome });
         }
         self.horizon = Some(self.horizon.unwrap_or(0.0).max(job.start_time));
+    }
+
+    /// The job's file name. Moonraker can record a print that starts right after Klipper
+    /// becomes ready without its file name; Klipper's `print_stats` still has it then.
+    fn job_file(&self, job: &HistJob) -> String {
+        if !job.filename.is_empty() {
+            return job.filename.clone();
+        }
+        self.field("print_stats", "filename")
+            .and_then(Value::as_str)
+            .filter(|f| !f.is_empty())
+            .unwrap_or("")
+            .to_string()
     }
 
     /// The history entry was closed because Moonraker stopped (not the print), and Klipper
@@ -1307,6 +1322,25 @@ mod tests {
         t.catch_up(&sh, &jobs, Some("printing"));
         t.history_job(&sh, &jobs[3], false);
         assert!(drain(&mut rx).is_empty());
+    }
+
+    #[test]
+    fn a_history_entry_without_a_file_name_takes_print_stats_one() {
+        let sh = shared();
+        let mut rx = sh.events.subscribe();
+        let mut t = Tracker::default();
+        t.catch_up(&sh, &[job("1", "completed", 1.0)], Some("standby"));
+        t.replace_status(json!({"print_stats": {"state": "complete", "filename": "benchy.gcode"}}));
+        let nameless = HistJob { filename: String::new(), ..job("2", "completed", 2.0) };
+        t.history_job(&sh, &nameless, true);
+        let files: Vec<String> = drain(&mut rx)
+            .into_iter()
+            .filter_map(|e| match e {
+                PrinterEvent::PrintStarted { file, .. } | PrinterEvent::Finished { file, .. } => Some(file),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(files, ["benchy.gcode", "benchy.gcode"]);
     }
 
     #[test]

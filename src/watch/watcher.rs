@@ -26,6 +26,9 @@ const LINK_BASE: &str = "http://127.0.0.1/";
 /// shortest stuck limit is 1 s.
 const HEARTBEAT: Duration = Duration::from_millis(500);
 
+/// The file name reported for a print whose printer gave none.
+const UNNAMED: &str = "unnamed-print.gcode";
+
 /// What every watch shares.
 #[derive(Clone)]
 pub struct Shared {
@@ -176,6 +179,15 @@ impl Watcher {
     /// A print begins being watched: a new one, or the one already known (after a restart
     /// or a reconnect), whose smoothing state goes on.
     fn begin(&mut self, job: &str, file: &str, paused: bool) {
+        // The server needs a file name; a link that has none (a printer host that lost
+        // it) still gets its print watched and mirrored.
+        let status_file = self.link.status().borrow().file.clone().filter(|f| !f.is_empty());
+        let file = match (file.trim(), status_file) {
+            ("", Some(f)) => f,
+            ("", None) => UNNAMED.to_string(),
+            (f, _) => f.to_string(),
+        };
+        let file = file.as_str();
         let continued = self.record.job.as_deref() == Some(job);
         if continued && matches!(self.phase, Phase::Printing | Phase::Paused) {
             // Already watching it (seen in the status before its event arrived).
