@@ -284,7 +284,7 @@ impl Summary {
             (Some(n), Some(r), Some(d)) => line(
                 &mut s,
                 "pause",
-                format!("frame {n}: requested {:.1} ms after the decision, printer paused after {:.0} ms", r.as_secs_f64() * 1000.0, d.as_secs_f64() * 1000.0),
+                format!("frame {n}: requested {:.1} ms after the decision, printer paused after {:.1} ms", r.as_secs_f64() * 1000.0, d.as_secs_f64() * 1000.0),
             ),
             _ => line(&mut s, "pause", "none".into()),
         }
