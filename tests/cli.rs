@@ -208,3 +208,48 @@ fn check_reports_the_detector_printers_and_cameras_line_by_line() {
     }
     assert!(!stdout.contains("camera of voron"), "no camera check for a printer that cannot be reached:\n{stdout}");
 }
+
+#[test]
+fn run_watches_several_printers_each_in_its_own_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("two.toml");
+    let printer = |name: &str, frames: &str| {
+        format!(
+            "[[printers]]\nname = \"{name}\"\nkind = \"simulated\"\nfile = \"{name}.gcode\"\nstart_after_secs = 0.2\nprint_secs = 2\n\
+             camera = {{ kind = \"files\", url = {:?} }}\n",
+            repo("models/frames").join(frames)
+        )
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "[detector]\nmodel = {:?}\nintra_threads = 1\n[watch]\ncadence_secs = 0.1\nallow_fast_cadence = true\n{}{}",
+            repo("models/demo.onnx"),
+            printer("voron", "01-healthy.jpg"),
+            printer("ender", "02-healthy.jpg"),
+        ),
+    )
+    .unwrap();
+    let mut child = printvigil(dir.path())
+        .env("ORT_DYLIB_PATH", ort_path())
+        .env("PRINTVIGIL_LOG", "info")
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "SIGTERM is a clean stop:\n{log}");
+    for name in ["voron", "ender"] {
+        let mine: Vec<&str> = log.lines().filter(|l| l.contains(&format!("printer=\"{name}\""))).collect();
+        assert!(mine.iter().any(|l| l.contains(&format!("print started: {name}.gcode"))), "{name}:\n{log}");
+        assert!(mine.iter().any(|l| l.contains("print finished")), "{name}:\n{log}");
+    }
+    assert!(log.contains("watching 2 printer(s)") && log.contains("stopped"), "{log}");
+    let state = dir.path().join("watch-state.sqlite3");
+    assert!(state.exists(), "state kept in the state directory");
+}
