@@ -124,6 +124,7 @@ pub async fn run(spec: WatchSpec, shared: Shared, vitals: Arc<Vitals>, epoch: In
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     w.sync_status(&status.borrow_and_update().clone());
     w.update_status_line();
+    let mut status_open = true;
     loop {
         w.beat();
         tokio::select! {
@@ -143,10 +144,13 @@ pub async fn run(spec: WatchSpec, shared: Shared, vitals: Arc<Vitals>, epoch: In
                     break;
                 }
             },
-            r = status.changed() => {
+            r = status.changed(), if status_open => {
                 if r.is_ok() {
                     let s = status.borrow_and_update().clone();
                     w.sync_status(&s);
+                } else {
+                    // The link dropped its status: events alone drive the watch now.
+                    status_open = false;
                 }
             }
             _ = ticker.tick(), if w.phase == Phase::Printing => w.score_one().await,
