@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use crate::camera;
 use crate::config::Config;
-use crate::detector::model::{Model, SessionSettings};
 use crate::printer::{PrinterLink, PrinterState};
 use crate::server::check::Line;
 
@@ -54,18 +53,13 @@ fn state_dir(config: &Config) -> Line {
 }
 
 async fn detector(config: &Config) -> Line {
-    let path = config.detector.model_path(&config.state_dir);
-    let ort = config.detector.onnxruntime.clone();
-    let settings = SessionSettings::new(config.detector.threads());
-    let shown = path.display().to_string();
-    let loaded = tokio::task::spawn_blocking(move || Model::load(&path, ort.as_deref(), settings)).await;
-    match loaded {
-        Ok(Ok(m)) => {
-            let (w, h) = m.input_size();
+    match super::supervisor::load_detector(config).await {
+        Ok(d) => {
+            let (w, h) = d.model().input_size();
+            let shown = d.model().path().display();
             Line::ok("detector", format!("{shown} loaded ({w}x{h} input, {} threads)", config.detector.threads()))
         }
-        Ok(Err(e)) => Line::fail("detector", e.to_string(), "see above; `printvigil model fetch` installs Obico's model"),
-        Err(e) => Line::fail("detector", e.to_string(), "report this as a bug"),
+        Err(e) => Line::fail("detector", e.to_string(), "see above; `printvigil model fetch` installs Obico's model"),
     }
 }
 

@@ -9,6 +9,12 @@ pub enum FramesError {
     Write { dir: String, source: std::io::Error },
 }
 
+/// `name` with every character but ASCII letters, digits, `-` and `_` made `_`, and at most
+/// 150 long: safe as a file or folder name (no separators, no `..`).
+pub fn safe_name(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_".contains(c) { c } else { '_' }).take(150).collect()
+}
+
 /// A folder of saved frames with a byte budget.
 #[derive(Debug, Clone)]
 pub struct FrameStore {
@@ -30,11 +36,7 @@ impl FrameStore {
     pub fn save(&self, name: &str, jpeg: &[u8]) -> Result<PathBuf, FramesError> {
         let err = |source| FramesError::Write { dir: self.dir.display().to_string(), source };
         std::fs::create_dir_all(&self.dir).map_err(err)?;
-        let safe: String = name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
-            .take(150)
-            .collect();
+        let safe = safe_name(name);
         let path = self.dir.join(format!("{safe}.jpg"));
         let tmp = self.dir.join(format!(".{safe}.jpg.tmp"));
         std::fs::write(&tmp, jpeg).map_err(err)?;

@@ -124,7 +124,6 @@ pub async fn supervise(
     let mut links: Vec<Arc<dyn PrinterLink>> = Vec::new();
     for spec in specs {
         let vitals = Arc::new(Vitals::default());
-        vitals.heartbeat_ms.store(0, Ordering::Relaxed);
         links.push(spec.link.clone());
         let name = spec.name.clone();
         let handle = tokio::spawn(watcher::run(spec, shared.clone(), vitals.clone(), epoch, stop_rx.clone()));

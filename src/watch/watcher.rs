@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, watch};
 
-use super::frames::FrameStore;
+use super::frames::{FrameStore, safe_name};
 use super::state::{PrinterRecord, StateStore};
 use super::{Action, CameraChoice, WatchConfig, WatchEvent, WatchSpec};
 use crate::camera::{self, Camera, CameraError};
@@ -93,7 +93,7 @@ pub async fn run(spec: WatchSpec, shared: Shared, vitals: Arc<Vitals>, epoch: In
         }
     };
     let frames = FrameStore::new(
-        shared.frames_root.join(safe_dir(&spec.name)),
+        shared.frames_root.join(safe_name(&spec.name)),
         shared.cfg.frames_max_mib.saturating_mul(1 << 20),
     );
     let mut w = Watcher {
@@ -161,9 +161,6 @@ pub async fn run(spec: WatchSpec, shared: Shared, vitals: Arc<Vitals>, epoch: In
     w.save();
 }
 
-fn safe_dir(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_".contains(c) { c } else { '_' }).collect()
-}
 
 impl Watcher {
     fn beat(&self) {
@@ -559,8 +556,8 @@ impl Watcher {
         let name = format!(
             "{}-{}-{}-{kind}",
             time_stamp(),
-            safe_dir(&self.spec_name),
-            safe_dir(&job),
+            safe_name(&self.spec_name),
+            safe_name(&job),
         );
         let printer = self.spec_name.clone();
         let events = self.shared.events.clone();
