@@ -230,7 +230,7 @@ fn run_watches_several_printers_each_in_its_own_loop() {
         ),
     )
     .unwrap();
-    let mut child = printvigil(dir.path())
+    let child = printvigil(dir.path())
         .env("ORT_DYLIB_PATH", ort_path())
         .env("PRINTVIGIL_LOG", "info")
         .arg("--config")
