@@ -103,6 +103,22 @@ impl BenchReport {
         if run > 0.0 { total / run } else { f64::NAN }
     }
 
+    /// Median over frames of that frame's total / its `session.run` (less sensitive to
+    /// `session.run`'s own jitter than the ratio of medians).
+    pub fn per_frame_ratio(&self) -> f64 {
+        let mut r: Vec<f64> = self
+            .times
+            .iter()
+            .filter(|t| !t.infer.is_zero())
+            .map(|t| t.total().as_secs_f64() / t.infer.as_secs_f64())
+            .collect();
+        if r.is_empty() {
+            return f64::NAN;
+        }
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2]
+    }
+
     /// The report as text.
     pub fn render(&self) -> String {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -128,6 +144,7 @@ impl BenchReport {
             out += &format!("{name:<20} {:>10.3} {:>10.3} {:>10.3}\n", ms(med), ms(min), ms(max));
         }
         out += &format!("total / session.run (median): {:.4}\n", self.ratio());
+        out += &format!("per-frame total / session.run (median): {:.4}\n", self.per_frame_ratio());
         out
     }
 }
@@ -170,4 +187,30 @@ pub fn synthetic_frames(count: usize, width: usize, height: usize) -> Vec<Vec<u8
             crate::detector::annotate::encode_jpeg(&img, 85).expect("encoding an in-memory frame")
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(decode_ms: u64, infer_ms: u64) -> StageTimes {
+        StageTimes {
+            decode: Duration::from_millis(decode_ms),
+            resize: Duration::ZERO,
+            infer: Duration::from_millis(infer_ms),
+            post: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn ratios_of_medians_and_per_frame() {
+        // Jitter in session.run: the ratio of medians mixes frames, the per-frame one does not.
+        let r = BenchReport { frames: 3, times: vec![t(2, 100), t(2, 200), t(2, 300)] };
+        assert!((r.ratio() - 202.0 / 200.0).abs() < 1e-12);
+        assert!((r.per_frame_ratio() - 202.0 / 200.0).abs() < 1e-12);
+        let r = BenchReport { frames: 3, times: vec![t(50, 100), t(2, 200), t(2, 300)] };
+        assert!((r.ratio() - 202.0 / 200.0).abs() < 1e-12, "median total is 202, median run 200");
+        assert!((r.per_frame_ratio() - 202.0 / 200.0).abs() < 1e-12, "per frame: 1.5, 1.01, 1.0067");
+        assert!(BenchReport { frames: 0, times: vec![] }.per_frame_ratio().is_nan());
+    }
 }
