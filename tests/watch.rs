@@ -162,6 +162,18 @@ impl Rig {
     }
 }
 
+/// A print under way past the detector's warm-up, on healthy frames: the next frames can
+/// lead to a decision.
+async fn past_warm_up(action: Action, file: &str) -> (tempfile::TempDir, Arc<SimPrinter>, Rig) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), action);
+    let printer = SimPrinter::new("sim");
+    let mut rig = Rig::start(&cfg, &printer, None, frame("00-healthy.jpg")).await;
+    printer.start_print(file);
+    rig.scored_until(31).await;
+    (dir, printer, rig)
+}
+
 fn pauses(p: &SimPrinter) -> usize {
     p.actions().iter().filter(|a| a.0 == "pause").count()
 }
@@ -266,12 +278,7 @@ async fn a_dead_camera_is_reported_and_detection_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_and_notify_actions() {
     for action in [Action::Cancel, Action::Notify] {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = config(dir.path(), action);
-        let printer = SimPrinter::new("sim");
-        let mut rig = Rig::start(&cfg, &printer, None, frame("00-healthy.jpg")).await;
-        printer.start_print("farm.gcode");
-        rig.scored_until(31).await;
+        let (_dir, printer, mut rig) = past_warm_up(action, "farm.gcode").await;
         rig.camera.set(Some(frame("09-failing.jpg")));
         let acted = rig.wait("the action", Duration::from_secs(30), |e| matches!(e, WatchEvent::Acted { .. })).await;
         assert!(matches!(acted, WatchEvent::Acted { action: a, result: Ok(()), .. } if a == action), "{acted:?}");
@@ -296,12 +303,7 @@ async fn cancel_and_notify_actions() {
 async fn a_user_resume_starts_the_cooldown() {
     // The user paused and resumed the print themselves: a failure within the cooldown is
     // not acted on.
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), Action::Pause);
-    let printer = SimPrinter::new("sim");
-    let mut rig = Rig::start(&cfg, &printer, None, frame("00-healthy.jpg")).await;
-    printer.start_print("cool.gcode");
-    rig.scored_until(31).await;
+    let (_dir, printer, mut rig) = past_warm_up(Action::Pause, "cool.gcode").await;
     printer.user_pause();
     printer.user_resume();
     rig.camera.set(Some(frame("09-failing.jpg")));
@@ -318,12 +320,7 @@ async fn a_user_resume_starts_the_cooldown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_pause_is_tried_again_on_a_later_failing_frame() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), Action::Pause);
-    let printer = SimPrinter::new("sim");
-    let mut rig = Rig::start(&cfg, &printer, None, frame("00-healthy.jpg")).await;
-    printer.start_print("macro.gcode");
-    rig.scored_until(31).await;
+    let (_dir, printer, mut rig) = past_warm_up(Action::Pause, "macro.gcode").await;
     printer.refuse_actions(Some("PAUSE macro failed"));
     rig.camera.set(Some(frame("09-failing.jpg")));
     let first = rig.wait("the refused pause", Duration::from_secs(30), |e| matches!(e, WatchEvent::Acted { .. })).await;
