@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use model::{Model, ModelError};
 use postprocess::Detection;
-use preprocess::FrameError;
+use preprocess::{FrameError, Rgb8};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
@@ -61,19 +61,21 @@ pub struct Prepared {
 /// Decodes a JPEG and resizes it into a tensor of `input_size` (width, height).
 pub fn prepare(jpeg: &[u8], input_size: (usize, usize)) -> Result<Prepared, FrameError> {
     let mut tensor = vec![0.0; 3 * input_size.0 * input_size.1];
-    let (width, height, times) = prepare_into(jpeg, input_size, &mut tensor)?;
+    let mut frame = Rgb8::default();
+    let (width, height, times) = prepare_into(jpeg, input_size, &mut frame, &mut tensor)?;
     Ok(Prepared { width, height, tensor, times })
 }
 
 fn prepare_into(
     jpeg: &[u8],
     (w, h): (usize, usize),
+    frame: &mut Rgb8,
     tensor: &mut [f32],
 ) -> Result<(usize, usize, StageTimes), FrameError> {
     let t0 = Instant::now();
-    let frame = preprocess::decode_jpeg(jpeg)?;
+    preprocess::decode_jpeg_into(jpeg, frame)?;
     let t1 = Instant::now();
-    preprocess::resize_to_nchw(&frame, w, h, tensor);
+    preprocess::resize_to_nchw(frame, w, h, tensor);
     let t2 = Instant::now();
     Ok((frame.width, frame.height, StageTimes { decode: t1 - t0, resize: t2 - t1, ..Default::default() }))
 }
@@ -82,6 +84,8 @@ fn prepare_into(
 #[derive(Debug)]
 pub struct Detector {
     model: Model,
+    /// The decoded frame, its buffer reused from frame to frame.
+    frame: Rgb8,
     input: Vec<f32>,
     boxes: Vec<f32>,
     confs: Vec<f32>,
@@ -90,7 +94,7 @@ pub struct Detector {
 impl Detector {
     pub fn new(model: Model) -> Self {
         let (w, h) = model.input_size();
-        Detector { model, input: vec![0.0; 3 * w * h], boxes: Vec::new(), confs: Vec::new() }
+        Detector { model, frame: Rgb8::default(), input: vec![0.0; 3 * w * h], boxes: Vec::new(), confs: Vec::new() }
     }
 
     pub fn model(&self) -> &Model {
@@ -100,7 +104,7 @@ impl Detector {
     /// Runs one JPEG frame through decode, resize, the model and post-processing.
     pub fn detect(&mut self, jpeg: &[u8]) -> Result<FrameDetections, DetectError> {
         let size = self.model.input_size();
-        let (width, height, times) = prepare_into(jpeg, size, &mut self.input)?;
+        let (width, height, times) = prepare_into(jpeg, size, &mut self.frame, &mut self.input)?;
         self.score(width, height, times)
     }
 

@@ -23,7 +23,7 @@ pub enum FrameError {
 }
 
 /// An 8-bit RGB image, rows top to bottom, pixels interleaved.
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, Default)]
 pub struct Rgb8 {
     pub width: usize,
     pub height: usize,
@@ -53,6 +53,15 @@ fn sniff(bytes: &[u8]) -> &'static str {
 /// Every failure is an error, never a panic; a truncated or corrupt frame is refused
 /// rather than scored half grey.
 pub fn decode_jpeg(bytes: &[u8]) -> Result<Rgb8, FrameError> {
+    let mut img = Rgb8 { width: 0, height: 0, pixels: Vec::new() };
+    decode_jpeg_into(bytes, &mut img)?;
+    Ok(img)
+}
+
+/// [`decode_jpeg`] into an image whose pixel buffer is reused from frame to frame (no
+/// fresh allocation, no page faults for a frame no larger than the last). On an error,
+/// `out` holds no meaningful picture.
+pub fn decode_jpeg_into(bytes: &[u8], out: &mut Rgb8) -> Result<(), FrameError> {
     if bytes.is_empty() {
         return Err(FrameError::Empty);
     }
@@ -79,16 +88,18 @@ pub fn decode_jpeg(bytes: &[u8]) -> Result<Rgb8, FrameError> {
     if width > MAX_SIDE || height > MAX_SIDE || width * height > MAX_PIXELS {
         return Err(FrameError::TooLarge { width, height });
     }
-    let mut pixels = vec![0u8; width * height * 3];
+    out.pixels.resize(width * height * 3, 0);
+    out.width = width;
+    out.height = height;
     let image = turbojpeg::Image {
-        pixels: pixels.as_mut_slice(),
+        pixels: out.pixels.as_mut_slice(),
         width,
         pitch: width * 3,
         height,
         format: turbojpeg::PixelFormat::RGB,
     };
     decoder.decompress(bytes, image).map_err(corrupt)?;
-    Ok(Rgb8 { width, height, pixels })
+    Ok(())
 }
 
 /// A JPEG's width and height, read from its header without decoding the pixels.
