@@ -346,6 +346,22 @@ mod tests {
     }
 
     #[test]
+    fn a_reused_buffer_decodes_as_a_fresh_one_whatever_the_sizes() {
+        let jpeg = |w: usize, h: usize, seed: u8| {
+            let src = img(w, h, |x, y, c| (x * 7 + y * 3 + c * 50) as u8 ^ seed);
+            crate::detector::annotate::encode_jpeg(&src, 90).unwrap()
+        };
+        let mut reused = Rgb8::default();
+        for (w, h, seed) in [(64, 48, 1), (16, 8, 2), (80, 60, 3), (33, 17, 4)] {
+            let bytes = jpeg(w, h, seed);
+            decode_jpeg_into(&bytes, &mut reused).unwrap();
+            assert!(reused == decode_jpeg(&bytes).unwrap(), "{w}x{h}");
+            assert_eq!(reused.pixels.len(), w * h * 3);
+        }
+        assert!(decode_jpeg_into(b"nope", &mut reused).is_err());
+    }
+
+    #[test]
     fn non_jpeg_inputs_are_named() {
         assert_eq!(decode_jpeg(b""), Err(FrameError::Empty));
         assert_eq!(decode_jpeg(b"\x89PNG\r\n\x1a\n...."), Err(FrameError::NotJpeg("a PNG image")));
