@@ -71,7 +71,8 @@ pub enum DemoError {
 }
 
 pub struct DemoOptions {
-    /// Folder for the demo's state and saved frames (emptied first).
+    /// Folder for the demo's state and saved frames: new, empty, or a previous demo's
+    /// (which is emptied first); any other folder is refused.
     pub dir: PathBuf,
     /// Seconds between frames.
     pub cadence: Duration,
@@ -99,13 +100,21 @@ pub struct Summary {
     pub elapsed: Duration,
 }
 
+/// Marks a folder as the demo's, so that only such a folder is emptied.
+const MARKER: &str = ".printvigil-demo";
+
 fn prepare(dir: &Path) -> Result<Vec<PathBuf>, DemoError> {
     let err = |source| DemoError::Folder { path: dir.display().to_string(), source };
-    if dir.exists() {
+    if dir.join(MARKER).exists() {
         std::fs::remove_dir_all(dir).map_err(err)?;
+    } else if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(err(std::io::Error::other(
+            "it is not empty and not a previous demo's folder, so it is left alone",
+        )));
     }
     let frames_in = dir.join("camera");
     std::fs::create_dir_all(&frames_in).map_err(err)?;
+    std::fs::write(dir.join(MARKER), b"made by printvigil demo; emptied by the next one\n").map_err(err)?;
     std::fs::write(dir.join("demo.onnx"), DEMO_MODEL).map_err(err)?;
     let mut seq = Vec::new();
     for (name, bytes) in FRAMES {

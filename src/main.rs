@@ -28,7 +28,8 @@ enum Command {
     /// The whole loop on built-in defaults: a simulated printer, the bundled frames as its
     /// camera, the demo model, a stand-in server. Takes seconds.
     Demo {
-        /// Folder for the demo's state and saved frames (emptied first).
+        /// Folder for the demo's state and saved frames: new, empty or a previous demo's
+        /// (emptied first); any other folder is refused.
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Seconds between frames (a real print: 10).

@@ -32,3 +32,20 @@ fn the_demo_tells_the_whole_story_and_saves_the_frames() {
     assert!(saved.iter().any(|p| p.to_string_lossy().ends_with("-pause.jpg")), "{saved:?}");
     assert!(stdout.contains(&frames.display().to_string()), "the summary says where the frames are");
 }
+
+#[test]
+fn the_demo_never_empties_a_folder_that_is_not_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let precious = dir.path().join("notes.txt");
+    std::fs::write(&precious, "keep me").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_printvigil"))
+        .args(["demo", "--dir"])
+        .arg(dir.path())
+        .env_remove("PRINTVIGIL_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not empty") && stderr.contains("--dir"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+}
