@@ -162,14 +162,21 @@ impl Rig {
     }
 }
 
-/// A print under way past the detector's warm-up, on healthy frames: the next frames can
-/// lead to a decision.
-async fn past_warm_up(action: Action, file: &str) -> (tempfile::TempDir, Arc<SimPrinter>, Rig) {
+/// A print of `file` started on a watched simulated printer whose camera shows `first`;
+/// no server.
+async fn printing(action: Action, file: &str, first: &str) -> (tempfile::TempDir, Arc<SimPrinter>, Rig) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), action);
     let printer = SimPrinter::new("sim");
-    let mut rig = Rig::start(&cfg, &printer, None, frame("00-healthy.jpg")).await;
+    let rig = Rig::start(&cfg, &printer, None, frame(first)).await;
     printer.start_print(file);
+    (dir, printer, rig)
+}
+
+/// A print under way past the detector's warm-up, on healthy frames: the next frames can
+/// lead to a decision.
+async fn past_warm_up(action: Action, file: &str) -> (tempfile::TempDir, Arc<SimPrinter>, Rig) {
+    let (dir, printer, mut rig) = printing(action, file, "00-healthy.jpg").await;
     rig.scored_until(31).await;
     (dir, printer, rig)
 }
@@ -188,7 +195,7 @@ async fn a_failing_print_is_paused_once_and_mirrored_in_order() {
     mirror.spawn();
     let printer = SimPrinter::new("sim");
     let mut rig = Rig::start(&cfg, &printer, Some(mirror.clone()), frame("02-healthy.jpg")).await;
-    let job = printer.start_print("benchy.gcode");
+    printer.start_print("benchy.gcode");
     rig.wait("print start", Duration::from_secs(10), |e| matches!(e, WatchEvent::PrintStarted { continued: false, .. })).await;
     // Warm-up on healthy frames: no decision is possible before frame 30.
     rig.scored_until(32).await;
@@ -222,7 +229,6 @@ async fn a_failing_print_is_paused_once_and_mirrored_in_order() {
     assert!(calls.iter().filter(|c| c.kind == "predict").count() > 0, "frames were uploaded");
 
     // The next print starts afresh and may be paused again.
-    let _ = job;
     rig.camera.set(Some(frame("02-healthy.jpg")));
     printer.start_print("second.gcode");
     rig.wait("second print", Duration::from_secs(10), |e| matches!(e, WatchEvent::PrintStarted { continued: false, .. })).await;
@@ -233,11 +239,8 @@ async fn a_failing_print_is_paused_once_and_mirrored_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_continues_the_same_print_and_state() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, printer, mut rig) = printing(Action::Pause, "long.gcode", "01-healthy.jpg").await;
     let cfg = config(dir.path(), Action::Pause);
-    let printer = SimPrinter::new("sim");
-    let mut rig = Rig::start(&cfg, &printer, None, frame("01-healthy.jpg")).await;
-    printer.start_print("long.gcode");
     let before = rig.scored_until(12).await;
     rig.stop().await;
     let store = StateStore::open(&state_file(dir.path())).unwrap();
@@ -257,11 +260,7 @@ async fn a_restart_continues_the_same_print_and_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_camera_is_reported_and_detection_resumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), Action::Pause);
-    let printer = SimPrinter::new("sim");
-    let mut rig = Rig::start(&cfg, &printer, None, frame("03-healthy.jpg")).await;
-    printer.start_print("cam.gcode");
+    let (_dir, _printer, mut rig) = printing(Action::Pause, "cam.gcode", "03-healthy.jpg").await;
     let n = rig.scored_until(3).await;
     rig.camera.set(None);
     let failed = rig.wait("camera failure", Duration::from_secs(10), |e| matches!(e, WatchEvent::CameraFailed { .. })).await;
