@@ -10,7 +10,9 @@
 //!   - [`detector::runtime`]: finds and loads the ONNX Runtime library.
 //!   - [`detector::model`]: the ONNX session, its I/O signature check, inference.
 //!   - [`detector::fetch`]: downloads the production model (resumable, sha256-verified).
-//!   - [`detector::preprocess`]: JPEG decode (libjpeg-turbo), OpenCV-exact bilinear resize, NCHW.
+//!   - [`detector::preprocess`]: JPEG decode, OpenCV-exact bilinear resize, NCHW; a frame
+//!     split into bands on several cores when the session has several threads.
+//!   - [`detector::jpeg`]: libjpeg-turbo's decoder, whole frames or one band of rows.
 //!   - [`detector::postprocess`]: confidence threshold, NMS, boxes in frame pixels.
 //!   - [`detector::smoothing`]: per-printer temporal state, warn/pause decision.
 //!   - [`detector::annotate`]: draws detections on a frame and encodes a JPEG.

@@ -76,7 +76,7 @@ struct ModelArgs {
     /// Inference threads (default: `detector.intra_threads`).
     #[arg(long)]
     threads: Option<usize>,
-    /// Session tuning for experiments, comma separated: no-arena, prepack, no-full-opt, no-spin.
+    /// Session tuning for experiments, comma separated: no-arena, prepack, no-full-opt, spin.
     #[arg(long, value_delimiter = ',', hide = true)]
     tune: Vec<String>,
 }
@@ -224,7 +224,7 @@ fn load_detector(config: &Config, args: &ModelArgs) -> Result<Detector, AnyError
             arena: !args.tune.iter().any(|t| t == "no-arena"),
             prepack: args.tune.iter().any(|t| t == "prepack"),
             full_optimization: !args.tune.iter().any(|t| t == "no-full-opt"),
-            spin: !args.tune.iter().any(|t| t == "no-spin"),
+            spin: args.tune.iter().any(|t| t == "spin"),
         },
     })?;
     Ok(Detector::new(model))

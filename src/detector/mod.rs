@@ -3,6 +3,7 @@
 
 pub mod annotate;
 pub mod fetch;
+pub mod jpeg;
 pub mod model;
 pub mod postprocess;
 pub mod preprocess;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use model::{Model, ModelError};
 use postprocess::Detection;
-use preprocess::{FrameError, Rgb8};
+use preprocess::{FrameError, Preprocessor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
@@ -58,34 +59,19 @@ pub struct Prepared {
     times: StageTimes,
 }
 
-/// Decodes a JPEG and resizes it into a tensor of `input_size` (width, height).
+/// Decodes a JPEG and resizes it into a tensor of `input_size` (width, height), on one core.
 pub fn prepare(jpeg: &[u8], input_size: (usize, usize)) -> Result<Prepared, FrameError> {
     let mut tensor = vec![0.0; 3 * input_size.0 * input_size.1];
-    let mut frame = Rgb8::default();
-    let (width, height, times) = prepare_into(jpeg, input_size, &mut frame, &mut tensor)?;
-    Ok(Prepared { width, height, tensor, times })
-}
-
-fn prepare_into(
-    jpeg: &[u8],
-    (w, h): (usize, usize),
-    frame: &mut Rgb8,
-    tensor: &mut [f32],
-) -> Result<(usize, usize, StageTimes), FrameError> {
-    let t0 = Instant::now();
-    preprocess::decode_jpeg_into(jpeg, frame)?;
-    let t1 = Instant::now();
-    preprocess::resize_to_nchw(frame, w, h, tensor);
-    let t2 = Instant::now();
-    Ok((frame.width, frame.height, StageTimes { decode: t1 - t0, resize: t2 - t1, ..Default::default() }))
+    let (width, height, t) = Preprocessor::new(1).run(jpeg, input_size, &mut tensor)?;
+    Ok(Prepared { width, height, tensor, times: StageTimes { decode: t.decode, resize: t.resize, ..Default::default() } })
 }
 
 /// A model plus the buffers its frames go through (reused from frame to frame).
 #[derive(Debug)]
 pub struct Detector {
     model: Model,
-    /// The decoded frame, its buffer reused from frame to frame.
-    frame: Rgb8,
+    /// Decoders and buffers, reused from frame to frame.
+    pre: Preprocessor,
     input: Vec<f32>,
     boxes: Vec<f32>,
     confs: Vec<f32>,
@@ -94,7 +80,9 @@ pub struct Detector {
 impl Detector {
     pub fn new(model: Model) -> Self {
         let (w, h) = model.input_size();
-        Detector { model, frame: Rgb8::default(), input: vec![0.0; 3 * w * h], boxes: Vec::new(), confs: Vec::new() }
+        // Pre-processing runs while the inference threads wait, on as many cores.
+        let pre = Preprocessor::new(model.threads());
+        Detector { model, pre, input: vec![0.0; 3 * w * h], boxes: Vec::new(), confs: Vec::new() }
     }
 
     pub fn model(&self) -> &Model {
@@ -104,8 +92,8 @@ impl Detector {
     /// Runs one JPEG frame through decode, resize, the model and post-processing.
     pub fn detect(&mut self, jpeg: &[u8]) -> Result<FrameDetections, DetectError> {
         let size = self.model.input_size();
-        let (width, height, times) = prepare_into(jpeg, size, &mut self.frame, &mut self.input)?;
-        self.score(width, height, times)
+        let (width, height, t) = self.pre.run(jpeg, size, &mut self.input)?;
+        self.score(width, height, StageTimes { decode: t.decode, resize: t.resize, ..Default::default() })
     }
 
     /// Runs the model and post-processing on a prepared frame.

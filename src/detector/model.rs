@@ -53,14 +53,16 @@ pub struct MemoryTuning {
     pub prepack: bool,
     /// Full graph optimisation (layout transforms; may copy weights).
     pub full_optimization: bool,
-    /// Let idle inference threads spin-wait for work (slightly faster runs; burns CPU the
-    /// printer host may want).
+    /// Let idle inference threads spin-wait for work. Off: spinning threads keep the cores
+    /// busy after `session.run` returns, which slows the next frame's pre-processing (it
+    /// runs on those cores: decode took twice as long in `printvigil bench` at 2 threads)
+    /// and burns CPU the printer host may want.
     pub spin: bool,
 }
 
 impl Default for MemoryTuning {
     fn default() -> Self {
-        MemoryTuning { arena: true, prepack: false, full_optimization: true, spin: true }
+        MemoryTuning { arena: true, prepack: false, full_optimization: true, spin: false }
     }
 }
 
@@ -80,6 +82,7 @@ pub struct Model {
     width: usize,
     height: usize,
     boxes_len: usize,
+    threads: usize,
 }
 
 impl fmt::Debug for Model {
@@ -267,12 +270,18 @@ impl Model {
             height: shape[2] as usize,
             width: shape[3] as usize,
             boxes_len: boxes.shape.as_ref().expect("checked above")[1] as usize,
+            threads: settings.threads.max(1),
         })
     }
 
     /// The model's input size (width, height), read from the session.
     pub fn input_size(&self) -> (usize, usize) {
         (self.width, self.height)
+    }
+
+    /// The intra-op threads the session was made with.
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     pub fn path(&self) -> &Path {

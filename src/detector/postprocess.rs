@@ -32,33 +32,40 @@ pub fn postprocess(boxes: &[f32], confs: &[f32], frame_w: usize, frame_h: usize)
     // threshold above, so total_cmp sees only numbers.
     order.sort_by(|&a, &b| confs[b].total_cmp(&confs[a]).then(b.cmp(&a)));
     let b = |i: usize| &boxes[i * 4..i * 4 + 4];
-    let area = |i: usize| {
+
+    // The candidates' coordinates and areas in confidence order, one array each, so the
+    // suppression pass below runs over contiguous floats (and vectorises).
+    let m = order.len();
+    let [mut x1, mut y1, mut x2, mut y2, mut area] = std::array::from_fn(|_| Vec::with_capacity(m));
+    for &i in &order {
         let r = b(i);
-        (r[2] - r[0]) * (r[3] - r[1])
-    };
+        x1.push(r[0]);
+        y1.push(r[1]);
+        x2.push(r[2]);
+        y2.push(r[3]);
+        area.push((r[2] - r[0]) * (r[3] - r[1]));
+    }
 
     let mut keep = Vec::new();
-    let mut suppressed = vec![false; order.len()];
-    for (k, &first) in order.iter().enumerate() {
+    let mut suppressed = vec![false; m];
+    for k in 0..m {
         if suppressed[k] {
             continue;
         }
-        keep.push(first);
-        let s = b(first);
-        let a_first = area(first);
-        for (j, &o) in order.iter().enumerate().skip(k + 1) {
-            if suppressed[j] {
-                continue;
-            }
-            let r = b(o);
-            let w = (s[2].min(r[2]) - s[0].max(r[0])).max(0.0);
-            let h = (s[3].min(r[3]) - s[1].max(r[1])).max(0.0);
+        keep.push(order[k]);
+        let (sx1, sy1, sx2, sy2, sa) = (x1[k], y1[k], x2[k], y2[k], area[k]);
+        let rest = k + 1..m;
+        let others = x1[rest.clone()].iter().zip(&y1[rest.clone()]).zip(&x2[rest.clone()]).zip(&y2[rest.clone()]).zip(&area[rest.clone()]);
+        for (s, ((((&ox1, &oy1), &ox2), &oy2), &oa)) in suppressed[rest].iter_mut().zip(others) {
+            let w = (sx2.min(ox2) - sx1.max(ox1)).max(0.0);
+            let h = (sy2.min(oy2) - sy1.max(oy1)).max(0.0);
             let inter = w * h;
-            let iou = inter / (a_first + area(o) - inter);
-            // numpy keeps `over <= thresh`: a NaN IoU (0/0) suppresses, as there.
+            let iou = inter / (sa + oa - inter);
+            // numpy keeps `over <= thresh`: a NaN IoU (0/0) suppresses, as there. A box
+            // already suppressed stays so.
             #[allow(clippy::neg_cmp_op_on_partial_ord)]
             let over = !(iou <= NMS_THRESHOLD);
-            suppressed[j] = over;
+            *s |= over;
         }
     }
 
@@ -136,6 +143,53 @@ mod tests {
         let d = postprocess(&boxes, &[0.9, 0.8, 0.2], 10, 10);
         let confs: Vec<f64> = d.iter().map(|d| d.confidence).collect();
         assert_eq!(confs, vec![0.9f32 as f64, 0.2f32 as f64]);
+    }
+
+    /// The suppression written plainly, box by box, as numpy's loop reads.
+    fn reference_keep(boxes: &[f32], confs: &[f32]) -> Vec<usize> {
+        let n = confs.len().min(boxes.len() / 4);
+        let mut order: Vec<usize> = (0..n).filter(|&i| confs[i] > CONF_THRESHOLD).collect();
+        order.sort_by(|&a, &b| confs[b].total_cmp(&confs[a]).then(b.cmp(&a)));
+        let b = |i: usize| &boxes[i * 4..i * 4 + 4];
+        let area = |i: usize| (b(i)[2] - b(i)[0]) * (b(i)[3] - b(i)[1]);
+        let mut keep = Vec::new();
+        while let Some((&first, rest)) = order.split_first() {
+            keep.push(first);
+            let s = b(first);
+            order = rest
+                .iter()
+                .copied()
+                .filter(|&o| {
+                    let r = b(o);
+                    let w = (s[2].min(r[2]) - s[0].max(r[0])).max(0.0);
+                    let h = (s[3].min(r[3]) - s[1].max(r[1])).max(0.0);
+                    let inter = w * h;
+                    inter / (area(first) + area(o) - inter) <= NMS_THRESHOLD
+                })
+                .collect();
+        }
+        keep
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn suppression_matches_the_plain_loop(
+            raw in proptest::collection::vec((0f32..1.0, 0f32..1.0, 0f32..0.6, 0f32..0.6, 0f32..1.0), 0..200),
+        ) {
+            let mut boxes = Vec::new();
+            let mut confs = Vec::new();
+            for (x, y, w, h, c) in raw {
+                boxes.extend_from_slice(&[x, y, x + w, y + h]);
+                // Coarse confidences make ties common.
+                confs.push((c * 20.0).round() / 20.0);
+            }
+            // Each kept box as a detection on its own (a single box is always kept).
+            let expected: Vec<Detection> = reference_keep(&boxes, &confs)
+                .into_iter()
+                .flat_map(|i| postprocess(&boxes[i * 4..i * 4 + 4], &confs[i..=i], 640, 480))
+                .collect();
+            proptest::prop_assert_eq!(postprocess(&boxes, &confs, 640, 480), expected);
+        }
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! `INTER_LINEAR` (half-pixel centres, 11-bit fixed-point weights, on 8-bit pixels; no
 //! letterbox), then NCHW float32 divided by 255.
 
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use super::jpeg;
+
 /// Largest accepted frame side, in pixels (webcams top out at 4K).
 pub const MAX_SIDE: usize = 8192;
 /// Largest accepted frame area, in pixels (about 40 MP).
@@ -62,6 +67,14 @@ pub fn decode_jpeg(bytes: &[u8]) -> Result<Rgb8, FrameError> {
 /// fresh allocation, no page faults for a frame no larger than the last). On an error,
 /// `out` holds no meaningful picture.
 pub fn decode_jpeg_into(bytes: &[u8], out: &mut Rgb8) -> Result<(), FrameError> {
+    let mut decoder = jpeg::Decoder::new().map_err(FrameError::Corrupt)?;
+    let header = checked_header(&mut decoder, bytes)?;
+    decode_band(&mut decoder, bytes, &header, 0..header.height, out)
+}
+
+/// Checks what can be checked before decoding (empty, not a JPEG, absurd size in the
+/// frame header) and reads the header.
+fn checked_header(decoder: &mut jpeg::Decoder, bytes: &[u8]) -> Result<jpeg::Header, FrameError> {
     if bytes.is_empty() {
         return Err(FrameError::Empty);
     }
@@ -70,35 +83,38 @@ pub fn decode_jpeg_into(bytes: &[u8], out: &mut Rgb8) -> Result<(), FrameError> 
     }
     // Size limits first, from the frame header, before the decoder allocates anything.
     if let Some((width, height)) = sof_size(bytes) {
-        if width == 0 || height == 0 {
-            return Err(FrameError::NoPixels { width, height });
-        }
-        if width > MAX_SIDE || height > MAX_SIDE || width * height > MAX_PIXELS {
-            return Err(FrameError::TooLarge { width, height });
-        }
+        check_size(width, height)?;
     }
-    let corrupt = |e: turbojpeg::Error| FrameError::Corrupt(e.to_string());
-    let mut decoder = turbojpeg::Decompressor::new().map_err(corrupt)?;
-    // The header first, so the size limit is checked before any pixel is allocated.
-    let header = decoder.read_header(bytes).map_err(corrupt)?;
-    let (width, height) = (header.width, header.height);
+    let header = decoder.header(bytes).map_err(FrameError::Corrupt)?;
+    check_size(header.width, header.height)?;
+    Ok(header)
+}
+
+fn check_size(width: usize, height: usize) -> Result<(), FrameError> {
     if width == 0 || height == 0 {
         return Err(FrameError::NoPixels { width, height });
     }
     if width > MAX_SIDE || height > MAX_SIDE || width * height > MAX_PIXELS {
         return Err(FrameError::TooLarge { width, height });
     }
-    out.pixels.resize(width * height * 3, 0);
-    out.width = width;
-    out.height = height;
-    let image = turbojpeg::Image {
-        pixels: out.pixels.as_mut_slice(),
-        width,
-        pitch: width * 3,
-        height,
-        format: turbojpeg::PixelFormat::RGB,
-    };
-    decoder.decompress(bytes, image).map_err(corrupt)?;
+    Ok(())
+}
+
+/// Decodes source rows `rows` of a frame whose header was checked into `out`.
+fn decode_band(
+    decoder: &mut jpeg::Decoder,
+    bytes: &[u8],
+    header: &jpeg::Header,
+    rows: Range<usize>,
+    out: &mut Rgb8,
+) -> Result<(), FrameError> {
+    out.width = header.width;
+    out.height = rows.len();
+    out.pixels.resize(header.width * rows.len() * 3, 0);
+    let found = decoder.decode_rows(bytes, rows, &mut out.pixels).map_err(FrameError::Corrupt)?;
+    if (found.width, found.height) != (header.width, header.height) {
+        return Err(FrameError::Corrupt("the frame changed size while being decoded".into()));
+    }
     Ok(())
 }
 
@@ -113,8 +129,8 @@ pub fn jpeg_dimensions(bytes: &[u8]) -> Result<(usize, usize), FrameError> {
     if let Some(size) = sof_size(bytes) {
         return Ok(size);
     }
-    let mut decoder = turbojpeg::Decompressor::new().map_err(|e| FrameError::Corrupt(e.to_string()))?;
-    let header = decoder.read_header(bytes).map_err(|e| FrameError::Corrupt(e.to_string()))?;
+    let mut decoder = jpeg::Decoder::new().map_err(FrameError::Corrupt)?;
+    let header = decoder.header(bytes).map_err(FrameError::Corrupt)?;
     Ok((header.width, header.height))
 }
 
@@ -189,8 +205,15 @@ fn taps(src: usize, dst: usize) -> Vec<Tap> {
 /// (`cv2.resize(img, (dst_w, dst_h))`), agreeing with OpenCV to within one level.
 pub fn resize_linear(src: &Rgb8, dst_w: usize, dst_h: usize) -> Rgb8 {
     let mut pixels = vec![0u8; dst_w * dst_h * 3];
-    resize_rows(src, dst_w, dst_h, |dy, row| {
-        pixels[dy * dst_w * 3..(dy + 1) * dst_w * 3].copy_from_slice(row)
+    let (xt, yt) = (taps(src.width, dst_w), taps(src.height, dst_h));
+    resize_rows(src, 0, &xt, &yt, 0..dst_h, |dy, [r0, r1], (b0, b1)| {
+        let out = &mut pixels[dy * dst_w * 3..(dy + 1) * dst_w * 3];
+        for c in 0..3 {
+            let plane = c * dst_w..(c + 1) * dst_w;
+            for ((px, &s0), &s1) in out.chunks_exact_mut(3).zip(&r0[plane.clone()]).zip(&r1[plane]) {
+                px[c] = blend(s0, s1, b0, b1) as u8;
+            }
+        }
     });
     Rgb8 { width: dst_w, height: dst_h, pixels }
 }
@@ -200,17 +223,35 @@ pub fn resize_linear(src: &Rgb8, dst_w: usize, dst_h: usize) -> Rgb8 {
 pub fn resize_to_nchw(src: &Rgb8, dst_w: usize, dst_h: usize, out: &mut [f32]) {
     let plane = dst_w * dst_h;
     assert_eq!(out.len(), plane * 3, "tensor buffer size");
-    let lut = unit_lut();
+    let (xt, yt) = (taps(src.width, dst_w), taps(src.height, dst_h));
     let (r, rest) = out.split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
-    resize_rows(src, dst_w, dst_h, |dy, row| {
-        let base = dy * dst_w;
-        for (x, px) in row.chunks_exact(3).enumerate() {
-            r[base + x] = lut[px[0] as usize];
-            g[base + x] = lut[px[1] as usize];
-            b[base + x] = lut[px[2] as usize];
+    band_to_nchw(src, 0, &xt, &yt, 0..dst_h, [r, g, b]);
+}
+
+/// Resizes destination rows `dst` into the three planes' slices for those rows, from
+/// `src`, which holds source rows `src_y0..src_y0 + src.height`.
+fn band_to_nchw(src: &Rgb8, src_y0: usize, xt: &[Tap], yt: &[Tap], dst: Range<usize>, mut planes: [&mut [f32]; 3]) {
+    let dst_w = xt.len();
+    let first = dst.start;
+    resize_rows(src, src_y0, xt, yt, dst, |dy, [r0, r1], (b0, b1)| {
+        let at = (dy - first) * dst_w;
+        for (c, plane) in planes.iter_mut().enumerate() {
+            let row = c * dst_w..(c + 1) * dst_w;
+            for ((o, &s0), &s1) in plane[at..at + dst_w].iter_mut().zip(&r0[row.clone()]).zip(&r1[row]) {
+                // `v as f32 / 255.0`: the same float32 division numpy does.
+                *o = blend(s0, s1, b0, b1) as f32 / 255.0;
+            }
         }
     });
+}
+
+/// OpenCV's vectorised `VResizeLinear` for 8-bit output: blends two horizontally resized
+/// rows (fixed point, scaled by 2^11) with vertical weights `b0`, `b1` (also 2^11).
+#[inline(always)]
+fn blend(s0: i32, s1: i32, b0: i32, b1: i32) -> i32 {
+    let v = (((s0 >> 4) * b0) >> 16) + (((s1 >> 4) * b1) >> 16);
+    ((v + 2) >> 2).clamp(0, 255)
 }
 
 /// `v as f32 / 255.0` for every byte (the same float32 division numpy does).
@@ -218,33 +259,44 @@ fn unit_lut() -> [f32; 256] {
     std::array::from_fn(|v| v as f32 / 255.0)
 }
 
-/// The resize itself: hands each finished destination row (interleaved RGB) to `emit`.
-fn resize_rows(src: &Rgb8, dst_w: usize, dst_h: usize, mut emit: impl FnMut(usize, &[u8])) {
+/// The resize itself, for destination rows `dst`: for each destination row, hands `emit`
+/// the two horizontally resized source rows it blends (planar: all red sums, then green,
+/// then blue; fixed point scaled by 2^11) and their vertical weights. `src` holds source
+/// rows `src_y0..src_y0 + src.height`, which must cover every row `yt` names for `dst`;
+/// `xt` and `yt` are the taps of the whole frame.
+fn resize_rows(
+    src: &Rgb8,
+    src_y0: usize,
+    xt: &[Tap],
+    yt: &[Tap],
+    dst: Range<usize>,
+    mut emit: impl FnMut(usize, [&[i32]; 2], (i32, i32)),
+) {
     const CN: usize = 3;
-    let (sw, sh) = (src.width, src.height);
-    assert!(sw > 0 && sh > 0 && dst_w > 0 && dst_h > 0, "resize of an empty image");
-    let xt = taps(sw, dst_w);
-    let yt = taps(sh, dst_h);
-    let row_len = dst_w * CN;
+    let sw = src.width;
+    assert!(sw > 0 && src.height > 0 && !xt.is_empty(), "resize of an empty image");
+    let dw = xt.len();
+    let row_len = dw * CN;
 
-    // Horizontal pass of one source row into fixed-point sums (scaled by 2^11).
+    // Horizontal pass of one source row into planar fixed-point sums.
     let hresize = |sy: usize, out: &mut [i32]| {
+        let sy = sy - src_y0;
         let row = &src.pixels[sy * sw * CN..(sy + 1) * sw * CN];
-        for (t, o) in xt.iter().zip(out.chunks_exact_mut(CN)) {
+        let (r, rest) = out.split_at_mut(dw);
+        let (g, b) = rest.split_at_mut(dw);
+        for ((t, (r, g)), b) in xt.iter().zip(r.iter_mut().zip(g.iter_mut())).zip(b.iter_mut()) {
             let a: &[u8; CN] = row[t.s0 * CN..][..CN].try_into().expect("3 bytes");
-            let b: &[u8; CN] = row[t.s1 * CN..][..CN].try_into().expect("3 bytes");
-            let o: &mut [i32; CN] = o.try_into().expect("3 values");
-            for c in 0..CN {
-                o[c] = a[c] as i32 * t.w0 + b[c] as i32 * t.w1;
-            }
+            let c: &[u8; CN] = row[t.s1 * CN..][..CN].try_into().expect("3 bytes");
+            *r = a[0] as i32 * t.w0 + c[0] as i32 * t.w1;
+            *g = a[1] as i32 * t.w0 + c[1] as i32 * t.w1;
+            *b = a[2] as i32 * t.w0 + c[2] as i32 * t.w1;
         }
     };
 
     let mut rows = [vec![0i32; row_len], vec![0i32; row_len]];
     let mut cached: [Option<usize>; 2] = [None, None];
-    let mut dst_row = vec![0u8; row_len];
-    for (dy, tap) in yt.iter().enumerate().take(dst_h) {
-        let Tap { s0: sy0, s1: sy1, w0: b0, w1: b1 } = *tap;
+    for dy in dst {
+        let Tap { s0: sy0, s1: sy1, w0: b0, w1: b1 } = yt[dy];
         // Reuse horizontally resized rows across destination rows, as OpenCV does.
         if cached[0] != Some(sy0) {
             if cached[1] == Some(sy0) {
@@ -264,12 +316,7 @@ fn resize_rows(src: &Rgb8, dst_w: usize, dst_h: usize, mut emit: impl FnMut(usiz
             }
             cached[1] = Some(sy1);
         }
-        for ((d, &s0), &s1) in dst_row.iter_mut().zip(&rows[0]).zip(&rows[1]) {
-            // OpenCV's vectorised VResizeLinear for 8-bit output.
-            let v = (((s0 >> 4) * b0) >> 16) + (((s1 >> 4) * b1) >> 16);
-            *d = ((v + 2) >> 2).clamp(0, 255) as u8;
-        }
-        emit(dy, &dst_row);
+        emit(dy, [&rows[0], &rows[1]], (b0, b1));
     }
 }
 
@@ -284,6 +331,157 @@ pub fn to_nchw(img: &Rgb8, out: &mut [f32]) {
         r[i] = lut[px[0] as usize];
         g[i] = lut[px[1] as usize];
         b[i] = lut[px[2] as usize];
+    }
+}
+
+/// One horizontal band of a frame's pre-processing: the source rows it decodes and the
+/// model-input rows it fills (which need exactly those source rows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Band {
+    pub src: Range<usize>,
+    pub dst: Range<usize>,
+}
+
+/// Cost of skipping a source row (entropy decoding only) relative to decoding and resizing
+/// it, measured with `printvigil bench` on 720p webcam-like frames.
+const SKIP_COST: f64 = 0.3;
+/// A band gets at least this many source rows (fewer are not worth a thread).
+const MIN_BAND_ROWS: usize = 64;
+
+/// Splits a frame `src_h` rows tall, resized to `dst_h` rows, into at most `n` bands of
+/// about equal work. A band lower down also skips (entropy-decodes) every row above it,
+/// so lower bands are given fewer rows: band `i` starts at
+/// `src_h * (1 - k^i) / (1 - k^n)` with `k = 1 - SKIP_COST`.
+pub fn plan_bands(src_h: usize, dst_h: usize, n: usize) -> Vec<Band> {
+    plan(&taps(src_h, dst_h), src_h, n)
+}
+
+fn plan(yt: &[Tap], src_h: usize, n: usize) -> Vec<Band> {
+    let dst_h = yt.len();
+    let n = n.min(src_h / MIN_BAND_ROWS).min(dst_h).max(1);
+    let keep = 1.0 - SKIP_COST;
+    let whole = 1.0 - keep.powi(n as i32);
+    let mut cuts = vec![0];
+    for i in 1..n {
+        let target = src_h as f64 * (1.0 - keep.powi(i as i32)) / whole;
+        let d = yt.partition_point(|t| (t.s0 as f64) < target);
+        let prev = *cuts.last().expect("starts with 0");
+        cuts.push(d.clamp(prev + 1, dst_h - (n - i)));
+    }
+    cuts.push(dst_h);
+    cuts.windows(2).map(|c| Band { src: yt[c[0]].s0..yt[c[1] - 1].s1 + 1, dst: c[0]..c[1] }).collect()
+}
+
+/// The time a frame's pre-processing took: decoding (until the last band was decoded)
+/// and resizing into the tensor (the rest).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PrepTimes {
+    pub decode: Duration,
+    pub resize: Duration,
+}
+
+/// Turns JPEG frames into the model's input tensor: decode, resize, NCHW float32 / 255.
+/// With more than one thread the frame is cut into horizontal bands (see [`plan_bands`]),
+/// each decoded and resized on its own core; the tensor is the same either way (tested).
+/// Decoders and row buffers are kept from frame to frame.
+#[derive(Debug)]
+pub struct Preprocessor {
+    threads: usize,
+    workers: Vec<Worker>,
+}
+
+#[derive(Debug, Default)]
+struct Worker {
+    decoder: Option<jpeg::Decoder>,
+    rows: Rgb8,
+}
+
+impl Worker {
+    fn decoder(&mut self) -> Result<&mut jpeg::Decoder, FrameError> {
+        decoder(&mut self.decoder)
+    }
+
+    /// Decodes and resizes one band; returns when its decoding ended.
+    fn run(&mut self, bytes: &[u8], header: &jpeg::Header, band: &Band, xt: &[Tap], yt: &[Tap], planes: [&mut [f32]; 3]) -> Result<Instant, FrameError> {
+        decode_band(decoder(&mut self.decoder)?, bytes, header, band.src.clone(), &mut self.rows)?;
+        let decoded = Instant::now();
+        band_to_nchw(&self.rows, band.src.start, xt, yt, band.dst.clone(), planes);
+        Ok(decoded)
+    }
+}
+
+fn decoder(slot: &mut Option<jpeg::Decoder>) -> Result<&mut jpeg::Decoder, FrameError> {
+    if slot.is_none() {
+        *slot = Some(jpeg::Decoder::new().map_err(FrameError::Corrupt)?);
+    }
+    Ok(slot.as_mut().expect("set above"))
+}
+
+impl Preprocessor {
+    /// A pre-processor using up to `threads` cores per frame.
+    pub fn new(threads: usize) -> Self {
+        Preprocessor { threads: threads.max(1), workers: Vec::new() }
+    }
+
+    /// Decodes `jpeg` and writes the model input of size (`w`, `h`) into `tensor`
+    /// (`3 * w * h` values). Returns the frame's width and height and the time taken.
+    pub fn run(&mut self, bytes: &[u8], (w, h): (usize, usize), tensor: &mut [f32]) -> Result<(usize, usize, PrepTimes), FrameError> {
+        let start = Instant::now();
+        assert!(w > 0 && h > 0 && tensor.len() == 3 * w * h, "tensor buffer size");
+        if self.workers.is_empty() {
+            self.workers.push(Worker::default());
+        }
+        let header = checked_header(self.workers[0].decoder()?, bytes)?;
+        let (xt, yt) = (taps(header.width, w), taps(header.height, h));
+        let n = if header.bands_help() { self.threads } else { 1 };
+        let bands = plan(&yt, header.height, n);
+        if self.workers.len() < bands.len() {
+            self.workers.resize_with(bands.len(), Worker::default);
+        }
+
+        // Each band's slice of each plane.
+        let plane = w * h;
+        let (r, rest) = tensor.split_at_mut(plane);
+        let (g, b) = rest.split_at_mut(plane);
+        let mut planes = [r, g, b].map(Some);
+        let mut jobs = Vec::with_capacity(bands.len());
+        for (band, worker) in bands.iter().zip(self.workers.iter_mut()) {
+            let cut = (band.dst.end - band.dst.start) * w;
+            let [r, g, b] = planes.each_mut().map(|p| {
+                let (head, tail) = p.take().expect("refilled below").split_at_mut(cut);
+                *p = Some(tail);
+                head
+            });
+            jobs.push((band, worker, [r, g, b]));
+        }
+
+        let (header, xt, yt) = (&header, &xt[..], &yt[..]);
+        let results: Vec<Result<Instant, FrameError>> = std::thread::scope(|scope| {
+            let mut jobs = jobs.into_iter();
+            let (band0, worker0, planes0) = jobs.next().expect("at least one band");
+            let mut spawned = Vec::new();
+            let mut failed = Vec::new();
+            for (band, worker, planes) in jobs {
+                let job = move || worker.run(bytes, header, band, xt, yt, planes);
+                // A thread that cannot be started fails this frame, not the process.
+                match std::thread::Builder::new().name("pv-decode".into()).spawn_scoped(scope, job) {
+                    Ok(handle) => spawned.push(handle),
+                    Err(e) => failed.push(Err(FrameError::Corrupt(format!("no thread to decode a band: {e}")))),
+                }
+            }
+            let mut results = vec![worker0.run(bytes, header, band0, xt, yt, planes0)];
+            results.extend(spawned.into_iter().map(|h| {
+                h.join().unwrap_or_else(|_| Err(FrameError::Corrupt("a decoding thread failed".into())))
+            }));
+            results.extend(failed);
+            results
+        });
+        let mut decoded = start;
+        for r in results {
+            decoded = decoded.max(r?);
+        }
+        let end = Instant::now();
+        Ok((header.width, header.height, PrepTimes { decode: decoded - start, resize: end - decoded }))
     }
 }
 
@@ -359,6 +557,119 @@ mod tests {
             assert_eq!(reused.pixels.len(), w * h * 3);
         }
         assert!(decode_jpeg_into(b"nope", &mut reused).is_err());
+    }
+
+    /// A busy test picture (edges, gradients, noise) as a JPEG with the given chroma
+    /// subsampling (or greyscale), optionally progressive.
+    fn test_jpeg(w: usize, h: usize, subsamp: turbojpeg::Subsamp, progressive: bool) -> Vec<u8> {
+        let src = img(w, h, |x, y, c| {
+            let noise = ((x * 7919 + y * 104729 + c * 31) % 23) as u8;
+            let stripe = if (x / 9 + y / 5) % 3 == 0 { 120 } else { 0 };
+            (x * 255 / w) as u8 / 2 + (y * 255 / h) as u8 / 3 + stripe / (c as u8 + 1) + noise
+        });
+        let mut c = turbojpeg::Compressor::new().unwrap();
+        c.set_quality(88).unwrap();
+        c.set_subsamp(subsamp).unwrap();
+        if progressive {
+            c.set_progressive(true).unwrap();
+        }
+        let image = turbojpeg::Image { pixels: &src.pixels[..], width: w, pitch: w * 3, height: h, format: turbojpeg::PixelFormat::RGB };
+        c.compress_to_vec(image).unwrap()
+    }
+
+    const SUBSAMPLINGS: [turbojpeg::Subsamp; 5] = [
+        turbojpeg::Subsamp::None,
+        turbojpeg::Subsamp::Sub2x1,
+        turbojpeg::Subsamp::Sub2x2,
+        turbojpeg::Subsamp::Sub1x2,
+        turbojpeg::Subsamp::Gray,
+    ];
+
+    #[test]
+    fn a_band_decodes_to_the_same_rows_as_the_whole_frame() {
+        for subsamp in SUBSAMPLINGS {
+            let (w, h) = (203, 157);
+            let jpeg = test_jpeg(w, h, subsamp, false);
+            let whole = decode_jpeg(&jpeg).unwrap();
+            let mut d = jpeg::Decoder::new().unwrap();
+            // Starts and ends inside, at and across MCU rows (8 or 16 rows), and the edges.
+            for rows in [0..1, 0..16, 1..2, 7..9, 15..17, 16..32, 17..100, 100..157, 156..157, 31..157, 0..157] {
+                let mut out = vec![0u8; rows.len() * w * 3];
+                d.decode_rows(&jpeg, rows.clone(), &mut out).unwrap();
+                assert!(out == whole.pixels[rows.start * w * 3..rows.end * w * 3], "{subsamp:?} rows {rows:?}");
+            }
+            let mut out = vec![0u8; 10 * w * 3];
+            assert!(d.decode_rows(&jpeg, 150..160, &mut out).is_err(), "rows past the bottom");
+            assert!(d.decode_rows(&jpeg, 0..10, &mut out[1..]).is_err(), "a buffer of the wrong size");
+        }
+    }
+
+    #[test]
+    fn bands_cover_every_row_once_and_have_the_rows_they_need() {
+        for (src_h, dst_h) in [(720, 416), (1080, 416), (416, 416), (300, 1000), (64, 416), (4000, 7), (129, 416)] {
+            let yt = taps(src_h, dst_h);
+            for n in 1..=4 {
+                let bands = plan_bands(src_h, dst_h, n);
+                assert!(!bands.is_empty() && bands.len() <= n, "{src_h}->{dst_h} n={n}: {bands:?}");
+                assert!(bands.len() == 1 || src_h / bands.len() >= MIN_BAND_ROWS, "{bands:?}");
+                assert_eq!(bands[0].dst.start, 0);
+                assert_eq!(bands.last().unwrap().dst.end, dst_h);
+                for pair in bands.windows(2) {
+                    assert_eq!(pair[0].dst.end, pair[1].dst.start, "{bands:?}");
+                }
+                for band in &bands {
+                    assert!(!band.dst.is_empty() && band.src.end <= src_h, "{band:?}");
+                    for t in &yt[band.dst.clone()] {
+                        assert!(band.src.contains(&t.s0) && band.src.contains(&t.s1), "{band:?}");
+                    }
+                }
+            }
+        }
+        // Lower bands skip the rows above them, so they are given fewer rows.
+        let bands = plan_bands(720, 416, 2);
+        assert!(bands[0].src.len() > bands[1].src.len(), "{bands:?}");
+    }
+
+    #[test]
+    fn the_tensor_is_the_same_whatever_the_number_of_threads() {
+        let size = (416, 416);
+        let mut frames: Vec<(String, Vec<u8>)> = SUBSAMPLINGS
+            .iter()
+            .map(|&s| (format!("{s:?} 641x483"), test_jpeg(641, 483, s, false)))
+            .collect();
+        frames.push(("4:2:0 1280x720".into(), test_jpeg(1280, 720, turbojpeg::Subsamp::Sub2x2, false)));
+        frames.push(("4:2:0 300x200 up-scaled".into(), test_jpeg(300, 200, turbojpeg::Subsamp::Sub2x2, false)));
+        frames.push(("progressive".into(), test_jpeg(641, 483, turbojpeg::Subsamp::Sub2x2, true)));
+        for (name, jpeg) in &frames {
+            let mut expected = vec![0f32; 3 * size.0 * size.1];
+            resize_to_nchw(&decode_jpeg(jpeg).unwrap(), size.0, size.1, &mut expected);
+            for threads in 1..=4 {
+                let mut pre = Preprocessor::new(threads);
+                // Twice: the second time with the buffers of the first.
+                for pass in 0..2 {
+                    let mut got = vec![-1f32; expected.len()];
+                    let (w, h, _) = pre.run(jpeg, size, &mut got).unwrap();
+                    assert_eq!((w, h), jpeg_dimensions(jpeg).unwrap());
+                    assert!(got == expected, "{name}, {threads} threads, pass {pass}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_frame_is_refused_whatever_the_number_of_threads() {
+        let jpeg = test_jpeg(640, 480, turbojpeg::Subsamp::Sub2x2, false);
+        let mut tensor = vec![0f32; 3 * 416 * 416];
+        for threads in [1, 2, 3] {
+            let mut pre = Preprocessor::new(threads);
+            for cut in [jpeg.len() / 4, jpeg.len() / 2, jpeg.len() - 100] {
+                let err = pre.run(&jpeg[..cut], (416, 416), &mut tensor).unwrap_err();
+                assert!(matches!(err, FrameError::Corrupt(_)), "{threads} threads, cut at {cut}: {err:?}");
+            }
+            assert_eq!(pre.run(b"", (416, 416), &mut tensor), Err(FrameError::Empty));
+            // And the next good frame still goes through.
+            pre.run(&jpeg, (416, 416), &mut tensor).unwrap();
+        }
     }
 
     #[test]
