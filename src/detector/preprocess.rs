@@ -563,9 +563,9 @@ mod tests {
     /// subsampling (or greyscale), optionally progressive.
     fn test_jpeg(w: usize, h: usize, subsamp: turbojpeg::Subsamp, progressive: bool) -> Vec<u8> {
         let src = img(w, h, |x, y, c| {
-            let noise = ((x * 7919 + y * 104729 + c * 31) % 23) as u8;
+            let noise = (x * 7919 + y * 104729 + c * 31) % 23;
             let stripe = if (x / 9 + y / 5) % 3 == 0 { 120 } else { 0 };
-            (x * 255 / w) as u8 / 2 + (y * 255 / h) as u8 / 3 + stripe / (c as u8 + 1) + noise
+            (x * 127 / w + y * 85 / h + stripe / (c + 1) + noise).min(255) as u8
         });
         let mut c = turbojpeg::Compressor::new().unwrap();
         c.set_quality(88).unwrap();
