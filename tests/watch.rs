@@ -181,12 +181,9 @@ async fn past_warm_up(action: Action, file: &str) -> (tempfile::TempDir, Arc<Sim
     (dir, printer, rig)
 }
 
-fn pauses(p: &SimPrinter) -> usize {
-    p.actions().iter().filter(|a| a.0 == "pause").count()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_print_is_paused_once_and_mirrored_in_order() {
+/// A watched simulated printer (action: pause) whose camera shows a healthy frame, its
+/// events mirrored to a fake server through a running outbox; no print yet.
+async fn mirrored() -> (tempfile::TempDir, Arc<FakeObico>, Arc<Mirror>, Arc<SimPrinter>, Rig) {
     let dir = tempfile::tempdir().unwrap();
     let fake = fake_obico::start(Settings::default()).await;
     let mut cfg = config(dir.path(), Action::Pause);
@@ -194,7 +191,17 @@ async fn a_failing_print_is_paused_once_and_mirrored_in_order() {
     let mirror = Arc::new(Mirror::open(cfg.server.as_ref().unwrap(), dir.path()).unwrap());
     mirror.spawn();
     let printer = SimPrinter::new("sim");
-    let mut rig = Rig::start(&cfg, &printer, Some(mirror.clone()), frame("02-healthy.jpg")).await;
+    let rig = Rig::start(&cfg, &printer, Some(mirror.clone()), frame("02-healthy.jpg")).await;
+    (dir, fake, mirror, printer, rig)
+}
+
+fn pauses(p: &SimPrinter) -> usize {
+    p.actions().iter().filter(|a| a.0 == "pause").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_print_is_paused_once_and_mirrored_in_order() {
+    let (dir, fake, mirror, printer, mut rig) = mirrored().await;
     printer.start_print("benchy.gcode");
     rig.wait("print start", Duration::from_secs(10), |e| matches!(e, WatchEvent::PrintStarted { continued: false, .. })).await;
     // Warm-up on healthy frames: no decision is possible before frame 30.
@@ -333,14 +340,7 @@ async fn a_refused_pause_is_tried_again_on_a_later_failing_frame() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_print_without_a_file_name_is_still_watched_and_mirrored() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = fake_obico::start(Settings::default()).await;
-    let mut cfg = config(dir.path(), Action::Pause);
-    cfg.server = Some(server_cfg(&fake));
-    let mirror = Arc::new(Mirror::open(cfg.server.as_ref().unwrap(), dir.path()).unwrap());
-    mirror.spawn();
-    let printer = SimPrinter::new("sim");
-    let mut rig = Rig::start(&cfg, &printer, Some(mirror.clone()), frame("02-healthy.jpg")).await;
+    let (_dir, fake, mirror, printer, mut rig) = mirrored().await;
     printer.start_print("");
     let started = rig.wait("print start", Duration::from_secs(10), |e| matches!(e, WatchEvent::PrintStarted { .. })).await;
     assert!(matches!(&started, WatchEvent::PrintStarted { file, .. } if file == "unnamed-print.gcode"), "{started:?}");
