@@ -101,7 +101,7 @@ impl Decoder {
     /// Decodes rows `rows` of the frame (all of it when the range covers every row) into
     /// `out` as interleaved RGB, `rows.len() * width * 3` bytes. Any libjpeg warning (a
     /// truncated or corrupt stream) is an error: the frame is refused, not scored half grey.
-    pub fn decode_rows(&mut self, jpeg: &[u8], rows: std::ops::Range<usize>, out: &mut [u8]) -> Result<Header, String> {
+    pub fn decode_rows(&mut self, jpeg: &[u8], rows: std::ops::Range<usize>, out: &mut [u8]) -> Result<(), String> {
         let header = self.header(jpeg)?;
         let (w, h) = (header.width, header.height);
         if rows.start >= rows.end || rows.end > h {
@@ -137,6 +137,6 @@ impl Decoder {
         if res != 0 {
             return Err(self.error());
         }
-        Ok(header)
+        Ok(())
     }
 }

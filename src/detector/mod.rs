@@ -33,6 +33,12 @@ pub struct StageTimes {
     pub post: Duration,
 }
 
+impl From<preprocess::PrepTimes> for StageTimes {
+    fn from(t: preprocess::PrepTimes) -> Self {
+        StageTimes { decode: t.decode, resize: t.resize, ..Default::default() }
+    }
+}
+
 impl StageTimes {
     pub fn total(&self) -> Duration {
         self.decode + self.resize + self.infer + self.post
@@ -63,7 +69,7 @@ pub struct Prepared {
 pub fn prepare(jpeg: &[u8], input_size: (usize, usize)) -> Result<Prepared, FrameError> {
     let mut tensor = vec![0.0; 3 * input_size.0 * input_size.1];
     let (width, height, t) = Preprocessor::new(1).run(jpeg, input_size, &mut tensor)?;
-    Ok(Prepared { width, height, tensor, times: StageTimes { decode: t.decode, resize: t.resize, ..Default::default() } })
+    Ok(Prepared { width, height, tensor, times: t.into() })
 }
 
 /// A model plus the buffers its frames go through (reused from frame to frame).
@@ -93,7 +99,7 @@ impl Detector {
     pub fn detect(&mut self, jpeg: &[u8]) -> Result<FrameDetections, DetectError> {
         let size = self.model.input_size();
         let (width, height, t) = self.pre.run(jpeg, size, &mut self.input)?;
-        self.score(width, height, StageTimes { decode: t.decode, resize: t.resize, ..Default::default() })
+        self.score(width, height, t.into())
     }
 
     /// Runs the model and post-processing on a prepared frame.

@@ -111,11 +111,7 @@ fn decode_band(
     out.width = header.width;
     out.height = rows.len();
     out.pixels.resize(header.width * rows.len() * 3, 0);
-    let found = decoder.decode_rows(bytes, rows, &mut out.pixels).map_err(FrameError::Corrupt)?;
-    if (found.width, found.height) != (header.width, header.height) {
-        return Err(FrameError::Corrupt("the frame changed size while being decoded".into()));
-    }
-    Ok(())
+    decoder.decode_rows(bytes, rows, &mut out.pixels).map_err(FrameError::Corrupt)
 }
 
 /// A JPEG's width and height, read from its header without decoding the pixels.
@@ -397,10 +393,6 @@ struct Worker {
 }
 
 impl Worker {
-    fn decoder(&mut self) -> Result<&mut jpeg::Decoder, FrameError> {
-        decoder(&mut self.decoder)
-    }
-
     /// Decodes and resizes one band; returns when its decoding ended.
     fn run(&mut self, bytes: &[u8], header: &jpeg::Header, band: &Band, xt: &[Tap], yt: &[Tap], planes: [&mut [f32]; 3]) -> Result<Instant, FrameError> {
         decode_band(decoder(&mut self.decoder)?, bytes, header, band.src.clone(), &mut self.rows)?;
@@ -431,7 +423,7 @@ impl Preprocessor {
         if self.workers.is_empty() {
             self.workers.push(Worker::default());
         }
-        let header = checked_header(self.workers[0].decoder()?, bytes)?;
+        let header = checked_header(decoder(&mut self.workers[0].decoder)?, bytes)?;
         let (xt, yt) = (taps(header.width, w), taps(header.height, h));
         let n = if header.bands_help() { self.threads } else { 1 };
         let bands = plan(&yt, header.height, n);
