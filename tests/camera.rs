@@ -155,6 +155,19 @@ async fn stream(State(cam): State<Cam>, UrlPath(mode): UrlPath<String>) -> Respo
             multipart(Body::from_stream(s))
         }
         "stall" => multipart(Body::from_stream(futures_util::stream::pending::<Chunk>())),
+        "garbage" => {
+            // A multipart stream of text that never holds a JPEG, a line every few ms.
+            let s = futures_util::stream::unfold(0u64, |n| async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Some((Ok::<_, Infallible>(Bytes::from(format!("line {n}: not a picture\r\n"))), n + 1))
+            });
+            multipart(Body::from_stream(s))
+        }
+        "flood" => {
+            // Garbage as fast as it can be read.
+            let s = futures_util::stream::repeat_with(|| Ok::<_, Infallible>(Bytes::from(vec![0x55u8; 64 * 1024])));
+            multipart(Body::from_stream(s))
+        }
         "html" => ([(header::CONTENT_TYPE, "text/html")], "<html>not a stream</html>").into_response(),
         "missing" => StatusCode::NOT_FOUND.into_response(),
         _ => StatusCode::BAD_REQUEST.into_response(),
@@ -560,4 +573,37 @@ async fn camera_frame_bomb_is_refused_by_every_kind_and_orientation_and_the_next
         slowest.as_secs_f64() * 1000.0
     );
     assert!(peak < 200.0, "peak RSS {peak:.1} MiB over the start");
+}
+
+/// A stream that sends bytes but never a JPEG is reported as what it is, not as a camera
+/// that sends nothing; one that floods garbage is dropped after a bounded amount and
+/// opened again, never buffered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_mjpeg_garbage_stream_is_named_not_a_timeout() {
+    let s = server().await;
+    let url = format!("{}/stream/garbage", s.base);
+    let mut c = config(CameraKind::Mjpeg, url.clone());
+    c.timeout_secs = 0.5;
+    let e = from_config(&c).unwrap().grab().await.unwrap_err();
+    println!("garbage: {e}");
+    assert!(matches!(&e, CameraError::NoFrames { bytes, .. } if *bytes > 0), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains(&url) && msg.contains("no JPEG frame") && msg.contains("is it an MJPEG stream"), "{msg}");
+
+    let before = s.cam.connections.load(Ordering::SeqCst);
+    let mut c = config(CameraKind::Mjpeg, format!("{}/stream/flood", s.base));
+    c.timeout_secs = 2.0;
+    let watch = support::RssWatch::start("garbage MJPEG flood", 512);
+    let mut cam = from_config(&c).unwrap();
+    let e = cam.grab().await.unwrap_err();
+    assert!(matches!(&e, CameraError::NoFrames { .. }), "{e}");
+    // The link gave the connection up and opens it again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.cam.connections.load(Ordering::SeqCst) < before + 2 {
+        assert!(std::time::Instant::now() < deadline, "the flooding stream was never reopened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let peak = watch.peak_over_start_mib();
+    println!("FIGURE garbage MJPEG flood: peak RSS {peak:.1} MiB over the start; error: {e}");
+    assert!(peak < 100.0, "peak RSS {peak:.1} MiB over the start");
 }

@@ -63,6 +63,10 @@ pub enum CameraError {
         "a frame from {url} is larger than {max} bytes; lower the camera resolution or raise `max_frame_bytes`"
     )]
     TooLarge { url: String, max: usize },
+    #[error(
+        "the stream at {url} sent {bytes} bytes with no JPEG frame in them: is it an MJPEG stream? point `url` at the camera's MJPEG stream URL (for a single-picture URL use kind = \"snapshot\")"
+    )]
+    NoFrames { url: String, bytes: usize },
     #[error("the stream from {url} ended; printvigil reconnects by itself, check the camera service if this repeats")]
     StreamEnded { url: String },
     #[error(
