@@ -142,7 +142,7 @@ pub fn check_within(jpeg: &[u8], max_bytes: usize) -> Result<JpegInfo, Refused> 
                 }
                 // The entropy-coded data: up to the next marker (not stuffing, not a restart).
                 let mut j = i + 2 + len;
-                while j + 1 < jpeg.len() && !(jpeg[j] == 0xFF && !matches!(jpeg[j + 1], 0x00 | 0xD0..=0xD7 | 0xFF)) {
+                while j + 1 < jpeg.len() && (jpeg[j] != 0xFF || matches!(jpeg[j + 1], 0x00 | 0xD0..=0xD7 | 0xFF)) {
                     j += 1;
                 }
                 i = j;
