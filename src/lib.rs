@@ -4,6 +4,9 @@
 //!
 //! Module map (keep it true):
 //! - [`config`]: the settings file, env overrides and their validation (figment).
+//! - [`frameguard`]: the one check every camera frame passes before any work on it
+//!   (declared size, frame header, scan count): the ground floor camera, detector and
+//!   server build on.
 //! - [`demo`]: `printvigil demo`: the whole loop on a simulated printer, bundled frames, the
 //!   demo model and a stand-in server.
 //! - [`detector`]: Obico's failure detector on the device.
@@ -54,6 +57,7 @@ pub mod camera;
 pub mod config;
 pub mod demo;
 pub mod detector;
+pub mod frameguard;
 pub mod logging;
 pub mod printer;
 pub mod secret;

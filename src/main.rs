@@ -169,7 +169,14 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             println!("{}", serde_json::to_string_pretty(&config)?);
             Ok(())
         }
-        Command::Run => Ok(runtime()?.block_on(printvigil::watch::supervisor::run(&config))?),
+        Command::Run => {
+            let rt = runtime()?;
+            let result = rt.block_on(printvigil::watch::supervisor::run(&config));
+            // Blocking work still running (a frame being decoded, a read stuck in the
+            // kernel) must not hold the exit: dropping the runtime would wait for it.
+            rt.shutdown_timeout(printvigil::watch::supervisor::EXIT_WAIT);
+            Ok(result?)
+        }
         Command::Demo { dir, cadence } => {
             if !(cadence.is_finite() && (0.01..=10.0).contains(&cadence)) {
                 return Err("--cadence must be between 0.01 and 10 seconds".into());

@@ -8,21 +8,14 @@ use std::time::{Duration, Instant};
 
 use super::jpeg;
 
-/// Largest accepted frame side, in pixels (webcams top out at 4K).
-pub const MAX_SIDE: usize = 8192;
-/// Largest accepted frame area, in pixels (about 40 MP).
-pub const MAX_PIXELS: usize = 40_000_000;
+pub use crate::frameguard::{MAX_PIXELS, MAX_SIDE};
+use crate::frameguard::{self, Refused};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FrameError {
-    #[error("the frame is empty (0 bytes); the camera returned nothing")]
-    Empty,
-    #[error("the frame is not a JPEG (it looks like {0}); point the camera at a JPEG snapshot URL or MJPEG stream")]
-    NotJpeg(&'static str),
-    #[error("the frame is {width}x{height}, larger than printvigil accepts ({MAX_SIDE} px a side, {MAX_PIXELS} px in all); lower the camera resolution")]
-    TooLarge { width: usize, height: usize },
-    #[error("the frame has no pixels ({width}x{height})")]
-    NoPixels { width: usize, height: usize },
+    /// Refused by the frame guard before any decoding (empty, not a JPEG, too large...).
+    #[error(transparent)]
+    Refused(#[from] Refused),
     #[error("the JPEG could not be decoded ({0}); the file is corrupt or truncated")]
     Corrupt(String),
 }
@@ -38,18 +31,6 @@ pub struct Rgb8 {
 impl std::fmt::Debug for Rgb8 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Rgb8({}x{})", self.width, self.height)
-    }
-}
-
-fn sniff(bytes: &[u8]) -> &'static str {
-    match bytes {
-        [0x89, b'P', b'N', b'G', ..] => "a PNG image",
-        [b'G', b'I', b'F', b'8', ..] => "a GIF image",
-        [b'B', b'M', ..] => "a BMP image",
-        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => "a WebP image",
-        [b'<', ..] => "an HTML or XML page",
-        [b'{', ..] => "JSON",
-        _ => "something else",
     }
 }
 
@@ -72,32 +53,18 @@ pub fn decode_jpeg_into(bytes: &[u8], out: &mut Rgb8) -> Result<(), FrameError> 
     decode_band(&mut decoder, bytes, &header, 0..header.height, out)
 }
 
-/// Checks what can be checked before decoding (empty, not a JPEG, absurd size in the
-/// frame header) and reads the header.
+/// Passes the frame through the guard (empty, not a JPEG, absurd size or scan count in
+/// its header), then reads the header with the decoder, which agrees or refuses.
 fn checked_header(decoder: &mut jpeg::Decoder, bytes: &[u8]) -> Result<jpeg::Header, FrameError> {
-    if bytes.is_empty() {
-        return Err(FrameError::Empty);
-    }
-    if !bytes.starts_with(&[0xFF, 0xD8]) {
-        return Err(FrameError::NotJpeg(sniff(bytes)));
-    }
-    // Size limits first, from the frame header, before the decoder allocates anything.
-    if let Some((width, height)) = sof_size(bytes) {
-        check_size(width, height)?;
-    }
+    let info = frameguard::check(bytes)?;
     let header = decoder.header(bytes).map_err(FrameError::Corrupt)?;
-    check_size(header.width, header.height)?;
+    if (header.width, header.height) != (info.width, info.height) {
+        return Err(FrameError::Corrupt(format!(
+            "the frame header says {}x{} to the decoder and {}x{} to the guard",
+            header.width, header.height, info.width, info.height
+        )));
+    }
     Ok(header)
-}
-
-fn check_size(width: usize, height: usize) -> Result<(), FrameError> {
-    if width == 0 || height == 0 {
-        return Err(FrameError::NoPixels { width, height });
-    }
-    if width > MAX_SIDE || height > MAX_SIDE || width * height > MAX_PIXELS {
-        return Err(FrameError::TooLarge { width, height });
-    }
-    Ok(())
 }
 
 /// Decodes source rows `rows` of a frame whose header was checked into `out`.
@@ -114,48 +81,11 @@ fn decode_band(
     decoder.decode_rows(bytes, rows, &mut out.pixels).map_err(FrameError::Corrupt)
 }
 
-/// A JPEG's width and height, read from its header without decoding the pixels.
+/// A JPEG's width and height, read from its header by the frame guard (which refuses
+/// the frame when they are over its limits) without decoding the pixels.
 pub fn jpeg_dimensions(bytes: &[u8]) -> Result<(usize, usize), FrameError> {
-    if bytes.is_empty() {
-        return Err(FrameError::Empty);
-    }
-    if !bytes.starts_with(&[0xFF, 0xD8]) {
-        return Err(FrameError::NotJpeg(sniff(bytes)));
-    }
-    if let Some(size) = sof_size(bytes) {
-        return Ok(size);
-    }
-    let mut decoder = jpeg::Decoder::new().map_err(FrameError::Corrupt)?;
-    let header = decoder.header(bytes).map_err(FrameError::Corrupt)?;
-    Ok((header.width, header.height))
-}
-
-/// The frame size from the JPEG's start-of-frame marker, when one is found before the
-/// scan data.
-fn sof_size(bytes: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 2;
-    while i + 9 <= bytes.len() {
-        if bytes[i] != 0xFF {
-            return None;
-        }
-        let marker = bytes[i + 1];
-        if marker == 0xFF {
-            i += 1; // fill byte
-            continue;
-        }
-        let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
-        // SOF0..SOF15, except DHT (C4), JPG (C8) and DAC (CC).
-        if (0xC0..=0xCF).contains(&marker) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
-            let h = u16::from_be_bytes([bytes[i + 5], bytes[i + 6]]) as usize;
-            let w = u16::from_be_bytes([bytes[i + 7], bytes[i + 8]]) as usize;
-            return Some((w, h));
-        }
-        if marker == 0xDA {
-            return None; // start of scan: no frame header before it
-        }
-        i += 2 + len;
-    }
-    None
+    let info = frameguard::check(bytes)?;
+    Ok((info.width, info.height))
 }
 
 const COEF_BITS: u32 = 11;
@@ -658,7 +588,7 @@ mod tests {
                 let err = pre.run(&jpeg[..cut], (416, 416), &mut tensor).unwrap_err();
                 assert!(matches!(err, FrameError::Corrupt(_)), "{threads} threads, cut at {cut}: {err:?}");
             }
-            assert_eq!(pre.run(b"", (416, 416), &mut tensor), Err(FrameError::Empty));
+            assert_eq!(pre.run(b"", (416, 416), &mut tensor), Err(FrameError::Refused(Refused::Empty)));
             // And the next good frame still goes through.
             pre.run(&jpeg, (416, 416), &mut tensor).unwrap();
         }
@@ -666,10 +596,10 @@ mod tests {
 
     #[test]
     fn non_jpeg_inputs_are_named() {
-        assert_eq!(decode_jpeg(b""), Err(FrameError::Empty));
-        assert_eq!(decode_jpeg(b"\x89PNG\r\n\x1a\n...."), Err(FrameError::NotJpeg("a PNG image")));
-        assert_eq!(decode_jpeg(b"<html>"), Err(FrameError::NotJpeg("an HTML or XML page")));
-        assert!(matches!(decode_jpeg(&[0xFF, 0xD8, 0xFF]), Err(FrameError::Corrupt(_))));
+        assert_eq!(decode_jpeg(b""), Err(FrameError::Refused(Refused::Empty)));
+        assert_eq!(decode_jpeg(b"\x89PNG\r\n\x1a\n...."), Err(FrameError::Refused(Refused::NotJpeg("a PNG image"))));
+        assert_eq!(decode_jpeg(b"<html>"), Err(FrameError::Refused(Refused::NotJpeg("an HTML or XML page"))));
+        assert_eq!(decode_jpeg(&[0xFF, 0xD8, 0xFF]), Err(FrameError::Refused(Refused::NoFrameHeader)));
         // Headers with absurd or empty sizes are refused before decoding.
         let sof = |w: u16, h: u16| {
             let mut v = vec![0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 0, 0, 0xFF, 0xC2, 0, 11, 8];
@@ -678,8 +608,8 @@ mod tests {
             v.extend_from_slice(&[1, 1, 0x11, 0]);
             v
         };
-        assert_eq!(decode_jpeg(&sof(20000, 20000)), Err(FrameError::TooLarge { width: 20000, height: 20000 }));
-        assert_eq!(decode_jpeg(&sof(0, 0)), Err(FrameError::NoPixels { width: 0, height: 0 }));
-        assert_eq!(decode_jpeg(&sof(8000, 8000)), Err(FrameError::TooLarge { width: 8000, height: 8000 }));
+        assert_eq!(decode_jpeg(&sof(20000, 20000)), Err(FrameError::Refused(Refused::TooLarge { width: 20000, height: 20000 })));
+        assert_eq!(decode_jpeg(&sof(0, 0)), Err(FrameError::Refused(Refused::NoPixels { width: 0, height: 0 })));
+        assert_eq!(decode_jpeg(&sof(8000, 8000)), Err(FrameError::Refused(Refused::TooLarge { width: 8000, height: 8000 })));
     }
 }
