@@ -88,7 +88,12 @@ struct PredictArgs {
     /// JPEG frames, scored in the order given, as one print.
     #[arg(required = true)]
     frames: Vec<PathBuf>,
-    /// One JSON object per frame instead of text.
+    /// One JSON object per frame instead of text: `frame`, `width`, `height`, `detections`,
+    /// `p`, `state`, `warn`, `pause`, `normalized_p`, `annotated`. A detection is
+    /// `["failure", confidence, [xc, yc, w, h]]` in frame pixels, as the Obico server's,
+    /// except `h`: printvigil's is `height * (y2 - y1)`, the server's `width * (y2 - y1)`
+    /// (an upstream bug), so the server's `h` is this `h * width / height`. Confidences,
+    /// `p` and the verdicts are the same.
     #[arg(long)]
     json: bool,
     /// Write each frame with its detections drawn (confidence > 0.2) into this folder.
