@@ -25,11 +25,7 @@ type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
 /// One test at a time: RSS is the whole process's, and tracing's per-thread log capture
 /// misses events when another thread registers the same call sites at the same moment.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ---------------------------------------------------------------------------------------
 // The peer
@@ -49,6 +45,8 @@ impl Drop for Peer {
 }
 
 impl Peer {
+    // The handshake callback's error type is tungstenite's.
+    #[allow(clippy::result_large_err)]
     async fn start<F, Fut>(api_key: Option<String>, serve: F) -> Peer
     where
         F: Fn(Ws) -> Fut + Send + Sync + 'static,
@@ -196,7 +194,7 @@ const FLOOD: Duration = Duration::from_secs(4);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_flood_while_a_request_waits_keeps_memory_bounded_and_the_status_right() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let sent = Arc::new(AtomicU64::new(0));
     let flooding = Arc::new(AtomicBool::new(false));
     // The print ends when the test has checked the status during it.
@@ -364,7 +362,7 @@ const STORM: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn a_peer_that_drops_once_ready_gets_growing_backoff_and_few_log_lines() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let (logs, _guard) = capture("info");
     let peer = Peer::start(None, |mut ws| async move {
         let none = json!([]);
@@ -409,7 +407,7 @@ async fn a_peer_that_drops_once_ready_gets_growing_backoff_and_few_log_lines() {
 
 #[tokio::test]
 async fn the_api_key_never_reaches_a_log_line_even_at_trace() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let key = "5e3b1f0c9a7d4e2b8c6a0f1d3e5b7c9a".to_string();
     let (logs, _guard) = capture("trace");
     let peer = Peer::start(Some(key.clone()), |mut ws| async move {
@@ -444,7 +442,7 @@ async fn the_api_key_never_reaches_a_log_line_even_at_trace() {
 
 #[tokio::test]
 async fn a_message_over_the_cap_ends_the_connection_and_the_link_reconnects() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let (logs, _guard) = capture("info");
     let peer = Peer::start(None, |mut ws| async move {
         let none = json!([]);
