@@ -29,10 +29,17 @@
 //!   - [`camera::files`]: JPEG files from a directory or one file (replays, no camera).
 //! - [`bench`]: the `printvigil bench` figures (per-stage timings, memory).
 //! - [`logging`]: log lines to journald under systemd (`JOURNAL_STREAM`), else to stderr;
-//!   the `PRINTVIGIL_LOG` filter.
+//!   the `PRINTVIGIL_LOG` filter, with dependencies that log secrets capped at info.
 //! - [`printer`]: printer links, one module per firmware behind one trait
-//!   ([`printer::PrinterLink`]: events, status, cameras, pause / resume / cancel).
-//!   - [`printer::moonraker`]: Klipper through Moonraker (websocket JSON-RPC).
+//!   ([`printer::PrinterLink`]: events, status, cameras, pause / resume / cancel), and
+//!   [`printer::Action`] (what to do on a failing print; `watch` re-exports it).
+//!   - [`printer::moonraker`]: Klipper through Moonraker (websocket JSON-RPC), a folder:
+//!     `config` (the entry), `connect` (websocket, API key, message size cap), `rpc`
+//!     (requests/answers, [`printer::moonraker::parse_message`]), `inbox` (bounded
+//!     notification hand-over, coalesced status), `status` (subscription, bounded merging),
+//!     `session` (one connection's sequence), `tracker` (what the link remembers, the
+//!     events; [`printer::moonraker::MessageReplay`] for fuzzing), `reconnect` (the task,
+//!     backoff that resets only on health, one log line per state change), `webcams`.
 //!   - [`printer::sim`]: a simulated printer (the demo's, the tests', `kind = "simulated"`).
 //! - [`secret`]: a string type that redacts itself (tokens, keys, passwords).
 //! - [`server`]: the mirror to an Obico-compatible server (a sink).
