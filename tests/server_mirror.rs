@@ -171,10 +171,12 @@ async fn revoked_token_is_replaced_once_then_reported() {
         .await
         .unwrap_err();
     assert!(
-        matches!(e, ApiError::Unauthenticated { status: 403, .. }),
+        matches!(e, ApiError::StaticTokenRefused { status: 403, .. }),
         "{e}"
     );
-    assert!(e.to_string().contains("server.token"), "{e}");
+    // A configured token is never renewed: the message must not claim it was.
+    let msg = e.to_string();
+    assert!(msg.contains("server.token") && !msg.contains("fetching a new one"), "{msg}");
 }
 
 #[tokio::test]

@@ -22,6 +22,10 @@ pub enum OutboxError {
     },
     #[error("outbox database: {0}; check that state_dir is writable and the disk is not full")]
     Sql(#[from] rusqlite::Error),
+    #[error(
+        "the outbox cannot be written and {0} events already wait in memory; free space where state_dir is"
+    )]
+    Full(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +53,8 @@ pub struct Event {
     pub arg: String,
     pub attempts: u32,
     pub next_attempt_ms: i64,
+    /// When it was queued (Unix ms): frames offered before a finish belong to its print.
+    pub created_ms: i64,
     /// A send was started and its outcome is unknown (crash, timeout): the server's state
     /// must be checked before sending again.
     pub in_flight: bool,
@@ -175,7 +181,7 @@ impl Outbox {
     pub fn heads(&self) -> Result<Vec<Event>, OutboxError> {
         let c = self.conn();
         let mut st = c.prepare_cached(
-            "SELECT id, printer, kind, job, arg, attempts, next_attempt_ms, in_flight FROM outbox o
+            "SELECT id, printer, kind, job, arg, attempts, next_attempt_ms, in_flight, created_ms FROM outbox o
              WHERE state = 'pending' AND id = (SELECT MIN(id) FROM outbox WHERE state = 'pending' AND printer = o.printer)
              ORDER BY id",
         )?;
@@ -192,6 +198,7 @@ impl Outbox {
                     attempts: r.get::<_, i64>(5)?.clamp(0, u32::MAX as i64) as u32,
                     next_attempt_ms: r.get(6)?,
                     in_flight: r.get::<_, i64>(7)? != 0,
+                    created_ms: r.get(8)?,
                 },
             ))
         })?;
@@ -258,6 +265,18 @@ impl Outbox {
             [],
         )?;
         Ok(())
+    }
+
+    /// Caps the database at `pages` pages (SQLite's `max_page_count`; never below its
+    /// current size, so 0 means "no growth at all"): a write that needs more fails with
+    /// SQLITE_FULL, as on a full disk. Returns the cap now in force. Lets tests reproduce a
+    /// full disk without filling one; `u32::MAX` lifts the cap.
+    pub fn set_page_limit(&self, pages: u64) -> Result<u64, OutboxError> {
+        let c = self.conn();
+        let size: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let want = pages.clamp(size.max(1) as u64, u32::MAX as u64 - 1);
+        let n: i64 = c.query_row(&format!("PRAGMA max_page_count = {want}"), [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
     }
 
     pub fn pending(&self) -> Result<u64, OutboxError> {
