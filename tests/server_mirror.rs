@@ -810,3 +810,25 @@ async fn tls_untrusted_certificate_is_refused_and_ca_file_fixes_it() {
     let e = server::http_client(&bad).unwrap_err().to_string();
     assert!(e.contains("server.ca_file"), "{e}");
 }
+
+/// `logout` is done only when the server confirmed the revocation: otherwise an error with
+/// the reason (a non-zero exit), and the token file is kept for another try.
+#[tokio::test]
+async fn logout_fails_when_the_revocation_fails() {
+    let fake = fake_obico::start(Settings::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(&fake);
+    let api = server::client_for(&c, dir.path()).unwrap();
+    api.list_printers().await.unwrap();
+    fake.set_down(true).await.unwrap();
+    let api2 = server::client_for(&c, dir.path()).unwrap();
+    let e = api2.tokens().revoke_and_forget().await.unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("could not revoke the access_token") && msg.contains("logout"), "{msg}");
+    assert!(server::token_file(dir.path()).exists(), "kept for another try");
+    fake.set_down(false).await.unwrap();
+    let note = api2.tokens().revoke_and_forget().await.unwrap();
+    assert!(note.contains("revoked the access_token"), "{note}");
+    assert!(!server::token_file(dir.path()).exists());
+    assert_eq!(fake.live_tokens(), 0);
+}
