@@ -698,6 +698,14 @@ async fn check_reports_each_link_with_a_fix() {
         state_dir: dir2.path().to_path_buf(),
         ..config.clone()
     };
+    // Two events stuck behind the refusal: the outbox line still shows them.
+    {
+        let m = Mirror::open(&cfg(&fake), dir2.path()).unwrap();
+        m.start_print(DEFAULT_PRINTER, "a", "a.gcode").unwrap();
+        m.finish_print(DEFAULT_PRINTER, "a", FinishStatus::Success).unwrap();
+        m.spawn();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let lines = server::check::run(&stock).await;
     let bad = lines.iter().find(|l| !l.ok).expect("a failing line");
     assert_eq!(bad.what, "printer API usable");
@@ -705,6 +713,10 @@ async fn check_reports_each_link_with_a_fix() {
         bad.to_string().contains("fix:") && bad.to_string().contains("printvigil login"),
         "{bad}"
     );
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let outbox = lines.iter().find(|l| l.what == "outbox").unwrap_or_else(|| panic!("no outbox line: {text:#?}"));
+    assert!(outbox.detail.contains("2 event(s) waiting") && outbox.detail.contains("permission"), "{outbox}");
+    assert!(!outbox.ok, "stuck events are a FAIL: {outbox}");
 
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -716,6 +728,10 @@ async fn check_reports_each_link_with_a_fix() {
         (lines[0].what.as_str(), lines[0].ok),
         ("server reachable", false)
     );
+    let whats: Vec<&str> = lines.iter().map(|l| l.what.as_str()).collect();
+    for what in ["token obtainable", "printer API usable", "printer registered", "outbox"] {
+        assert!(whats.contains(&what), "every line is reported: {whats:?}");
+    }
     assert!(
         lines[0].to_string().contains("check server.url"),
         "{}",
@@ -831,4 +847,23 @@ async fn logout_fails_when_the_revocation_fails() {
     assert!(note.contains("revoked the access_token"), "{note}");
     assert!(!server::token_file(dir.path()).exists());
     assert_eq!(fake.live_tokens(), 0);
+}
+
+/// A corrupt outbox is reported by `check` (FAIL, with the fix) and left as it was.
+#[tokio::test]
+async fn corrupt_outbox_is_reported_and_kept() {
+    let fake = fake_obico::start(Settings::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = server::outbox_file(dir.path());
+    let junk = b"this is not a database, but the user may want it back".repeat(100);
+    std::fs::write(&path, &junk).unwrap();
+    let config = printvigil::config::Config {
+        state_dir: dir.path().to_path_buf(),
+        server: Some(cfg(&fake)),
+        ..Default::default()
+    };
+    let lines = server::check::run(&config).await;
+    let outbox = lines.iter().find(|l| l.what == "outbox").expect("an outbox line");
+    assert!(!outbox.ok && outbox.to_string().contains("mv "), "{outbox}");
+    assert_eq!(std::fs::read(&path).unwrap(), junk, "kept as it was");
 }

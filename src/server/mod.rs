@@ -818,7 +818,12 @@ async fn run(inner: Arc<Inner>) {
                 inner.probe(false).await;
                 last_probe = Instant::now();
             }
-            if inner.is_blocked() {
+            let reason = lock(&inner.blocked).as_ref().map(|b| b.message.clone());
+            if let Some(reason) = reason {
+                // Said where `check` can see it.
+                if let Err(e) = inner.outbox.note_waiting(&reason) {
+                    tracing::debug!("{e}");
+                }
                 // Frames cannot be scored meanwhile; events wait in the outbox.
                 let n = lock(&inner.frames).drain().count();
                 inner.stats.frames_discarded.fetch_add(n as u64, Ordering::Relaxed);

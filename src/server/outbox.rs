@@ -117,6 +117,18 @@ CREATE TABLE IF NOT EXISTS printers(
 );
 ";
 
+/// What `check` shows of an outbox: read without changing anything.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Events not sent yet.
+    pub pending: u64,
+    /// When the oldest of them was queued (Unix ms).
+    pub oldest_ms: Option<i64>,
+    /// The most attempts of any of them, and the last error of that one.
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
 /// Sent and dropped events are kept this long (they make a repeated call for the same job
 /// a no-op across restarts), then pruned.
 const KEEP_DONE_MS: i64 = 14 * 24 * 3600 * 1000;
@@ -150,6 +162,64 @@ impl Outbox {
         Ok(Self {
             conn: Mutex::new(conn),
         })
+    }
+
+    /// Reads an outbox without changing it (read-only; nothing is created): `None` when
+    /// there is no outbox file. An unreadable or corrupt file is an error.
+    pub fn inspect(path: &Path) -> Result<Option<Summary>, OutboxError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let open_err = |source| OutboxError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
+        let has_table: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'outbox'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(open_err)?;
+        if has_table == 0 {
+            return Ok(Some(Summary { pending: 0, oldest_ms: None, attempts: 0, last_error: None }));
+        }
+        let (pending, oldest_ms): (i64, Option<i64>) = conn
+            .query_row(
+                "SELECT COUNT(*), MIN(created_ms) FROM outbox WHERE state = 'pending'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(open_err)?;
+        let worst: Option<(i64, Option<String>)> = conn
+            .query_row(
+                "SELECT attempts, last_error FROM outbox WHERE state = 'pending' ORDER BY last_error IS NULL, attempts DESC, id LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(open_err)?;
+        let (attempts, last_error) = worst.unwrap_or((0, None));
+        Ok(Some(Summary {
+            pending: pending.max(0) as u64,
+            oldest_ms,
+            attempts: attempts.clamp(0, u32::MAX as i64) as u32,
+            last_error,
+        }))
+    }
+
+    /// The server id recorded for a local printer, read without changing anything.
+    pub fn open_read_only_registration(path: &Path, key: &str) -> Option<i64> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+        conn.query_row("SELECT server_id FROM printers WHERE key = ?1", params![key], |r| r.get::<_, Option<i64>>(0))
+            .ok()
+            .flatten()
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -254,6 +324,16 @@ impl Outbox {
         self.conn().execute(
             "UPDATE outbox SET attempts = ?2, next_attempt_ms = ?3, last_error = ?4 WHERE id = ?1",
             params![id, attempts, next_attempt_ms, error],
+        )?;
+        Ok(())
+    }
+
+    /// Records why every pending event waits (shown by `check`), without counting an
+    /// attempt: the server refuses the configuration, so none is tried.
+    pub fn note_waiting(&self, reason: &str) -> Result<(), OutboxError> {
+        self.conn().execute(
+            "UPDATE outbox SET last_error = ?1 WHERE state = 'pending' AND last_error IS NOT ?1",
+            params![reason],
         )?;
         Ok(())
     }
