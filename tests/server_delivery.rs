@@ -199,3 +199,45 @@ async fn a_userless_token_is_found_at_start_and_reported_once() {
     assert_eq!((h.len(), dropped), (4, 0), "{h:?}");
     assert!(logs.text().contains("printvigil login"), "the fix is named");
 }
+
+/// A corrupt outbox does not stop the watches: they start without the mirror, and the file
+/// is kept as it was for the user.
+#[tokio::test]
+async fn a_corrupt_outbox_does_not_stop_detection() {
+    let logs = Logs::default();
+    let _g = logs.install();
+    let fake = fake_obico::start(Settings::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = printvigil::server::outbox_file(dir.path());
+    let junk = b"not a database".repeat(500);
+    std::fs::write(&path, &junk).unwrap();
+    let mut config = printvigil::config::Config {
+        state_dir: dir.path().to_path_buf(),
+        server: Some(cfg(&fake)),
+        ..Default::default()
+    };
+    config.detector.model = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo.onnx"));
+    config.detector.intra_threads = 1;
+    let parts = printvigil::watch::supervisor::Parts::from_config(&config)
+        .await
+        .expect("the watches start without the mirror");
+    assert!(parts.mirror.is_none());
+    assert_eq!(std::fs::read(&path).unwrap(), junk, "kept as it was");
+    assert_eq!(logs.count("the server mirror is off"), 1, "{}", logs.text());
+}
+
+/// The mirror's log lines name the printer, not its key (`default` when one printer).
+#[tokio::test]
+async fn log_lines_name_the_printer() {
+    let logs = Logs::default();
+    let _g = logs.install();
+    let fake = fake_obico::start(Settings::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = Mirror::open(&cfg(&fake), dir.path()).unwrap();
+    m.set_label(DEFAULT_PRINTER, "voron");
+    m.spawn();
+    m.start_print(DEFAULT_PRINTER, "a", "a.gcode").unwrap();
+    assert!(m.flush(Duration::from_secs(20)).await);
+    let text = logs.text();
+    assert!(text.contains("printer=voron") && !text.contains("printer=default"), "{text}");
+}
