@@ -749,9 +749,9 @@ mod tests {
         // The API's own answers.
         let ok = br#"{"succeeded": true, "printer": {"id": 3, "current_print": null}}"#;
         assert!(parse_start_answer("u", 3, 200, ok).is_ok());
-        assert_eq!(parse_finish_answer("u", 3, 200, ok).unwrap(), true);
+        assert!(parse_finish_answer("u", 3, 200, ok).unwrap());
         let np = format!("{{\"detail\": \"{NOT_PRINTING}\"}}");
-        assert_eq!(parse_finish_answer("u", 3, 404, np.as_bytes()).unwrap(), false);
+        assert!(!parse_finish_answer("u", 3, 404, np.as_bytes()).unwrap());
         let nf = format!("{{\"detail\": \"{NO_PRINTER}\"}}");
         assert!(matches!(parse_start_answer("u", 3, 404, nf.as_bytes()), Err(ApiError::PrinterNotFound(3))));
         assert!(matches!(parse_start_answer("u", 3, 404, page), Err(ApiError::NotTheApi { .. })));

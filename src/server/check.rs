@@ -232,7 +232,9 @@ fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it filled `st`.
     let st = unsafe { st.assume_init() };
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    #[allow(clippy::unnecessary_cast, reason = "the field types are 32-bit on 32-bit ARM")]
+    let (avail, frsize) = (st.f_bavail as u64, st.f_frsize as u64);
+    Some(avail.saturating_mul(frsize))
 }
 
 /// Below this, the outbox cannot be relied on to take new events.
