@@ -44,6 +44,7 @@
 //! - [`secret`]: a string type that redacts itself (tokens, keys, passwords).
 //! - [`server`]: the mirror to an Obico-compatible server (a sink).
 //!   - [`server::config`]: the `[server]` settings.
+//!   - [`server::http`]: the HTTP client and size-capped reading of answers.
 //!   - [`server::oauth`]: the token manager (client credentials, refresh, token file).
 //!   - [`server::login`]: `printvigil login` (authorization code + PKCE, loopback redirect).
 //!   - [`server::api`]: the REST client and response parsing.
