@@ -253,3 +253,89 @@ fn run_watches_several_printers_each_in_its_own_loop() {
     let state = dir.path().join("watch-state.sqlite3");
     assert!(state.exists(), "state kept in the state directory");
 }
+
+#[test]
+fn a_directory_given_as_config_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = printvigil(dir.path()).arg("--config").arg(dir.path()).arg("config").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a directory is not a config file\n{stderr}");
+    assert!(stderr.contains(&format!("{} is a directory", dir.path().display())), "{stderr}");
+}
+
+#[test]
+fn an_unreadable_config_names_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = dir.path().join("secret.toml");
+    std::fs::write(&cfg, "[detector]\nintra_threads = 2\n").unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o000)).unwrap();
+    // root reads any file: run as nobody then (setpriv, util-linux).
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(env!("CARGO_BIN_EXE_printvigil"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_printvigil"))
+    };
+    let out = cmd
+        .env("PRINTVIGIL_STATE_DIR", dir.path())
+        .env_remove("PRINTVIGIL_CONFIG")
+        .current_dir(dir.path())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("config")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot read config file {}", cfg.display())) && stderr.contains("ermission denied"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_config_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    // `printvigil config | true`, without the race: the reading end is closed before the start.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = printvigil(dir.path()).arg("config").stdout(writer).stderr(std::process::Stdio::piped()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success() && stderr.is_empty(), "{:?}: {stderr}", out.status);
+}
+
+#[test]
+fn check_changes_nothing_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("check.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[printers]]\nname = \"sim\"\nkind = \"simulated\"\ncamera = {{ kind = \"files\", url = {:?} }}\n",
+            repo("models/frames")
+        ),
+    )
+    .unwrap();
+    let before: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let out = printvigil(dir.path())
+        .env("PRINTVIGIL_STATE_DIR", &state)
+        .env("ORT_DYLIB_PATH", ort_path())
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("ok    state directory: {} does not exist yet", state.display())),
+        "a missing state directory is a line:\n{stdout}"
+    );
+    assert!(!state.exists(), "check created {}:\n{stdout}", state.display());
+    let after: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before, after, "{stdout}");
+}
