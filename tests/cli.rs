@@ -339,3 +339,67 @@ fn check_changes_nothing_on_disk() {
     let after: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(before, after, "{stdout}");
 }
+
+#[test]
+fn a_camera_password_is_never_printed() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://bob:hunter2@127.0.0.1:{closed}/webcam/?action=snapshot");
+    let config = dir.path().join("cam.toml");
+    let body = |extra: &str| {
+        format!(
+            "[detector]\nmodel = {:?}\nintra_threads = 1\n[watch]\ncadence_secs = 0.2\nallow_fast_cadence = true\n\
+             [[printers]]\nname = \"voron\"\nkind = \"simulated\"\nstart_after_secs = 0\nprint_secs = 60\n\
+             camera = {{ kind = \"snapshot\", url = \"{url}\"{extra} }}\n",
+            repo("models/demo.onnx")
+        )
+    };
+    std::fs::write(&config, body("")).unwrap();
+
+    let out = printvigil(dir.path()).arg("--config").arg(&config).arg("config").output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!shown.contains("hunter2") && shown.contains(&format!("bob:***@127.0.0.1:{closed}")), "{shown}");
+
+    // A bad camera setting: the error shows the URL, without its password.
+    std::fs::write(&config, body(", rotation = 45")).unwrap();
+    let out = printvigil(dir.path()).arg("--config").arg(&config).arg("config").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("rotation") && !err.contains("hunter2"), "{err}");
+
+    // The camera cannot be reached: the WARN line (default log level) names it, redacted.
+    std::fs::write(&config, body("")).unwrap();
+    let mut child = printvigil(dir.path())
+        .env("ORT_DYLIB_PATH", ort_path())
+        .env_remove("PRINTVIGIL_LOG")
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+        let warn = line.contains("WARN") && line.contains("no frame");
+        log.push(line);
+        if warn {
+            break;
+        }
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    log.extend(rx.iter());
+    let log = log.join("\n");
+    let warn = log.lines().find(|l| l.contains("WARN") && l.contains("no frame")).unwrap_or_else(|| panic!("no WARN line:\n{log}"));
+    assert!(warn.contains(&format!("bob:***@127.0.0.1:{closed}")), "{warn}");
+    assert!(!log.contains("hunter2"), "{log}");
+}
