@@ -179,7 +179,11 @@ fn run(cli: Cli) -> Result<(), AnyError> {
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Config => {
-            out!("{}", serde_json::to_string_pretty(&config)?);
+            // Camera URLs redact themselves (SecretUrl); this also covers the printer and
+            // server URLs, and any URL setting added later.
+            let mut shown = serde_json::to_value(&config)?;
+            redact_urls(&mut shown);
+            out!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }
         Command::Run => Ok(runtime()?.block_on(printvigil::watch::supervisor::run(&config))?),
@@ -225,6 +229,16 @@ fn run(cli: Cli) -> Result<(), AnyError> {
         }),
         Command::Check => unreachable!(),
         Command::SimMirror { prints, frames, frame_ms } => runtime()?.block_on(sim_mirror(&config, prints, frames, frame_ms)),
+    }
+}
+
+/// Replaces the password of every URL string in `v` by `***`.
+fn redact_urls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) => *s = printvigil::secret::SecretUrl::new(s.as_str()).redacted(),
+        serde_json::Value::Array(a) => a.iter_mut().for_each(redact_urls),
+        serde_json::Value::Object(o) => o.values_mut().for_each(redact_urls),
+        _ => {}
     }
 }
 

@@ -403,3 +403,20 @@ fn a_camera_password_is_never_printed() {
     assert!(warn.contains(&format!("bob:***@127.0.0.1:{closed}")), "{warn}");
     assert!(!log.contains("hunter2"), "{log}");
 }
+
+#[test]
+fn config_shows_no_password_of_any_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("urls.toml");
+    std::fs::write(
+        &config,
+        "[server]\nurl = \"https://mirror:s3rverpass@obico.example/\"\ntoken = \"tok\"\n\
+         [[printers]]\nname = \"voron\"\nkind = \"moonraker\"\nurl = \"http://klipper:pr1nterpass@192.168.1.20:7125\"\n",
+    )
+    .unwrap();
+    let out = printvigil(dir.path()).arg("--config").arg(&config).arg("config").output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!shown.contains("s3rverpass") && !shown.contains("pr1nterpass"), "{shown}");
+    assert!(shown.contains("https://mirror:***@obico.example/") && shown.contains("http://klipper:***@192.168.1.20:7125"), "{shown}");
+}
