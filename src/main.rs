@@ -88,7 +88,12 @@ struct PredictArgs {
     /// JPEG frames, scored in the order given, as one print.
     #[arg(required = true)]
     frames: Vec<PathBuf>,
-    /// One JSON object per frame instead of text.
+    /// One JSON object per frame instead of text: `frame`, `width`, `height`, `detections`,
+    /// `p`, `state`, `warn`, `pause`, `normalized_p`, `annotated`. A detection is
+    /// `["failure", confidence, [xc, yc, w, h]]` in frame pixels, as the Obico server's,
+    /// except `h`: printvigil's is `height * (y2 - y1)`, the server's `width * (y2 - y1)`
+    /// (an upstream bug), so the server's `h` is this `h * width / height`. Confidences,
+    /// `p` and the verdicts are the same.
     #[arg(long)]
     json: bool,
     /// Write each frame with its detections drawn (confidence > 0.2) into this folder.
@@ -186,7 +191,14 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             out!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }
-        Command::Run => Ok(runtime()?.block_on(printvigil::watch::supervisor::run(&config))?),
+        Command::Run => {
+            let rt = runtime()?;
+            let result = rt.block_on(printvigil::watch::supervisor::run(&config));
+            // Blocking work still running (a frame being decoded, a read stuck in the
+            // kernel) must not hold the exit: dropping the runtime would wait for it.
+            rt.shutdown_timeout(printvigil::watch::supervisor::EXIT_WAIT);
+            Ok(result?)
+        }
         Command::Demo { dir, cadence } => {
             if !(cadence.is_finite() && (0.01..=10.0).contains(&cadence)) {
                 return Err("--cadence must be between 0.01 and 10 seconds".into());

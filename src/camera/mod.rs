@@ -64,12 +64,19 @@ pub enum CameraError {
         "a frame from {url} is larger than {max} bytes; lower the camera resolution or raise `max_frame_bytes`"
     )]
     TooLarge { url: SecretUrl, max: usize },
+    #[error(
+        "the stream at {url} sent {bytes} bytes with no JPEG frame in them: is it an MJPEG stream? point `url` at the camera's MJPEG stream URL (for a single-picture URL use kind = \"snapshot\")"
+    )]
+    NoFrames { url: SecretUrl, bytes: usize },
     #[error("the stream from {url} ended; printvigil reconnects by itself, check the camera service if this repeats")]
     StreamEnded { url: SecretUrl },
     #[error(
         "the picture from camera {camera} has not changed for {secs:.0}s: the camera or its streamer is frozen; restart it (for example the crowsnest or ustreamer service) or check the cable"
     )]
     Frozen { camera: String, secs: f64 },
+    /// The frame guard refused the frame before any work on it (see [`crate::frameguard`]).
+    #[error("a frame from {camera} was refused: {reason}")]
+    Refused { camera: String, reason: crate::frameguard::Refused },
     #[error("the frame could not be rotated or flipped ({0}); the camera sent a corrupt JPEG")]
     Orientation(String),
     #[error("camera config: {0}")]
@@ -136,8 +143,8 @@ fn default_frozen() -> f64 {
 
 /// Default frame size cap: 8 MiB (a 4K JPEG at high quality fits).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 8 << 20;
-/// Largest `max_frame_bytes` accepted.
-pub const MAX_FRAME_BYTES_LIMIT: usize = 64 << 20;
+/// Largest `max_frame_bytes` accepted: the frame guard's own byte limit.
+pub const MAX_FRAME_BYTES_LIMIT: usize = crate::frameguard::MAX_BYTES;
 
 impl CameraConfig {
     /// A config with defaults for everything but the kind and URL.
@@ -252,13 +259,21 @@ pub fn from_config(cfg: &CameraConfig) -> Result<Box<dyn Camera>, CameraError> {
         .ok()
         .filter(|d| !d.is_zero() && cfg.kind != CameraKind::Files)
         .map(FrozenWatch::new);
-    Ok(Box::new(Watched { name: cfg.display_name(), source, orientation: cfg.orientation(), frozen }))
+    Ok(Box::new(Watched {
+        name: cfg.display_name(),
+        source,
+        max_bytes: cfg.max_frame_bytes,
+        orientation: cfg.orientation(),
+        frozen,
+    }))
 }
 
-/// A source with the frozen-feed check and the orientation applied.
+/// A source with the frame guard, the frozen-feed check and the orientation applied: every
+/// camera kind's frames pass here.
 struct Watched {
     name: String,
     source: Box<dyn Camera>,
+    max_bytes: usize,
     orientation: Orientation,
     frozen: Option<FrozenWatch>,
 }
@@ -271,6 +286,9 @@ impl Camera for Watched {
     fn grab(&mut self) -> Grab<'_> {
         Box::pin(async move {
             let frame = self.source.grab().await?;
+            // Before any work on the frame: its declared size, header and scans.
+            crate::frameguard::check_within(&frame.jpeg, self.max_bytes)
+                .map_err(|reason| CameraError::Refused { camera: self.name.clone(), reason })?;
             if let Some(watch) = &mut self.frozen
                 && let Some(stuck) = watch.observe(&frame.jpeg, Instant::now())
             {
@@ -459,6 +477,64 @@ mod tests {
         let typo = figment::Figment::from(Toml::string("kind = \"snapshot\"\nurl = \"http://x/\"\nflip_horizonal = true"))
             .extract::<CameraConfig>();
         assert!(typo.unwrap_err().to_string().contains("flip_horizonal"));
+    }
+
+    /// A source that returns the frames it was given, in order (any camera kind: the v4l2
+    /// camera, which cannot run here, reaches the rest of printvigil the same way).
+    struct Script(std::collections::VecDeque<Vec<u8>>);
+
+    impl Camera for Script {
+        fn name(&self) -> &str {
+            "/dev/video0"
+        }
+        fn grab(&mut self) -> Grab<'_> {
+            let next = self.0.pop_front();
+            Box::pin(async move {
+                next.map(|jpeg| Frame { jpeg, taken: SystemTime::now() })
+                    .ok_or(CameraError::Device { device: "/dev/video0".into(), reason: "no more frames".into() })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn every_source_goes_through_the_frame_guard_before_any_work() {
+        let bomb = crate::frameguard::bomb(65008, 65008);
+        let good = crate::server::upload::solid_jpeg(64, 32, [200, 10, 10]);
+        let turns = [(0, false, false), (90, false, false), (180, false, false), (270, false, false), (0, true, false), (0, false, true)];
+        for (rotation, flip_horizontal, flip_vertical) in turns {
+            let orientation = Orientation { rotation, flip_horizontal, flip_vertical };
+            let mut cam = Watched {
+                name: "bed".into(),
+                source: Box::new(Script([bomb.clone(), good.clone()].into())),
+                max_bytes: DEFAULT_MAX_FRAME_BYTES,
+                orientation,
+                frozen: Some(FrozenWatch::new(Duration::from_secs(60))),
+            };
+            let e = cam.grab().await.unwrap_err();
+            assert_eq!(
+                e,
+                CameraError::Refused {
+                    camera: "bed".into(),
+                    reason: crate::frameguard::Refused::TooLarge { width: 65008, height: 65008 }
+                },
+                "{orientation:?}"
+            );
+            let msg = e.to_string();
+            assert!(msg.contains("65008x65008") && msg.contains("8192 px"), "{msg}");
+            let frame = cam.grab().await.unwrap();
+            let (w, h) = crate::detector::preprocess::jpeg_dimensions(&frame.jpeg).unwrap();
+            assert_eq!((w, h), if rotation % 180 == 90 { (32, 64) } else { (64, 32) }, "{orientation:?}");
+        }
+        // The camera's own byte cap applies as well.
+        let mut cam = Watched {
+            name: "bed".into(),
+            source: Box::new(Script([good.clone()].into())),
+            max_bytes: good.len() - 1,
+            orientation: Orientation::default(),
+            frozen: None,
+        };
+        let e = cam.grab().await.unwrap_err();
+        assert!(matches!(e, CameraError::Refused { reason: crate::frameguard::Refused::TooManyBytes { .. }, .. }), "{e}");
     }
 
     #[test]

@@ -35,8 +35,16 @@ pub enum RunError {
     Mirror(#[from] crate::server::MirrorError),
 }
 
-/// How long a stop waits for the watches and for queued server events.
-const STOP_WAIT: Duration = Duration::from_secs(10);
+/// How long a whole stop may take, from the signal to the end of [`supervise`]: the
+/// watches, sending what is queued for the server, the printer links. systemd's default
+/// stop timeout is 90 s, but a stop that takes longer than a few seconds looks hung.
+pub const STOP_BUDGET: Duration = Duration::from_secs(8);
+/// How long a stop waits for the watches to end (they drop a frame in flight at once).
+const WATCH_STOP_WAIT: Duration = Duration::from_secs(2);
+/// After [`supervise`] returns, how long the process waits for blocking work still running
+/// (a frame being decoded, a file read stuck in the kernel) before it exits anyway: with
+/// [`STOP_BUDGET`], a stop ends within 10 s whatever such work is doing.
+pub const EXIT_WAIT: Duration = Duration::from_secs(1);
 
 /// Loads the detector the config names (on a blocking thread: a large model takes seconds).
 pub async fn load_detector(config: &Config) -> Result<Detector, RunError> {
@@ -188,22 +196,31 @@ pub async fn supervise(
     tracing::info!("stopping: finishing the watches and sending what is queued");
     notify(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
-    let deadline = Instant::now() + STOP_WAIT;
+    let began = Instant::now();
+    let deadline = began + STOP_BUDGET;
+    let watches_by = began + WATCH_STOP_WAIT;
     for (name, _, handle) in loops {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = watches_by.saturating_duration_since(Instant::now());
+        let abort = handle.abort_handle();
         if tokio::time::timeout(left, handle).await.is_err() {
+            abort.abort();
             tracing::warn!(printer = name, "the watch did not stop in time; its state was saved at its last frame");
         }
     }
+    // The links get a moment at the end, the server what is left before it.
+    let link_share = Duration::from_secs(1);
     if let Some(m) = &parts.mirror {
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let left = deadline.saturating_duration_since(Instant::now()).saturating_sub(link_share);
         if !m.flush(left).await {
             let n = m.outbox().pending().unwrap_or(0);
             tracing::info!("{n} event(s) for the server stay queued on disk; they are sent after the next start");
         }
     }
     for link in links {
-        link.stop().await;
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        if tokio::time::timeout(left, link.stop()).await.is_err() {
+            tracing::warn!("a printer link did not close in time; stopping without it");
+        }
     }
     tracing::info!("stopped");
     Ok(())
