@@ -40,6 +40,10 @@
 //!     `session` (one connection's sequence), `tracker` (what the link remembers, the
 //!     events; [`printer::moonraker::MessageReplay`] for fuzzing), `reconnect` (the task,
 //!     backoff that resets only on health, one log line per state change), `webcams`.
+//!   - [`printer::marlin`]: Marlin over USB serial (printvigil is the host), a folder:
+//!     `config` (port, baud), `port` (exclusive open, busy refusal, candidate ports), `line`
+//!     ([`printer::marlin::parse_line`]), `protocol` (line numbers, checksums, `Resend:`),
+//!     `tracker` (SD print state -> events), `session` (the serial thread, reconnects).
 //!   - [`printer::sim`]: a simulated printer (the demo's, the tests', `kind = "simulated"`).
 //! - [`secret`]: a string type that redacts itself (tokens, keys, passwords).
 //! - [`server`]: the mirror to an Obico-compatible server (a sink).

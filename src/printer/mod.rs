@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::secret::Secret;
 
+pub mod marlin;
 pub mod moonraker;
 pub mod sim;
 
@@ -194,6 +195,8 @@ pub trait PrinterLink: Send + Sync {
 pub enum PrinterConfig {
     /// Klipper through Moonraker.
     Moonraker(moonraker::MoonrakerConfig),
+    /// Marlin over USB serial, printvigil as the host.
+    Marlin(marlin::MarlinConfig),
     /// A simulated printer running a scripted print (demo, trying printvigil out).
     Simulated(sim::SimConfig),
 }
@@ -203,6 +206,7 @@ impl PrinterConfig {
     pub fn name(&self) -> &str {
         match self {
             PrinterConfig::Moonraker(m) => &m.name,
+            PrinterConfig::Marlin(m) => &m.name,
             PrinterConfig::Simulated(s) => &s.name,
         }
     }
@@ -211,6 +215,7 @@ impl PrinterConfig {
     pub fn camera(&self) -> Option<&crate::camera::CameraConfig> {
         match self {
             PrinterConfig::Moonraker(m) => m.camera.as_ref(),
+            PrinterConfig::Marlin(m) => m.camera.as_ref(),
             PrinterConfig::Simulated(s) => s.camera.as_ref(),
         }
     }
@@ -219,6 +224,7 @@ impl PrinterConfig {
     pub fn action_on_failure(&self) -> Option<Action> {
         match self {
             PrinterConfig::Moonraker(m) => m.action_on_failure,
+            PrinterConfig::Marlin(m) => m.action_on_failure,
             PrinterConfig::Simulated(s) => s.action_on_failure,
         }
     }
@@ -240,6 +246,7 @@ impl PrinterConfig {
         }
         match self {
             PrinterConfig::Moonraker(m) => m.validate(key),
+            PrinterConfig::Marlin(m) => m.validate(key),
             PrinterConfig::Simulated(s) => s.validate(key),
         }
     }
@@ -249,6 +256,7 @@ impl PrinterConfig {
     pub fn connect(&self, instance: &str) -> std::sync::Arc<dyn PrinterLink> {
         match self {
             PrinterConfig::Moonraker(m) => moonraker::MoonrakerLink::start(m.clone(), instance),
+            PrinterConfig::Marlin(m) => marlin::MarlinLink::start(m.clone()),
             PrinterConfig::Simulated(s) => sim::SimPrinter::start(s),
         }
     }
