@@ -14,7 +14,9 @@
 //! 2. `M110 N0` until one is answered (within `boot_timeout_secs`), then `M115` for the
 //!    firmware name and `Cap:` lines.
 //! 3. Auto-reports where the firmware has them (`M155 S<n>`, `M27 S<n>`), else it polls
-//!    `M27` every `status_interval_secs` and `M105` every third time.
+//!    `M27` every `status_interval_secs` and `M105` every third time. With auto-reports, a
+//!    line silent for three intervals gets an `M105` keep-alive, so a mute firmware is
+//!    noticed too.
 //! 4. Lines go to the [`Tracker`]; its events are published, the status is updated.
 //!    Actions (pause, resume, cancel) come from the async side through a channel and are
 //!    sent between polls, one command in flight at a time ([`Sender`]).
@@ -173,6 +175,9 @@ struct Session<'a> {
     /// When `M27 C` was last asked (it is asked again after a status interval).
     asked_file: Option<Instant>,
     garbage: u64,
+    /// When the firmware last said anything: with auto-reports and no polls, a silence of
+    /// three intervals sends a keep-alive (`M105`) so that a mute firmware is noticed.
+    last_rx: Instant,
 }
 
 impl<'a> Session<'a> {
@@ -195,6 +200,7 @@ impl<'a> Session<'a> {
             polls: 0,
             asked_file: None,
             garbage: 0,
+            last_rx: Instant::now(),
         }
     }
 
@@ -212,7 +218,10 @@ impl<'a> Session<'a> {
         let mut out = Vec::new();
         match self.port.read(&mut buf) {
             Ok(0) => return Err(End::Fail(format!("the serial port {} closed (printer unplugged or switched off?)", self.shared.cfg.port))),
-            Ok(n) => self.lines.push(&buf[..n], |l| out.push(l)),
+            Ok(n) => {
+                self.last_rx = Instant::now();
+                self.lines.push(&buf[..n], |l| out.push(l));
+            }
             Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
             Err(e) => {
                 return Err(End::Fail(format!(
@@ -532,7 +541,8 @@ impl<'a> Session<'a> {
             if !self.auto_sd && !self.queued("M27") {
                 self.queue.push_back(Queued { cmd: "M27".into(), then: Then::Nothing });
             }
-            if !self.auto_temp && self.polls % 3 == 1 && !self.queued("M105") {
+            let silent = now.duration_since(self.last_rx) >= self.interval() * 3;
+            if ((!self.auto_temp && self.polls % 3 == 1) || silent) && !self.queued("M105") {
                 self.queue.push_back(Queued { cmd: "M105".into(), then: Then::Nothing });
             }
         }

@@ -36,8 +36,9 @@ struct Print {
     size: u64,
     pos: u64,
     paused: bool,
-    /// The byte position when it paused: moving past it means resumed.
-    paused_at: u64,
+    /// The first byte position reported after it paused: moving past it means resumed.
+    /// (Not the position known when it paused: the print moved on since that report.)
+    paused_at: Option<u64>,
 }
 
 /// A print seen in a report whose file name is not known yet.
@@ -142,7 +143,7 @@ impl Tracker {
             return;
         }
         p.paused = paused;
-        p.paused_at = p.pos;
+        p.paused_at = None;
         let job = Some(p.job.clone());
         out.push(if paused { PrinterEvent::Paused { job } } else { PrinterEvent::Resumed { job } });
     }
@@ -170,7 +171,7 @@ impl Tracker {
         } else {
             PrinterEvent::PrintStarted { job: job.clone(), file: file.clone() }
         });
-        self.print = Some(Print { job, file, size, pos, paused: false, paused_at: pos });
+        self.print = Some(Print { job, file, size, pos, paused: false, paused_at: None });
     }
 
     /// Handles one line; events it causes are appended to `out`.
@@ -236,7 +237,10 @@ impl Tracker {
         if let Some(p) = &mut self.print {
             if p.size == size && pos >= p.pos {
                 p.pos = pos;
-                let moved = p.paused && pos > p.paused_at;
+                let moved = p.paused && p.paused_at.is_some_and(|at| pos > at);
+                if p.paused && p.paused_at.is_none() {
+                    p.paused_at = Some(pos);
+                }
                 if moved {
                     self.set_paused(false, out);
                 }
@@ -376,7 +380,8 @@ mod tests {
         assert!(t.printing());
         let ev = feed(&mut t, &["//action:paused"]);
         assert!(matches!(&ev[..], [PrinterEvent::Paused { .. }]));
-        assert!(feed(&mut t, &["SD printing byte 1/100", "//action:paused"]).is_empty());
+        // The first report after the pause may be further on (it moved since the last one).
+        assert!(feed(&mut t, &["SD printing byte 3/100", "//action:paused", "SD printing byte 3/100"]).is_empty());
         assert_eq!(t.status().state, PrinterState::Paused);
         let ev = feed(&mut t, &["SD printing byte 5/100"]);
         assert!(matches!(&ev[..], [PrinterEvent::Resumed { .. }]), "moving on = resumed");
