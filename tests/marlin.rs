@@ -265,3 +265,42 @@ async fn halted_and_silent_firmware_are_reported_once() {
     wait_state(link.as_ref(), PrinterState::Idle, Duration::from_secs(5)).await;
     link.stop().await;
 }
+
+/// CPU time (user + system, clock ticks) of this process's threads named `name`.
+fn thread_ticks(name: &str) -> u64 {
+    let mut total = 0;
+    let mut found = false;
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        found = true;
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // Fields after the command name (which is in parentheses): utime is the 14th field.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        total += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        total += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    assert!(found, "no thread named {name}");
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_cpu_figure() {
+    let sim = MarlinSim::start(&[]);
+    let mut cfg = config(&sim);
+    cfg.status_interval_secs = 2; // the default
+    let link = MarlinLink::start_concrete(cfg);
+    wait_state(link.as_ref(), PrinterState::Idle, Duration::from_secs(15)).await;
+    let t0 = Instant::now();
+    let before = thread_ticks("marlin-mk3");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let ticks = thread_ticks("marlin-mk3") - before;
+    // Clock ticks are 1/100 s on Linux.
+    let pct = ticks as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
+    println!("FIGURE marlin idle CPU of the serial thread (connected, not printing, debug build): {pct:.2} % of a core ({ticks} ticks in 10 s)");
+    assert_eq!(link.status().borrow().state, PrinterState::Idle);
+    link.stop().await;
+}

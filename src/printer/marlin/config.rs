@@ -195,4 +195,21 @@ mod tests {
         let e = c.validate("printers[2]").unwrap_err().to_string();
         assert!(e.contains("printers[2].status_interval_secs"), "{e}");
     }
+    #[test]
+    fn the_example_entry_parses_and_validates() {
+        let text = include_str!("../../../config/printvigil.toml");
+        let start = text.find("# name = \"ender\"").expect("the example has a Marlin entry");
+        let block: String = std::iter::once("[[printers]]")
+            .chain(text[start..].lines().take_while(|l| l.starts_with("# ") && !l.starts_with("# camera")).map(|l| &l[2..]))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = crate::config::Config::from_toml_str(&block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+        let crate::printer::PrinterConfig::Marlin(m) = &c.printers[0] else { panic!("{block}") };
+        assert_eq!(m.baud, Baud::Rate(115_200));
+        assert!(m.port.starts_with("/dev/serial/by-id/"));
+        let e = crate::config::Config::from_toml_str("[[printers]]\nname = \"m\"\nkind = \"marlin\"\nport = \"COM3\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("printers[0].port"), "{e}");
+    }
 }

@@ -39,6 +39,8 @@ struct Print {
     /// The first byte position reported after it paused: moving past it means resumed.
     /// (Not the position known when it paused: the print moved on since that report.)
     paused_at: Option<u64>,
+    /// `Not SD printing` came while paused (old Marlin): any byte position means resumed.
+    paused_quiet: bool,
 }
 
 /// A print seen in a report whose file name is not known yet.
@@ -144,6 +146,7 @@ impl Tracker {
         }
         p.paused = paused;
         p.paused_at = None;
+        p.paused_quiet = false;
         let job = Some(p.job.clone());
         out.push(if paused { PrinterEvent::Paused { job } } else { PrinterEvent::Resumed { job } });
     }
@@ -171,7 +174,7 @@ impl Tracker {
         } else {
             PrinterEvent::PrintStarted { job: job.clone(), file: file.clone() }
         });
-        self.print = Some(Print { job, file, size, pos, paused: false, paused_at: None });
+        self.print = Some(Print { job, file, size, pos, paused: false, paused_at: None, paused_quiet: false });
     }
 
     /// Handles one line; events it causes are appended to `out`.
@@ -179,8 +182,10 @@ impl Tracker {
         match line {
             Line::SdPrinting { pos, size } => self.on_position(*pos, *size, out),
             Line::NotSdPrinting => {
-                if self.print.as_ref().is_some_and(|p| !p.paused) {
-                    self.confirm_end = true;
+                match &mut self.print {
+                    Some(p) if p.paused => p.paused_quiet = true,
+                    Some(_) => self.confirm_end = true,
+                    None => {}
                 }
                 self.pending = None;
                 self.reported = true;
@@ -237,7 +242,7 @@ impl Tracker {
         if let Some(p) = &mut self.print {
             if p.size == size && pos >= p.pos {
                 p.pos = pos;
-                let moved = p.paused && p.paused_at.is_some_and(|at| pos > at);
+                let moved = p.paused && (p.paused_quiet || p.paused_at.is_some_and(|at| pos > at));
                 if p.paused && p.paused_at.is_none() {
                     p.paused_at = Some(pos);
                 }
