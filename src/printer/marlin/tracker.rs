@@ -201,11 +201,7 @@ impl Tracker {
             Line::CurrentFile(name) => self.on_current_file(name.as_deref(), out),
             Line::FileOpened { name, size } => self.opened = Some((name.clone(), *size)),
             Line::Progress(p) => self.m73 = Some(*p),
-            Line::Busy(what) => {
-                if what.contains("paused for user") {
-                    self.set_paused(true, out);
-                }
-            }
+            Line::Busy(what) if what.contains("paused for user") => self.set_paused(true, out),
             Line::Action(a) => match a {
                 HostAction::Pause | HostAction::Paused => self.set_paused(true, out),
                 HostAction::Resume | HostAction::Resumed => self.set_paused(false, out),
@@ -214,19 +210,15 @@ impl Tracker {
                 HostAction::Other(_) => {}
             },
             Line::Firmware(name) => self.firmware = Some(name.clone()),
-            Line::Cap { name, enabled } => {
-                if self.caps.len() < 256 {
-                    self.caps.insert(name.clone(), *enabled);
-                }
+            Line::Cap { name, enabled } if self.caps.len() < 256 => {
+                self.caps.insert(name.clone(), *enabled);
             }
             Line::Temperatures(t) => self.temperatures = t.clone(),
             Line::Ok { temperatures, .. } if !temperatures.is_empty() => self.temperatures = temperatures.clone(),
-            Line::Halted(msg) => {
-                if self.halted.is_none() {
-                    self.finish(JobOutcome::Failed(format!("the printer halted: {msg}")), out);
-                    self.halted = Some(msg.clone());
-                    out.push(PrinterEvent::Halted { message: msg.clone() });
-                }
+            Line::Halted(msg) if self.halted.is_none() => {
+                self.finish(JobOutcome::Failed(format!("the printer halted: {msg}")), out);
+                self.halted = Some(msg.clone());
+                out.push(PrinterEvent::Halted { message: msg.clone() });
             }
             Line::Start => {
                 // The board was reset: a print it was running is gone.
