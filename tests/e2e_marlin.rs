@@ -17,11 +17,8 @@ use support::snapcam::{Mode, SnapCam};
 const LONG: Duration = Duration::from_secs(60);
 const WARM_UP: u64 = 30;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_frames_pause_the_sd_print_once() {
-    let fake = fake_obico::start(Settings::default()).await;
-    let cam = SnapCam::start(Mode::Healthy).await;
-    let mut sim = MarlinSim::start(&["--print-secs", "45"]);
+/// The daemon's configuration: fast cadence, the fake server, the simulated Marlin, the camera.
+fn write_config(fake: &fake_obico::FakeObico, cam: &SnapCam, sim: &MarlinSim) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::Builder::new().prefix("printvigil-e2e-marlin-").tempdir().unwrap();
     let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/demo.onnx");
     let set = Settings::default();
@@ -44,6 +41,15 @@ async fn failing_frames_pause_the_sd_print_once() {
     );
     let config = dir.path().join("printvigil.toml");
     std::fs::write(&config, text).unwrap();
+    (dir, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_frames_pause_the_sd_print_once() {
+    let fake = fake_obico::start(Settings::default()).await;
+    let cam = SnapCam::start(Mode::Healthy).await;
+    let mut sim = MarlinSim::start(&["--print-secs", "45"]);
+    let (dir, config) = write_config(&fake, &cam, &sim);
     let mut d = Daemon::spawn(&config, &dir.path().join("daemon.log"), &[]);
     d.wait_line("watching 1 printer(s): sim", LONG).await;
     d.wait_line("connected on", LONG).await;
@@ -92,6 +98,43 @@ async fn failing_frames_pause_the_sd_print_once() {
     assert_eq!(finishes.len(), 1, "{mine:#?}");
     assert_eq!(finishes[0].arg, "success");
     assert!(mine.iter().any(|c| c.kind == "predict"), "{mine:#?}");
+    let status = d.terminate(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status}");
+}
+
+/// SIGKILL of the daemon mid-print, then a restart: the new daemon attaches to the same SD
+/// print (no second start on the server; the smoothing goes on), and its end is reported once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_print_attaches_to_the_same_print() {
+    let fake = fake_obico::start(Settings::default()).await;
+    let cam = SnapCam::start(Mode::Healthy).await;
+    let mut sim = MarlinSim::start(&["--print-secs", "30"]);
+    let (dir, config) = write_config(&fake, &cam, &sim);
+    let mut d = Daemon::spawn(&config, &dir.path().join("daemon-1.log"), &[]);
+    d.wait_line("watching 1 printer(s): sim", LONG).await;
+    d.wait_line("connected on", LONG).await;
+    sim.cmd("screen_start kill-cube.gcode");
+    d.wait_line("print started: kill-cube.gcode", LONG).await;
+    d.wait_frame(5, LONG).await;
+    d.kill();
+
+    let mut d = Daemon::spawn(&config, &dir.path().join("daemon-2.log"), &[]);
+    d.wait_line("the same print as before", LONG).await;
+    d.wait_line("print finished", Duration::from_secs(60)).await;
+    let deadline = Instant::now() + LONG;
+    let calls = loop {
+        let c = fake.calls();
+        if c.iter().any(|c| c.kind == "finish") {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "no finish reached the server: {c:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let id = fake.printers()[0].id;
+    let mine: Vec<_> = calls.iter().filter(|c| c.printer == id).collect();
+    assert_eq!(mine.iter().filter(|c| c.kind == "start").count(), 1, "one start across the restart: {mine:#?}");
+    assert_eq!(mine.iter().filter(|c| c.kind.starts_with("finish")).count(), 1, "{mine:#?}");
+    assert_eq!(sim.status()["opens"], 2, "each daemon opened the port once");
     let status = d.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "{status}");
 }

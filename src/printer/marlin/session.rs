@@ -10,7 +10,8 @@
 //! A session:
 //! 1. Waits for the boot banner (`start`): opening the port resets most boards. Without a
 //!    banner it waits for [`BOOT_QUIET`] of silence first, because a bootloader that gets
-//!    bytes while it waits may stay in the bootloader.
+//!    bytes while it waits may stay in the bootloader; a board that was not reset and keeps
+//!    sending reports (lines only Marlin prints) is greeted at once.
 //! 2. `M110 N0` until one is answered (within `boot_timeout_secs`), then `M115` for the
 //!    firmware name and `Cap:` lines.
 //! 3. Auto-reports where the firmware has them (`M155 S<n>`, `M27 S<n>`), else it polls
@@ -270,6 +271,9 @@ impl<'a> Session<'a> {
         // 1. The boot banner, or a quiet line.
         let mut last_byte = Instant::now();
         let mut started: Option<Instant> = None;
+        // A board that was not reset (native USB) keeps talking (auto-reports): a line that
+        // only Marlin prints shows that the firmware runs, no bootloader waits.
+        let mut marlin_spoke = false;
         loop {
             if self.stopped() {
                 return Err(End::Stop);
@@ -282,11 +286,13 @@ impl<'a> Session<'a> {
                 if *l == Line::Start {
                     started = Some(Instant::now());
                 }
+                marlin_spoke |= !matches!(l, Line::Garbage | Line::Other(_));
                 self.handle_line(l);
             }
             let now = Instant::now();
             let settled = match started {
                 Some(at) => now.duration_since(at) >= Duration::from_millis(300) && now.duration_since(last_byte) >= Duration::from_millis(200),
+                None if marlin_spoke => now.duration_since(last_byte) >= Duration::from_millis(200),
                 None => now.duration_since(last_byte) >= BOOT_QUIET,
             };
             if settled || now >= boot_deadline {

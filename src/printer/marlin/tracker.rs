@@ -298,9 +298,9 @@ impl Tracker {
             PrinterState::Offline
         } else if let Some(p) = &self.print {
             if p.paused { PrinterState::Paused } else { PrinterState::Printing }
-        } else if self.pending.is_some() {
-            PrinterState::Printing
         } else {
+            // A print seen but not named yet (`M27 C` is on its way) is not reported as
+            // printing: the status says Printing only with a job, as the events do.
             PrinterState::Idle
         };
         let progress = self.print.as_ref().map(|p| {
