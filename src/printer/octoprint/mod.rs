@@ -278,9 +278,36 @@ async fn refresh(shared: &Shared, tracker: &mut Tracker) -> Reach {
         Some(p) => Snapshot::parse(&job, p.get("state"), p.get("temperature")),
         None => Snapshot::parse(&json!({"state": "Offline"}), None, None),
     };
-    let now = now_unix();
-    shared.apply(tracker, |t, ev, st| t.observe(&snap, now, ev, st));
+    observe(shared, tracker, &snap).await;
     Reach::Ok
+}
+
+/// Applies a snapshot, with the identity anchor of a print not reported yet.
+async fn observe(shared: &Shared, tracker: &mut Tracker, snap: &Snapshot) {
+    let anchor = anchor(shared, tracker, snap).await;
+    let now = now_unix();
+    shared.apply(tracker, |t, ev, st| t.observe(snap, now, anchor.as_deref(), ev, st));
+}
+
+/// The identity anchor of a new print of a file in OctoPrint's storage: the file's upload
+/// date and how many prints OctoPrint recorded for it (see [`tracker`]).
+async fn anchor(shared: &Shared, tracker: &Tracker, snap: &Snapshot) -> Option<String> {
+    if !tracker.new_print(snap, now_unix()) || snap.origin.as_deref().unwrap_or("local") != "local" {
+        return None;
+    }
+    let path = snap.path.as_deref()?;
+    match shared.rest.get_file("api/files/local", path).await {
+        Ok(v) => {
+            let date = v.get("date").and_then(Value::as_i64)?;
+            let prints = v.get("prints");
+            let count = |k: &str| prints.and_then(|p| p.get(k)).and_then(Value::as_u64).unwrap_or(0);
+            Some(format!("{date}#{}", count("success") + count("failure")))
+        }
+        Err(e) => {
+            warn!(printer = %shared.cfg.name, "cannot read the metadata of {path:?} ({e}); the print's identity falls back to its start time");
+            None
+        }
+    }
 }
 
 fn failure(shared: &Shared, tracker: &mut Tracker, e: RestError) -> Reach {
@@ -389,8 +416,7 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 m = async { push::next(ws.as_mut().expect("guarded")).await }, if ws.is_some() => match m {
                     Ok(Push::State(v)) => {
                         let snap = Snapshot::parse(&v, v.get("state"), v.get("temps"));
-                        let now = now_unix();
-                        shared.apply(&mut tracker, |t, ev, st| t.observe(&snap, now, ev, st));
+                        observe(&shared, &mut tracker, &snap).await;
                     }
                     Ok(Push::Event(kind, payload)) => {
                         tracker.hint(&kind, &payload);

@@ -67,6 +67,17 @@ impl Rest {
         self.send(self.client.get(url)).await
     }
 
+    /// `GET` of `prefix` (e.g. `api/files/local`) followed by `path`'s segments, each
+    /// percent-encoded (file names may hold spaces, `#`, `?`).
+    pub(super) async fn get_file(&self, prefix: &str, path: &str) -> Result<Value, RestError> {
+        let mut url = self.url(prefix)?;
+        url.path_segments_mut()
+            .map_err(|_| RestError::Json("OctoPrint's address cannot take a path".into()))?
+            .pop_if_empty()
+            .extend(path.split('/').filter(|s| !s.is_empty()));
+        self.send(self.client.get(url)).await
+    }
+
     /// `POST path` with a JSON body; an empty answer (204) is `Null`.
     pub(super) async fn post(&self, path: &str, body: &Value) -> Result<Value, RestError> {
         let url = self.url(path)?;

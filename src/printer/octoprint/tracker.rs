@@ -6,13 +6,23 @@
 //! fields. The [`Tracker`] lives as long as the link and compares each snapshot with what
 //! it reported before:
 //!
-//! - **Identity.** OctoPrint has no job id. A print is `origin:path@start`, where `start`
-//!   is `now - printTime` rounded to [`START_ROUNDING`] seconds: the same on every poll,
-//!   after a socket drop or a restart of printvigil. A new print of the same file has
-//!   another start. OctoPrint does not count paused time in `printTime`, so the derived
-//!   start moves later by the length of each pause; within the link's life the print is
-//!   followed by file, origin and the run of `printTime` (it only drops at a resume or a
-//!   new print), never re-derived.
+//! - **Identity.** OctoPrint has no job id. A print is its file (origin and path) plus an
+//!   anchor that a new print of the same file changes and nothing else does:
+//!   - for files in OctoPrint's storage (`local`), the file's upload date and the number
+//!     of prints OctoPrint recorded for it (`prints.success + prints.failure` from
+//!     `/api/files/local/<path>`; OctoPrint records every ended print, also cancelled
+//!     ones): `local:path@<date>#<count>`. It does not move with time, pauses or
+//!     restarts, so a new link (printvigil restarted) derives the same id.
+//!   - otherwise (SD card, or the metadata cannot be read), the start time `now -
+//!     printTime` rounded to [`START_ROUNDING`] seconds: `sdcard:path@<start>`. Weaker:
+//!     `printTime` is whole seconds and leaves paused time out, so the derived start
+//!     moves by the length of each pause and can fall either side of a rounding boundary.
+//!
+//!   The anchor is read once per print ([`Tracker::new_print`] says when); within the
+//!   link's life the print is followed by file, origin and the run of `printTime` (it only
+//!   drops at a resume or a new print), never re-derived. A print whose id equals that of
+//!   one that ended before (e.g. OctoPrint crashed before recording the end) gets a `#2`
+//!   (`#3`, ...) suffix.
 //! - **Transitional states.** `Pausing` and `Finishing` are still printing, `Resuming` is
 //!   still paused, `Cancelling` keeps what it was: pauses and resumes are edges of the
 //!   reported [`PrinterState`], a print ends when OctoPrint no longer reports an active job.
@@ -32,6 +42,8 @@ use crate::printer::{JobId, JobOutcome, PrinterEvent, PrinterState, PrinterStatu
 pub const START_ROUNDING: f64 = 30.0;
 /// `printTime` may go back by this much (seconds) through jitter without meaning a new print.
 const PRINT_TIME_SLACK: f64 = 5.0;
+/// A print that started this many seconds before the last print ended is that print.
+const TAIL_SLACK: f64 = 2.0;
 
 /// OctoPrint's printer state, from its flags (the text is for messages).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,11 +222,24 @@ pub(super) struct Tracker {
     /// How the print at this path ended, from a push event (path, outcome).
     hint: Option<(String, JobOutcome)>,
     last_file: Option<String>,
+    /// The ids of the last prints that ended, so a print of the same file started within
+    /// the rounding of the previous start still gets an id of its own.
+    ended: std::collections::VecDeque<JobId>,
+    /// The last print that ended: path, origin and when (Unix seconds), to tell a late
+    /// snapshot of it from a new print of the same file.
+    last_end: Option<(String, String, f64)>,
 }
 
-/// The id of a print of `path` from `origin` that has printed `print_time` seconds at
-/// `now` (Unix seconds).
-pub(super) fn job_id(origin: &str, path: &str, print_time: f64, now: f64) -> JobId {
+/// Ended ids remembered (a few are enough: they only matter within [`START_ROUNDING`]).
+const ENDED_KEPT: usize = 8;
+
+/// The id of a print of `path` from `origin`: with the file's `anchor` (upload date and
+/// print count) when there is one, else from the start time derived from `print_time`
+/// seconds printed at `now` (Unix seconds).
+pub(super) fn job_id(origin: &str, path: &str, anchor: Option<&str>, print_time: f64, now: f64) -> JobId {
+    if let Some(a) = anchor {
+        return JobId(format!("{origin}:{path}@{a}"));
+    }
     // printTime is truncated to whole seconds: the true start lies in the second before.
     let start = now - print_time - 0.5;
     let start = (start / START_ROUNDING).round() * START_ROUNDING;
@@ -278,7 +303,16 @@ impl Tracker {
 
     /// Handles one snapshot taken at `now` (Unix seconds): appends the events it means to
     /// `out` and updates `status`.
-    pub(super) fn observe(&mut self, snap: &Snapshot, now: f64, out: &mut Vec<PrinterEvent>, status: &mut PrinterStatus) {
+    /// `anchor`: the file's identity anchor when [`Tracker::new_print`] said one is needed
+    /// (see the module documentation).
+    pub(super) fn observe(
+        &mut self,
+        snap: &Snapshot,
+        now: f64,
+        anchor: Option<&str>,
+        out: &mut Vec<PrinterEvent>,
+        status: &mut PrinterStatus,
+    ) {
         let first = !self.synced;
         self.synced = true;
         match snap.phase {
@@ -289,6 +323,7 @@ impl Tracker {
                 );
                 self.end(
                     JobOutcome::Failed("the printer disconnected from OctoPrint during the print".into()),
+                    now,
                     out,
                 );
                 self.set_availability(Availability::Offline(reason.clone()), out);
@@ -297,14 +332,22 @@ impl Tracker {
             }
             Phase::Error => {
                 let msg = snap.error.clone().unwrap_or_else(|| format!("OctoPrint reports `{}`", snap.text));
-                self.end(JobOutcome::Failed(format!("the printer stopped on an error: {msg}")), out);
+                self.end(JobOutcome::Failed(format!("the printer stopped on an error: {msg}")), now, out);
                 self.set_availability(Availability::Halted(msg.clone()), out);
                 self.report_state(PrinterState::Error, out);
                 status.message = Some(msg);
             }
+            phase if phase.active() && self.is_tail(snap, now) => {
+                // A late view of the print that just ended (OctoPrint sends its state a
+                // little after the end event): it started before that end, so it is not
+                // a new print.
+                self.set_availability(Availability::Online, out);
+                self.report_state(PrinterState::Idle, out);
+                status.message = None;
+            }
             phase if phase.active() => {
                 self.set_availability(Availability::Online, out);
-                self.follow(snap, now, first, out);
+                self.follow(snap, now, anchor, first, out);
                 let state = match phase {
                     Phase::Paused | Phase::Resuming => PrinterState::Paused,
                     Phase::Cancelling => match self.reported_state {
@@ -318,7 +361,7 @@ impl Tracker {
             }
             _ => {
                 let outcome = self.guess_outcome();
-                self.end(outcome, out);
+                self.end(outcome, now, out);
                 self.set_availability(Availability::Online, out);
                 self.report_state(PrinterState::Idle, out);
                 status.message = None;
@@ -336,15 +379,44 @@ impl Tracker {
         }
     }
 
+    /// The snapshot shows the print that ended last: same file, started before it ended.
+    /// A print being cancelled or finishing that is not the current one is such a late
+    /// view too, however short the print was: a new print never starts in those states.
+    fn is_tail(&self, snap: &Snapshot, now: f64) -> bool {
+        let Some((path, origin, ended_at)) = &self.last_end else { return false };
+        if self.current.is_none() && matches!(snap.phase, Phase::Cancelling | Phase::Finishing) {
+            return true;
+        }
+        self.current.is_none()
+            && snap.path.as_deref() == Some(path.as_str())
+            && snap.origin.as_deref().unwrap_or("local") == origin
+            && snap.print_time.is_some_and(|pt| now - pt < ended_at - TAIL_SLACK)
+    }
+
+    /// The snapshot shows a print not reported yet (its identity's anchor is needed).
+    pub(super) fn new_print(&self, snap: &Snapshot, now: f64) -> bool {
+        snap.phase.active() && !self.is_tail(snap, now) && !self.same_print(snap)
+    }
+
+    /// The snapshot shows the print reported as current.
+    fn same_print(&self, snap: &Snapshot) -> bool {
+        let Some(c) = &self.current else { return false };
+        let pt = snap.print_time.unwrap_or(0.0);
+        let was_paused = matches!(c.phase, Phase::Paused | Phase::Resuming | Phase::Pausing);
+        let restarted = pt + PRINT_TIME_SLACK < c.last_print_time && !was_paused;
+        snap.path.as_deref().unwrap_or("") == c.path
+            && snap.origin.as_deref().unwrap_or("local") == c.origin
+            && !restarted
+    }
+
     /// An active job in the snapshot: the same print as before, or a new one.
-    fn follow(&mut self, snap: &Snapshot, now: f64, first: bool, out: &mut Vec<PrinterEvent>) {
+    fn follow(&mut self, snap: &Snapshot, now: f64, anchor: Option<&str>, first: bool, out: &mut Vec<PrinterEvent>) {
         let path = snap.path.clone().unwrap_or_default();
         let origin = snap.origin.clone().unwrap_or_else(|| "local".into());
         let pt = snap.print_time.unwrap_or(0.0);
+        let same = self.same_print(snap);
         if let Some(c) = &mut self.current {
-            let was_paused = matches!(c.phase, Phase::Paused | Phase::Resuming | Phase::Pausing);
-            let restarted = pt + PRINT_TIME_SLACK < c.last_print_time && !was_paused;
-            if c.path == path && c.origin == origin && !restarted {
+            if same {
                 c.last_print_time = pt;
                 c.phase = snap.phase;
                 if snap.completion.is_some() {
@@ -354,9 +426,15 @@ impl Tracker {
             }
             // Another print runs now: the one reported ended while unseen.
             let outcome = self.guess_outcome();
-            self.end(outcome, out);
+            self.end(outcome, now, out);
         }
-        let id = job_id(&origin, &path, pt, now);
+        let mut id = job_id(&origin, &path, anchor, pt, now);
+        let base = id.0.clone();
+        let mut n = 1;
+        while self.ended.contains(&id) {
+            n += 1;
+            id = JobId(format!("{base}#{n}"));
+        }
         let paused = matches!(snap.phase, Phase::Paused | Phase::Resuming);
         out.push(if first {
             PrinterEvent::Attached { job: id.clone(), file: path.clone(), paused }
@@ -398,12 +476,17 @@ impl Tracker {
         }
     }
 
-    fn end(&mut self, outcome: JobOutcome, out: &mut Vec<PrinterEvent>) {
+    fn end(&mut self, outcome: JobOutcome, now: f64, out: &mut Vec<PrinterEvent>) {
         if let Some(c) = self.current.take() {
+            self.last_end = Some((c.path.clone(), c.origin.clone(), now));
             let outcome = match self.hint.take() {
                 Some((p, o)) if p.is_empty() || p == c.path || c.path.ends_with(&format!("/{p}")) => o,
                 _ => outcome,
             };
+            if self.ended.len() == ENDED_KEPT {
+                self.ended.pop_front();
+            }
+            self.ended.push_back(c.id.clone());
             out.push(PrinterEvent::Finished { job: c.id, file: c.path, outcome });
         }
         self.hint = None;
@@ -442,18 +525,19 @@ mod tests {
     fn run(t: &mut Tracker, s: &Snapshot, now: f64) -> Vec<PrinterEvent> {
         let mut out = Vec::new();
         let mut st = PrinterStatus::default();
-        t.observe(s, now, &mut out, &mut st);
+        t.observe(s, now, None, &mut out, &mut st);
         out.retain(|e| !matches!(e, PrinterEvent::Online));
         out
     }
 
     #[test]
     fn the_id_is_stable_across_polls_and_a_new_print_is_new() {
-        let a = job_id("local", "a.gcode", 100.0, 1_000_100.2);
-        let b = job_id("local", "a.gcode", 107.0, 1_000_107.9);
+        let a = job_id("sdcard", "a.gcode", None, 100.0, 1_000_100.2);
+        let b = job_id("sdcard", "a.gcode", None, 107.0, 1_000_107.9);
         assert_eq!(a, b);
-        let later = job_id("local", "a.gcode", 5.0, 1_003_000.0);
+        let later = job_id("sdcard", "a.gcode", None, 5.0, 1_003_000.0);
         assert_ne!(a, later);
+        assert_eq!(job_id("local", "a.gcode", Some("1700000000#3"), 5.0, 9.0).0, "local:a.gcode@1700000000#3");
     }
 
     #[test]
@@ -488,6 +572,37 @@ mod tests {
             matches!(&ev[..], [PrinterEvent::Finished { .. }, PrinterEvent::PrintStarted { .. }]),
             "{ev:?}"
         );
+        // Cancelled after a few seconds and started again: the rounded start is the same.
+        let end = run(&mut t, &snap(idle(), "a.gcode", 0.0), 1012.0);
+        let ev = run(&mut t, &snap(printing(), "a.gcode", 1.0), 1014.0);
+        let ([PrinterEvent::Finished { job: a, .. }], [PrinterEvent::PrintStarted { job: b, .. }]) =
+            (&end[..], &ev[..])
+        else {
+            panic!("{end:?} {ev:?}")
+        };
+        assert_eq!(job_id("local", "a.gcode", None, 3.0, 1010.0), *a);
+        assert_eq!(job_id("local", "a.gcode", None, 1.0, 1014.0), *a, "the same rounded start");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_late_view_of_the_print_that_ended_is_not_a_new_print() {
+        let mut t = Tracker::default();
+        run(&mut t, &snap(idle(), "", 0.0), 900.0);
+        run(&mut t, &snap(printing(), "a.gcode", 1.0), 1000.0);
+        let ev = run(&mut t, &snap(idle(), "a.gcode", 0.0), 1010.0);
+        assert!(matches!(&ev[..], [PrinterEvent::Finished { .. }]), "{ev:?}");
+        // OctoPrint's throttled push sends the cancelling state after the end.
+        let ev = run(&mut t, &snap(json!({"operational": true, "cancelling": true}), "a.gcode", 10.0), 1010.5);
+        assert!(ev.is_empty(), "{ev:?}");
+        // Also for a print cancelled a second after it started.
+        let ev = run(&mut t, &snap(printing(), "a.gcode", 0.0), 1012.0);
+        assert!(matches!(&ev[..], [PrinterEvent::PrintStarted { .. }]), "{ev:?}");
+        run(&mut t, &snap(idle(), "a.gcode", 0.0), 1013.0);
+        let ev = run(&mut t, &snap(json!({"operational": true, "cancelling": true}), "a.gcode", 1.0), 1013.2);
+        assert!(ev.is_empty(), "{ev:?}");
+        let ev = run(&mut t, &snap(printing(), "a.gcode", 0.0), 1020.0);
+        assert!(matches!(&ev[..], [PrinterEvent::PrintStarted { .. }]), "{ev:?}");
     }
 
     #[test]
