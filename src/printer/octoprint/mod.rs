@@ -439,3 +439,71 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! What real OctoPrint cannot be made to do on cue (tests/octoprint.rs covers the rest):
+    //! refuse an action the link believed possible (the print ended between the link's
+    //! last view and the request), and send an answer over the size cap.
+    use super::*;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+
+    async fn serve(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn printing() -> axum::Router {
+        axum::Router::new()
+            .route(
+                "/api/job",
+                get(|| async {
+                    axum::Json(json!({"job": {"file": {"path": "a.gcode", "origin": "sdcard"}},
+                        "progress": {"printTime": 5, "completion": 1.0}, "state": "Printing"}))
+                })
+                .post(|| async {
+                    (StatusCode::CONFLICT, axum::Json(json!({"error": "Printer is neither printing nor paused"})))
+                }),
+            )
+            .route(
+                "/api/printer",
+                get(|| async {
+                    axum::Json(json!({"state": {"text": "Printing", "flags": {"operational": true, "printing": true}}}))
+                }),
+            )
+            // No push socket: the link polls.
+            .route("/api/login", axum::routing::post(|| async { StatusCode::FORBIDDEN }))
+    }
+
+    #[tokio::test]
+    async fn a_409_refusal_is_a_clear_refused_error() {
+        let url = serve(printing()).await;
+        let link = OctoPrintLink::start_concrete(OctoPrintConfig::new("o", &url, "k"));
+        let mut st = link.status();
+        tokio::time::timeout(Duration::from_secs(10), st.wait_for(|s| s.state == PrinterState::Printing))
+            .await
+            .unwrap()
+            .unwrap();
+        match link.pause().await {
+            Err(PrinterError::Refused { message, .. }) => {
+                assert!(message.contains("409") && message.contains("neither printing nor paused"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        link.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_cap_is_refused_not_read() {
+        let huge = "x".repeat(rest::MAX_ANSWER + 10);
+        let app = printing().route("/api/settings", get(move || async move { huge.clone() }));
+        let app = app.route("/api/version", get(|| async { "{}" }));
+        let url = serve(app).await;
+        let rest = Rest::new(url::Url::parse(&format!("{url}/")).unwrap(), crate::secret::Secret::new("k"), Duration::from_secs(5));
+        assert!(matches!(rest.get("api/settings").await, Err(RestError::TooLarge)));
+        assert!(matches!(rest.get("api/version").await, Ok(_)));
+    }
+}
