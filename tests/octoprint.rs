@@ -295,3 +295,52 @@ async fn idle_cpu_figure() {
     assert_eq!(link.status().borrow().state, PrinterState::Idle);
     link.stop().await;
 }
+
+/// `printvigil setup octoprint`: the Application Keys workflow against real OctoPrint, an
+/// admin clicks Allow (here: the same decision through OctoPrint's API), the key lands in
+/// the config file, comments and other entries kept, and OctoPrint accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_octoprint_writes_the_approved_key_into_the_config() {
+    use std::io::Read as _;
+    let op = OctoPrint::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "# my settings\n[[printers]]\nname = \"octo\"\nkind = \"octoprint\"\n").unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_printvigil"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["setup", "octoprint", "--name", "octo", "--url", &op.url(), "--wait", "60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The admin sees the request (OctoPrint lists it as pending) and allows it.
+    let deadline = Instant::now() + LONG;
+    let user_token = loop {
+        let (_, v) = op.api("GET", "api/plugin/appkeys", None).await;
+        if let Some(t) = v["pending"].as_object().and_then(|p| p.keys().next().cloned()) {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "no pending request: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (s, v) = op.api("POST", &format!("plugin/appkeys/decision/{user_token}"), Some(json!({"decision": true}))).await;
+    assert_eq!(s, 204, "{v}");
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&status.stdout), String::from_utf8_lossy(&status.stderr));
+    assert!(status.status.success(), "{out}\n{err}");
+    assert!(out.contains("Allow"), "{out}");
+    let mut text = String::new();
+    std::fs::File::open(&cfg).unwrap().read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("# my settings\n"), "{text}");
+    let key = text.lines().find_map(|l| l.strip_prefix("api_key = ")).expect("api_key written").trim_matches('"').to_string();
+    assert!(!out.contains(&key) && !err.contains(&key), "the key must not be printed");
+    let ok = reqwest::Client::new()
+        .get(format!("{}/api/job", op.url()))
+        .header("X-Api-Key", &key)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(ok.as_u16(), 200);
+}

@@ -125,3 +125,78 @@ impl OctoPrintConfig {
         u
     }
 }
+
+/// A TOML basic string (JSON's escapes are TOML's).
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// The text of a config file with `api_key` of the `[[printers]]` entry named `name` set to
+/// `key` (the line replaced, or added after `name`); without such an entry, a new
+/// `kind = "octoprint"` entry at `url` is appended. Everything else, comments included,
+/// stays as it was. Entries written as inline tables are not found (a new entry is added,
+/// and loading then reports the duplicate name).
+pub fn set_api_key(text: &str, name: &str, url: &str, key: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let is_key = |l: &str, k: &str| {
+        let t = l.trim_start();
+        t.strip_prefix(k).is_some_and(|rest| rest.trim_start().starts_with('='))
+    };
+    let value = |l: &str| l.split_once('=').map(|(_, v)| v.trim().to_string()).unwrap_or_default();
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i].trim() == "[[printers]]" {
+            let end = (i + 1..lines.len()).find(|&j| lines[j].trim_start().starts_with('[')).unwrap_or(lines.len());
+            let block = i + 1..end;
+            let named = block.clone().find(|&j| is_key(lines[j], "name") && value(lines[j]) == toml_string(name));
+            if let Some(name_line) = named {
+                let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+                let new = format!("api_key = {}", toml_string(key));
+                match block.clone().find(|&j| is_key(lines[j], "api_key")) {
+                    Some(j) => out[j] = new,
+                    None => out.insert(name_line + 1, new),
+                }
+                return out.join("\n") + "\n";
+            }
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    let mut out = text.to_string();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "[[printers]]\nname = {}\nkind = \"octoprint\"\nurl = {}\napi_key = {}\n",
+        toml_string(name),
+        toml_string(url),
+        toml_string(key)
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_set_in_the_named_entry_or_a_new_entry_is_added() {
+        let text = "# mine\n[[printers]]\nname = \"voron\"\nkind = \"moonraker\"\n\n[[printers]]\nname = \"ender\"\nkind = \"octoprint\"\napi_key = \"OLD\" # old\n\n[server]\nurl = \"x\"\n";
+        let t = set_api_key(text, "ender", "http://o:5000", "NEW");
+        assert!(t.contains("name = \"ender\"\nkind = \"octoprint\"\napi_key = \"NEW\"\n") && !t.contains("OLD"), "{t}");
+        assert!(t.starts_with("# mine\n") && t.contains("[server]\nurl = \"x\""), "{t}");
+        let t = set_api_key("[[printers]]\nname = \"ender\"\nkind = \"octoprint\"\n[server]\n", "ender", "u", "K");
+        assert_eq!(t, "[[printers]]\nname = \"ender\"\napi_key = \"K\"\nkind = \"octoprint\"\n[server]\n");
+        let t = set_api_key("state_dir = \"/x\"", "new", "http://h:5000", "K\"");
+        assert_eq!(
+            t,
+            "state_dir = \"/x\"\n\n[[printers]]\nname = \"new\"\nkind = \"octoprint\"\nurl = \"http://h:5000\"\napi_key = \"K\\\"\"\n"
+        );
+        let c = crate::config::Config::from_toml_str(&set_api_key("", "p", "http://127.0.0.1:5000", "abc")).unwrap();
+        assert_eq!(c.printers.len(), 1);
+    }
+}

@@ -23,6 +23,7 @@
 //! - [`push`]: passive login and the `/sockjs/websocket` socket.
 //! - [`tracker`]: snapshots, print identity, the events.
 //! - [`webcams`]: the cameras from `/api/settings`.
+//! - [`appkeys`]: the Application Keys workflow (`printvigil setup octoprint`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,13 +38,14 @@ use push::Push;
 use rest::{Rest, RestError};
 use tracker::{Snapshot, Tracker};
 
+pub mod appkeys;
 mod config;
 mod push;
 mod rest;
 mod tracker;
 mod webcams;
 
-pub use config::OctoPrintConfig;
+pub use config::{OctoPrintConfig, set_api_key};
 pub use push::MAX_MESSAGE;
 pub use tracker::START_ROUNDING;
 
