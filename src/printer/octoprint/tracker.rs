@@ -201,6 +201,8 @@ struct Current {
     completion: Option<f64>,
     /// The last phase seen for it.
     phase: Phase,
+    /// OctoPrint was seen cancelling it (views can arrive out of order: REST and push).
+    cancelling: bool,
 }
 
 /// The last availability reported, to report each change once.
@@ -401,9 +403,13 @@ impl Tracker {
     /// The snapshot shows the print reported as current.
     fn same_print(&self, snap: &Snapshot) -> bool {
         let Some(c) = &self.current else { return false };
-        let pt = snap.print_time.unwrap_or(0.0);
         let was_paused = matches!(c.phase, Phase::Paused | Phase::Resuming | Phase::Pausing);
-        let restarted = pt + PRINT_TIME_SLACK < c.last_print_time && !was_paused;
+        // printTime dropping means a new print, except at a resume (paused time is taken
+        // out then), while cancelling or finishing (no new print starts in those states),
+        // or when OctoPrint sends none (it clears it while cancelling).
+        let restarted = !was_paused
+            && !matches!(snap.phase, Phase::Cancelling | Phase::Finishing)
+            && snap.print_time.is_some_and(|pt| pt + PRINT_TIME_SLACK < c.last_print_time);
         snap.path.as_deref().unwrap_or("") == c.path
             && snap.origin.as_deref().unwrap_or("local") == c.origin
             && !restarted
@@ -417,8 +423,11 @@ impl Tracker {
         let same = self.same_print(snap);
         if let Some(c) = &mut self.current {
             if same {
-                c.last_print_time = pt;
+                if snap.print_time.is_some() {
+                    c.last_print_time = pt;
+                }
                 c.phase = snap.phase;
+                c.cancelling |= snap.phase == Phase::Cancelling;
                 if snap.completion.is_some() {
                     c.completion = snap.completion;
                 }
@@ -455,6 +464,7 @@ impl Tracker {
             last_print_time: pt,
             completion: snap.completion,
             phase: snap.phase,
+            cancelling: snap.phase == Phase::Cancelling,
         });
     }
 
@@ -467,7 +477,7 @@ impl Tracker {
             return outcome;
         }
         match c.phase {
-            Phase::Cancelling => JobOutcome::Cancelled,
+            _ if c.cancelling => JobOutcome::Cancelled,
             Phase::Finishing => JobOutcome::Completed,
             _ if c.completion.is_some_and(|p| p >= 0.999) => JobOutcome::Completed,
             _ => JobOutcome::Failed(
@@ -583,6 +593,21 @@ mod tests {
         assert_eq!(job_id("local", "a.gcode", None, 3.0, 1010.0), *a);
         assert_eq!(job_id("local", "a.gcode", None, 1.0, 1014.0), *a, "the same rounded start");
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_cancel_without_print_time_is_the_same_print() {
+        let mut t = Tracker::default();
+        run(&mut t, &snap(idle(), "", 0.0), 900.0);
+        run(&mut t, &snap(printing(), "a.gcode", 1.0), 1000.0);
+        run(&mut t, &snap(printing(), "a.gcode", 30.0), 1029.0);
+        let job = json!({"job": {"file": {"path": "a.gcode", "origin": "local"}}, "progress": {"printTime": null}});
+        let cancelling = Snapshot::parse(&job, Some(&json!({"flags": {"operational": true, "cancelling": true}})), None);
+        assert!(run(&mut t, &cancelling, 1030.0).is_empty());
+        let printing_no_time = Snapshot::parse(&job, Some(&json!({"flags": {"operational": true, "printing": true}})), None);
+        assert!(run(&mut t, &printing_no_time, 1030.2).is_empty());
+        let ev = run(&mut t, &snap(idle(), "a.gcode", 0.0), 1031.0);
+        assert!(matches!(&ev[..], [PrinterEvent::Finished { outcome: JobOutcome::Cancelled, .. }]), "{ev:?}");
     }
 
     #[test]
