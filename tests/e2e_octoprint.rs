@@ -89,7 +89,7 @@ async fn failing_frames_pause_a_real_octoprint_print_once() {
     }
     let calls = fake.calls();
     let printer = fake.printers().into_iter().find(|p| p.name == "sim").expect("printer registered").id;
-    assert_eq!(audit(&calls, printer, &[job.clone()]), (0, 0, 0), "lost, duplicated, out of order ({job}): {calls:#?}\n{}", d.tail(200));
+    assert_eq!(audit(&calls, printer, std::slice::from_ref(&job)), (0, 0, 0), "lost, duplicated, out of order ({job}): {calls:#?}\n{}", d.tail(200));
     let mine: Vec<_> = calls.iter().filter(|c| c.printer == printer && c.kind != "create").collect();
     let starts: Vec<usize> = (0..mine.len()).filter(|&i| mine[i].kind == "start").collect();
     let finishes: Vec<usize> = (0..mine.len()).filter(|&i| mine[i].kind.starts_with("finish")).collect();

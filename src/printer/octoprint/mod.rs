@@ -506,6 +506,6 @@ mod tests {
         let url = serve(app).await;
         let rest = Rest::new(url::Url::parse(&format!("{url}/")).unwrap(), crate::secret::Secret::new("k"), Duration::from_secs(5));
         assert!(matches!(rest.get("api/settings").await, Err(RestError::TooLarge)));
-        assert!(matches!(rest.get("api/version").await, Ok(_)));
+        assert!(rest.get("api/version").await.is_ok());
     }
 }
