@@ -160,11 +160,26 @@ async fn a_dropped_connection_mid_print_continues_the_same_print() {
     op.print("drop.gcode", &dwell_gcode(300)).await;
     let (ev, _) = log.wait("PrintStarted", LONG, is_start).await;
     let job = started(&ev).unwrap();
+    // Whoever gets `Online` reads the status then (the watch loop does): it must already
+    // show the print going on.
+    let mut events = link.events();
+    let (status_tx, status_rx) = tokio::sync::oneshot::channel();
+    let watcher = link.clone();
+    tokio::spawn(async move {
+        while let Ok(ev) = events.recv().await {
+            if ev == PrinterEvent::Online {
+                let _ = status_tx.send(watcher.status().borrow().clone());
+                return;
+            }
+        }
+    });
     proxy.cut();
     log.wait("Offline", LONG, |e| matches!(e, PrinterEvent::Offline { .. })).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     proxy.restore();
     log.wait("Online", LONG, |e| matches!(e, PrinterEvent::Online)).await;
+    let at_online = status_rx.await.unwrap();
+    assert_eq!((at_online.state, at_online.job.as_ref()), (PrinterState::Printing, Some(&job)), "{at_online:?}");
     wait_status(&link, "printing again", |s| s == PrinterState::Printing).await;
     assert_eq!(link.status().borrow().job.as_ref(), Some(&job));
     let (s, _) = op.api("POST", "api/job", Some(json!({"command": "cancel"}))).await;

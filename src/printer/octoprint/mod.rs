@@ -82,9 +82,8 @@ impl Shared {
         let mut events = Vec::new();
         let mut status = self.status.borrow().clone();
         f(tracker, &mut events, &mut status);
-        for ev in events {
-            self.emit(ev);
-        }
+        // The status first: a watcher reads it when an event arrives (`Online`: is a
+        // print running?).
         self.status.send_if_modified(|s| {
             if *s != status {
                 *s = status;
@@ -93,6 +92,9 @@ impl Shared {
                 false
             }
         });
+        for ev in events {
+            self.emit(ev);
+        }
     }
 }
 
@@ -355,10 +357,12 @@ fn log_change(name: &str, before: &Reach, now: &Reach) {
             printer = %name,
             "OctoPrint refuses printvigil's API key: a configuration error. Set api_key of printer `{name}` to a valid key: run `printvigil setup octoprint` (you approve the request in OctoPrint), or create one under OctoPrint's Settings > Application Keys. Retrying every poll."
         ),
-        (Reach::Ok, Reach::Unreachable(why)) => warn!(printer = %name, "OctoPrint is not reachable: {why}; retrying"),
-        (Reach::Unreachable(a), Reach::Unreachable(b)) => debug!(printer = %name, "still unreachable: {b} (was: {a})"),
+        (Reach::Unreachable(a), Reach::Unreachable(b)) if !a.is_empty() => {
+            debug!(printer = %name, "still unreachable: {b} (was: {a})")
+        }
         (_, Reach::Unreachable(why)) => warn!(printer = %name, "OctoPrint is not reachable: {why}; retrying"),
         (Reach::Unauthorized(_), Reach::Ok) => info!(printer = %name, "OctoPrint accepts the API key now"),
+        (Reach::Unreachable(first), Reach::Ok) if first.is_empty() => info!(printer = %name, "connected to OctoPrint"),
         (_, Reach::Ok) => info!(printer = %name, "OctoPrint answers again"),
     }
 }
@@ -372,7 +376,8 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut ws: Option<push::Ws> = None;
     let mut push_retry_at = Instant::now();
     let mut push_failures = 0u32;
-    let mut reach = Reach::Unreachable("not connected yet".into());
+    // Empty: not tried yet (the first answer is "connected", not "answers again").
+    let mut reach = Reach::Unreachable(String::new());
     let mut cameras_read = false;
     loop {
         if *stop.borrow() {
