@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::daemon::Daemon;
+use support::daemon::{Daemon, cpu_ticks, ticks_per_sec};
 use support::fake_obico::{self, Settings, audit};
 use support::octoprint::{API_KEY, OctoPrint, dwell_gcode};
 use support::snapcam::{Mode, SnapCam};
@@ -86,6 +86,16 @@ async fn failing_frames_pause_a_real_octoprint_print_once() {
     let mut d = Daemon::spawn(&cfg, &dir.path().join("daemon.log"), &[]);
     d.wait_line("watching 1 printer(s): sim", LONG).await;
     d.wait_line("printer online", LONG).await;
+    // The whole daemon, idle: one OctoPrint printer connected, not printing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (c0, t0) = (cpu_ticks(d.pid()), Instant::now());
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let cpu = (cpu_ticks(d.pid()) - c0) as f64 / ticks_per_sec() as f64;
+    println!(
+        "FIGURE octoprint e2e: idle daemon CPU, one OctoPrint printer connected and not printing: {:.2} % of a core ({cpu:.2} s in {:.1} s, goal <= 0.5 %)",
+        100.0 * cpu / t0.elapsed().as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
 
     op.print("failing.gcode", &dwell_gcode(300)).await;
     d.wait_line("print started: failing.gcode", LONG).await;

@@ -282,15 +282,18 @@ async fn refresh(shared: &Shared, tracker: &mut Tracker) -> Reach {
         Some(p) => Snapshot::parse(&job, p.get("state"), p.get("temperature")),
         None => Snapshot::parse(&json!({"state": "Offline"}), None, None),
     };
-    observe(shared, tracker, &snap).await;
+    observe(shared, tracker, &snap, true).await;
     Reach::Ok
 }
 
-/// Applies a snapshot, with the identity anchor of a print not reported yet.
-async fn observe(shared: &Shared, tracker: &mut Tracker, snap: &Snapshot) {
+/// Applies a snapshot, with the identity anchor of a print not reported yet; `fresh`: read
+/// over REST just now. `true`: a push view needs confirming by a fresh read.
+async fn observe(shared: &Shared, tracker: &mut Tracker, snap: &Snapshot, fresh: bool) -> bool {
     let anchor = anchor(shared, tracker, snap).await;
     let now = now_unix();
-    shared.apply(tracker, |t, ev, st| t.observe(snap, now, anchor.as_deref(), ev, st));
+    let mut recheck = false;
+    shared.apply(tracker, |t, ev, st| recheck = t.observe(snap, now, anchor.as_deref(), fresh, ev, st));
+    recheck
 }
 
 /// The identity anchor of a new print of a file in OctoPrint's storage: the file's upload
@@ -423,7 +426,9 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 m = async { push::next(ws.as_mut().expect("guarded")).await }, if ws.is_some() => match m {
                     Ok(Push::State(v)) => {
                         let snap = Snapshot::parse(&v, v.get("state"), v.get("temps"));
-                        observe(&shared, &mut tracker, &snap).await;
+                        if observe(&shared, &mut tracker, &snap, false).await {
+                            break;
+                        }
                     }
                     Ok(Push::Event(kind, payload)) => {
                         tracker.hint(&kind, &payload);

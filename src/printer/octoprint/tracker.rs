@@ -306,15 +306,22 @@ impl Tracker {
     /// Handles one snapshot taken at `now` (Unix seconds): appends the events it means to
     /// `out` and updates `status`.
     /// `anchor`: the file's identity anchor when [`Tracker::new_print`] said one is needed
-    /// (see the module documentation).
+    /// (see the module documentation). `fresh`: read just now over REST; a push message
+    /// may be older than the last REST read (OctoPrint throttles them), so a push view
+    /// that would end the current print is not trusted: the answer is `true`, "read the
+    /// state over REST now", and nothing changes.
     pub(super) fn observe(
         &mut self,
         snap: &Snapshot,
         now: f64,
         anchor: Option<&str>,
+        fresh: bool,
         out: &mut Vec<PrinterEvent>,
         status: &mut PrinterStatus,
-    ) {
+    ) -> bool {
+        if !fresh && self.current.is_some() && !snap.phase.active() {
+            return true;
+        }
         let first = !self.synced;
         self.synced = true;
         match snap.phase {
@@ -379,6 +386,7 @@ impl Tracker {
         if !snap.temperatures.is_empty() {
             status.temperatures = snap.temperatures.clone();
         }
+        false
     }
 
     /// The snapshot shows the print that ended last: same file, started before it ended.
@@ -535,7 +543,7 @@ mod tests {
     fn run(t: &mut Tracker, s: &Snapshot, now: f64) -> Vec<PrinterEvent> {
         let mut out = Vec::new();
         let mut st = PrinterStatus::default();
-        t.observe(s, now, None, &mut out, &mut st);
+        t.observe(s, now, None, true, &mut out, &mut st);
         out.retain(|e| !matches!(e, PrinterEvent::Online));
         out
     }
@@ -593,6 +601,20 @@ mod tests {
         assert_eq!(job_id("local", "a.gcode", None, 3.0, 1010.0), *a);
         assert_eq!(job_id("local", "a.gcode", None, 1.0, 1014.0), *a, "the same rounded start");
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_push_view_that_would_end_the_print_asks_for_a_fresh_read() {
+        let mut t = Tracker::default();
+        run(&mut t, &snap(idle(), "", 0.0), 900.0);
+        let ev = run(&mut t, &snap(printing(), "a.gcode", 0.0), 1000.0);
+        assert!(matches!(&ev[..], [PrinterEvent::PrintStarted { .. }]), "{ev:?}");
+        // A throttled push message from before the start arrives after it.
+        let (mut out, mut st) = (Vec::new(), PrinterStatus::default());
+        assert!(t.observe(&snap(idle(), "", 0.0), 1000.1, None, false, &mut out, &mut st));
+        assert!(out.is_empty(), "{out:?}");
+        // REST says it prints: the same print, nothing new.
+        assert!(run(&mut t, &snap(printing(), "a.gcode", 1.0), 1000.3).is_empty());
     }
 
     #[test]
