@@ -1257,6 +1257,9 @@ fn parse_webcams(v: &Value, base: &url::Url) -> Vec<CameraInfo> {
         .unwrap_or_default()
 }
 
+/// The fuzzing entry (`crate::fuzzing`).
+pub(crate) mod fuzz;
+
 #[cfg(test)]
 mod tests {
     use super::*;

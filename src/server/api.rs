@@ -191,7 +191,7 @@ pub fn error_text(body: &Value) -> String {
     parts.join("; ").chars().take(500).collect()
 }
 
-fn parse_printer(v: &Value) -> Result<Printer, ApiError> {
+pub(crate) fn parse_printer(v: &Value) -> Result<Printer, ApiError> {
     let id = v
         .get("id")
         .and_then(|x| {
@@ -436,7 +436,7 @@ fn printer_404(r: Result<(u16, Value), ApiError>, id: i64) -> Result<(u16, Value
     }
 }
 
-fn classify(status: u16, json: Value) -> Result<(u16, Value), ApiError> {
+pub(crate) fn classify(status: u16, json: Value) -> Result<(u16, Value), ApiError> {
     let detail = error_text(&json);
     let dd = if detail.is_empty() {
         String::new()
