@@ -57,3 +57,22 @@ fn server() {
 fn config() {
     replay("config", printvigil::fuzzing::config);
 }
+
+/// Found by the `mjpeg` target: a frame that arrived whole in one read came out however
+/// far past the size cap it ended (the cap was checked only between reads).
+#[test]
+fn an_mjpeg_frame_over_the_cap_is_dropped_even_when_it_comes_in_one_read() {
+    use printvigil::camera::mjpeg::{Event, MjpegParser};
+    // SOI, a one-component scan header, scan data, EOI.
+    let frame = |data: usize| {
+        let mut f = vec![0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x08, 1, 1, 0, 0, 63, 0];
+        f.extend((0..data).map(|i| (i % 200) as u8 + 1));
+        f.extend([0xFF, 0xD9]);
+        f
+    };
+    let (big, small) = (frame(200), frame(10));
+    let mut stream = big.clone();
+    stream.extend_from_slice(&small);
+    let events = MjpegParser::new(64, None).push(&stream);
+    assert_eq!(events, vec![Event::TooLarge, Event::Frame(small)], "a {}-byte frame with a 64-byte cap", big.len());
+}
