@@ -81,12 +81,11 @@ pub fn jpeg(data: &[u8]) {
     if declared.is_none_or(within_limits) {
         let rotation = 90 * u16::from(flags & 3);
         let o = Orientation { rotation, flip_horizontal: flags & 4 != 0, flip_vertical: flags & 8 != 0 };
-        if let (Ok((out, method)), Some((w, h))) = (o.apply_traced(jpeg), declared) {
-            if method != Method::Unchanged {
-                let turned = if rotation % 180 == 90 { (h, w) } else { (w, h) };
-                let got = declared_size(&out);
-                assert_eq!(got, Some(turned), "{method:?} {o:?} of a {w}x{h} frame");
-            }
+        if let (Ok((out, method)), Some((w, h))) = (o.apply_traced(jpeg), declared)
+            && method != Method::Unchanged
+        {
+            let turned = if rotation % 180 == 90 { (h, w) } else { (w, h) };
+            assert_eq!(declared_size(&out), Some(turned), "{method:?} {o:?} of a {w}x{h} frame");
         }
     }
     let threads = 1 + usize::from(flags >> 4 & 3);
