@@ -19,6 +19,7 @@ use crate::camera::mjpeg::{Event, MjpegParser};
 use crate::camera::orientation::{Method, Orientation};
 use crate::detector::jpeg::Decoder;
 use crate::detector::preprocess::{self, MAX_PIXELS, MAX_SIDE, Preprocessor};
+use crate::frameguard;
 
 /// The MJPEG parser fed one stream in chunks whose sizes the input chooses.
 ///
@@ -52,12 +53,8 @@ pub fn mjpeg(data: &[u8]) {
     }
 }
 
-/// The size a JPEG's frame header declares, as libjpeg-turbo reads it (the size the
-/// lossless transform would allocate for), or `None` when it cannot be read.
-///
-/// TODO(lead): replace with the frame guard's own check when the frame-bomb fix lands
-/// (issue 10, item 2); this stands in for it so the harness does not allocate gigabytes
-/// for a tiny frame that claims 65000x65000.
+/// The size a JPEG's frame header declares, as libjpeg-turbo reads it, or `None` when it
+/// cannot be read.
 fn declared_size(jpeg: &[u8]) -> Option<(usize, usize)> {
     let h = turbojpeg::read_header(jpeg).ok()?;
     Some((h.width, h.height))
@@ -77,13 +74,14 @@ pub fn jpeg(data: &[u8]) {
     let _ = preprocess::jpeg_dimensions(jpeg);
     let mut decoder = Decoder::new().expect("a JPEG decoder");
     let header = decoder.header(jpeg);
-    let declared = declared_size(jpeg);
-    if declared.is_none_or(within_limits) {
-        let rotation = 90 * u16::from(flags & 3);
-        let o = Orientation { rotation, flip_horizontal: flags & 4 != 0, flip_vertical: flags & 8 != 0 };
-        if let (Ok((out, method)), Some((w, h))) = (o.apply_traced(jpeg), declared)
-            && method != Method::Unchanged
-        {
+    let guarded = frameguard::check(jpeg);
+    // No guard here: the transform checks the frame itself (a frame bomb must not get
+    // through it).
+    let rotation = 90 * u16::from(flags & 3);
+    let o = Orientation { rotation, flip_horizontal: flags & 4 != 0, flip_vertical: flags & 8 != 0 };
+    if let Ok((out, method)) = o.apply_traced(jpeg) {
+        assert!(guarded.is_ok() || method == Method::Unchanged, "{o:?} turned a frame the guard refuses");
+        if let (Some((w, h)), true) = (declared_size(jpeg), method != Method::Unchanged) {
             let turned = if rotation % 180 == 90 { (h, w) } else { (w, h) };
             assert_eq!(declared_size(&out), Some(turned), "{method:?} {o:?} of a {w}x{h} frame");
         }
@@ -96,9 +94,8 @@ pub fn jpeg(data: &[u8]) {
         assert!(tensor.iter().all(|v| (0.0..=1.0).contains(v)), "tensor values outside 0..1");
     }
     // A band straight from the decoder (callers check the size first, as here).
-    if let Ok(hd) = header
-        && within_limits((hd.width, hd.height))
-    {
+    if let (Ok(hd), Ok(_)) = (header, &guarded) {
+        assert!(within_limits((hd.width, hd.height)), "the guard let a {}x{} frame through", hd.width, hd.height);
         let band = usize::from(flags >> 6);
         let start = hd.height * band / 4;
         let end = (start + 1 + hd.height / 3).min(hd.height);
@@ -107,16 +104,36 @@ pub fn jpeg(data: &[u8]) {
     }
 }
 
-/// Moonraker's websocket text frames, one per line, through the link's routing and its
-/// status/history bookkeeping (see `printer::moonraker::fuzz`).
+/// Moonraker's websocket text frames, one per line, through the link's parsing, bounded
+/// status merging and event derivation ([`MessageReplay`]); panics if a print is reported
+/// as started twice, or as finished twice or without a start.
+///
+/// [`MessageReplay`]: crate::printer::moonraker::MessageReplay
 pub fn moonraker(data: &[u8]) {
+    use crate::printer::PrinterEvent;
     let text = String::from_utf8_lossy(data);
-    let frames: Vec<&str> = text.split('\n').collect();
-    crate::printer::moonraker::fuzz::messages(&frames);
+    let mut replay = crate::printer::moonraker::MessageReplay::new();
+    let (mut started, mut finished) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+    for frame in text.split('\n') {
+        let _ = replay.apply(frame).map_err(|e| e.to_string());
+        for ev in replay.events() {
+            match ev {
+                PrinterEvent::PrintStarted { job, .. } | PrinterEvent::Attached { job, .. } => {
+                    assert!(started.insert(job.clone()), "{job:?} reported as started twice");
+                }
+                PrinterEvent::Finished { job, .. } => {
+                    assert!(started.contains(&job), "{job:?} finished but never started");
+                    assert!(finished.insert(job.clone()), "{job:?} reported as finished twice");
+                }
+                _ => {}
+            }
+        }
+        let _ = replay.status();
+    }
 }
 
-/// Token endpoint and REST API answers: the body as the client reads it (JSON or not),
-/// with an HTTP status and a clock.
+/// Token endpoint and REST API answers: the body as the client reads it (bytes, JSON or
+/// not), with an HTTP status and a clock.
 pub fn server(data: &[u8]) {
     use crate::server::{api, oauth};
     let [hi, lo, clock, body @ ..] = data else { return };
@@ -135,11 +152,15 @@ pub fn server(data: &[u8]) {
     }
     let _ = api::parse_prediction(&json);
     let _ = api::error_text(&json);
-    let _ = api::parse_printer(&json).map(|p| format!("{p:?}"));
-    if let Some(list) = json.as_array() {
-        list.iter().for_each(|p| drop(api::parse_printer(p)));
-    }
-    let _ = api::classify(status, json).map_err(|e| (e.to_string(), e.is_transient(), e.is_definite_rejection()));
+    let url = "https://obico.example/api/v1/printers/7/";
+    let shown = |e: api::ApiError| (e.to_string(), e.is_transient(), e.is_definite_rejection());
+    let _ = api::classify_answer(url, status, body).map_err(shown);
+    let _ = api::parse_printer_answer(url, Some(7), status, body).map(|p| format!("{p:?}")).map_err(shown);
+    let _ = api::parse_printer_answer(url, None, status, body).map_err(shown);
+    let _ = api::parse_printer_list_answer(url, status, body).map_err(shown);
+    let _ = api::parse_start_answer(url, 7, status, body).map_err(shown);
+    let _ = api::parse_finish_answer(url, 7, status, body).map_err(shown);
+    let _ = api::parse_predict_answer(url, 7, status, body).map_err(shown);
 }
 
 /// A settings file: parsed, validated and, when valid, printed as `printvigil config` does.

@@ -4,6 +4,9 @@
 //!
 //! Module map (keep it true):
 //! - [`config`]: the settings file, env overrides and their validation (figment).
+//! - [`frameguard`]: the one check every camera frame passes before any work on it
+//!   (declared size, frame header, scan count): the ground floor camera, detector and
+//!   server build on.
 //! - [`demo`]: `printvigil demo`: the whole loop on a simulated printer, bundled frames, the
 //!   demo model and a stand-in server.
 //! - [`detector`]: Obico's failure detector on the device.
@@ -26,14 +29,22 @@
 //!   - [`camera::files`]: JPEG files from a directory or one file (replays, no camera).
 //! - [`bench`]: the `printvigil bench` figures (per-stage timings, memory).
 //! - [`logging`]: log lines to journald under systemd (`JOURNAL_STREAM`), else to stderr;
-//!   the `PRINTVIGIL_LOG` filter.
+//!   the `PRINTVIGIL_LOG` filter, with dependencies that log secrets capped at info.
 //! - [`printer`]: printer links, one module per firmware behind one trait
-//!   ([`printer::PrinterLink`]: events, status, cameras, pause / resume / cancel).
-//!   - [`printer::moonraker`]: Klipper through Moonraker (websocket JSON-RPC).
+//!   ([`printer::PrinterLink`]: events, status, cameras, pause / resume / cancel), and
+//!   [`printer::Action`] (what to do on a failing print; `watch` re-exports it).
+//!   - [`printer::moonraker`]: Klipper through Moonraker (websocket JSON-RPC), a folder:
+//!     `config` (the entry), `connect` (websocket, API key, message size cap), `rpc`
+//!     (requests/answers, [`printer::moonraker::parse_message`]), `inbox` (bounded
+//!     notification hand-over, coalesced status), `status` (subscription, bounded merging),
+//!     `session` (one connection's sequence), `tracker` (what the link remembers, the
+//!     events; [`printer::moonraker::MessageReplay`] for fuzzing), `reconnect` (the task,
+//!     backoff that resets only on health, one log line per state change), `webcams`.
 //!   - [`printer::sim`]: a simulated printer (the demo's, the tests', `kind = "simulated"`).
 //! - [`secret`]: a string type that redacts itself (tokens, keys, passwords).
 //! - [`server`]: the mirror to an Obico-compatible server (a sink).
 //!   - [`server::config`]: the `[server]` settings.
+//!   - [`server::http`]: the HTTP client and size-capped reading of answers.
 //!   - [`server::oauth`]: the token manager (client credentials, refresh, token file).
 //!   - [`server::login`]: `printvigil login` (authorization code + PKCE, loopback redirect).
 //!   - [`server::api`]: the REST client and response parsing.
@@ -55,6 +66,7 @@ pub mod camera;
 pub mod config;
 pub mod demo;
 pub mod detector;
+pub mod frameguard;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logging;

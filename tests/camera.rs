@@ -155,6 +155,19 @@ async fn stream(State(cam): State<Cam>, UrlPath(mode): UrlPath<String>) -> Respo
             multipart(Body::from_stream(s))
         }
         "stall" => multipart(Body::from_stream(futures_util::stream::pending::<Chunk>())),
+        "garbage" => {
+            // A multipart stream of text that never holds a JPEG, a line every few ms.
+            let s = futures_util::stream::unfold(0u64, |n| async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Some((Ok::<_, Infallible>(Bytes::from(format!("line {n}: not a picture\r\n"))), n + 1))
+            });
+            multipart(Body::from_stream(s))
+        }
+        "flood" => {
+            // Garbage as fast as it can be read.
+            let s = futures_util::stream::repeat_with(|| Ok::<_, Infallible>(Bytes::from(vec![0x55u8; 64 * 1024])));
+            multipart(Body::from_stream(s))
+        }
         "html" => ([(header::CONTENT_TYPE, "text/html")], "<html>not a stream</html>").into_response(),
         "missing" => StatusCode::NOT_FOUND.into_response(),
         _ => StatusCode::BAD_REQUEST.into_response(),
@@ -442,7 +455,7 @@ fn camera_orientation_lossless_and_reencoded_paths_show_the_same_picture() {
         assert_eq!((same, used), (jpeg.clone(), Method::Unchanged));
     }
     let e = Orientation { rotation: 90, ..Default::default() }.apply(b"<html>").unwrap_err();
-    assert!(matches!(e, CameraError::Orientation(_)), "{e}");
+    assert!(matches!(e, CameraError::Refused { .. }) && e.to_string().contains("HTML"), "{e}");
 }
 
 #[tokio::test]
@@ -498,4 +511,99 @@ async fn camera_files_replays_a_directory_in_order_turned_then_holds_the_last() 
     let e = cam.grab().await.unwrap_err();
     assert!(matches!(e, CameraError::NotJpeg { .. }), "{e}");
     assert!(e.to_string().contains(".jpg"), "{e}");
+}
+
+/// A frame bomb (a few hundred bytes claiming 65008x65008 pixels, whole 8x8 blocks, so a
+/// turned camera takes libjpeg-turbo's lossless path) through every camera kind that runs
+/// here, with every orientation: refused at once with a message naming the size and the
+/// limit, memory stays near idle, and the next good frame comes through. (v4l2 reaches the
+/// same guard; its path is covered by a unit test in src/camera/mod.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_frame_bomb_is_refused_by_every_kind_and_orientation_and_the_next_frame_comes() {
+    let s = server().await;
+    let bomb = support::jpeg_bomb(65008, 65008);
+    assert!(bomb.len() < 1024, "{} bytes", bomb.len());
+    let good = s.cam.frames[1].clone();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("0001-bomb.jpg"), &bomb).unwrap();
+    std::fs::write(dir.path().join("0002-good.jpg"), &good).unwrap();
+    let turns = [(0, false, false), (90, false, false), (180, false, false), (270, false, false), (0, true, false), (0, false, true)];
+    let kinds = [
+        (CameraKind::Snapshot, format!("{}/snap/good", s.base)),
+        (CameraKind::Mjpeg, format!("{}/stream/live", s.base)),
+        (CameraKind::Files, dir.path().display().to_string()),
+    ];
+    let watch = support::RssWatch::start("frame bomb through the cameras", 1024);
+    let mut slowest = Duration::ZERO;
+    for (kind, url) in &kinds {
+        for (rotation, flip_horizontal, flip_vertical) in turns {
+            *s.cam.current.lock().unwrap() = bomb.clone();
+            let mut c = config(*kind, url.clone());
+            c.timeout_secs = 5.0;
+            (c.rotation, c.flip_horizontal, c.flip_vertical) = (rotation, flip_horizontal, flip_vertical);
+            let what = format!("{kind:?} rotation {rotation} flips {flip_horizontal}/{flip_vertical}");
+            let mut cam = from_config(&c).unwrap();
+            let t0 = std::time::Instant::now();
+            let e = cam.grab().await.expect_err(&what).to_string();
+            slowest = slowest.max(t0.elapsed());
+            assert!(e.contains("65008x65008") && e.contains("8192 px a side") && e.contains("40 MP"), "{what}: {e}");
+            *s.cam.current.lock().unwrap() = good.clone();
+            // A stream may still hold a bomb sent before the switch: a few grabs at most.
+            let mut next = None;
+            for _ in 0..20 {
+                match cam.grab().await {
+                    Ok(f) => {
+                        next = Some(f);
+                        break;
+                    }
+                    Err(e) => assert!(e.to_string().contains("65008x65008"), "{what}: {e}"),
+                }
+            }
+            let next = next.unwrap_or_else(|| panic!("{what}: no good frame after the bomb"));
+            let img = decode_jpeg(&next.jpeg).unwrap();
+            let want = if rotation % 180 == 90 { (48, 64) } else { (64, 48) };
+            assert_eq!((img.width, img.height), want, "{what}");
+        }
+    }
+    let peak = watch.peak_over_start_mib();
+    println!(
+        "FIGURE frame bomb 65008x65008 ({} bytes), 3 camera kinds x 6 orientations: peak RSS {peak:.1} MiB over the start ({} MiB), slowest refusal {:.2} ms",
+        bomb.len(),
+        watch.start_kib / 1024,
+        slowest.as_secs_f64() * 1000.0
+    );
+    assert!(peak < 200.0, "peak RSS {peak:.1} MiB over the start");
+}
+
+/// A stream that sends bytes but never a JPEG is reported as what it is, not as a camera
+/// that sends nothing; one that floods garbage is dropped after a bounded amount and
+/// opened again, never buffered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_mjpeg_garbage_stream_is_named_not_a_timeout() {
+    let s = server().await;
+    let url = format!("{}/stream/garbage", s.base);
+    let mut c = config(CameraKind::Mjpeg, url.clone());
+    c.timeout_secs = 0.5;
+    let e = from_config(&c).unwrap().grab().await.unwrap_err();
+    println!("garbage: {e}");
+    assert!(matches!(&e, CameraError::NoFrames { bytes, .. } if *bytes > 0), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains(&url) && msg.contains("no JPEG frame") && msg.contains("is it an MJPEG stream"), "{msg}");
+
+    let before = s.cam.connections.load(Ordering::SeqCst);
+    let mut c = config(CameraKind::Mjpeg, format!("{}/stream/flood", s.base));
+    c.timeout_secs = 2.0;
+    let watch = support::RssWatch::start("garbage MJPEG flood", 512);
+    let mut cam = from_config(&c).unwrap();
+    let e = cam.grab().await.unwrap_err();
+    assert!(matches!(&e, CameraError::NoFrames { .. }), "{e}");
+    // The link gave the connection up and opens it again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.cam.connections.load(Ordering::SeqCst) < before + 2 {
+        assert!(std::time::Instant::now() < deadline, "the flooding stream was never reopened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let peak = watch.peak_over_start_mib();
+    println!("FIGURE garbage MJPEG flood: peak RSS {peak:.1} MiB over the start; error: {e}");
+    assert!(peak < 100.0, "peak RSS {peak:.1} MiB over the start");
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use printvigil::detector::model::{Model, ModelError, SessionSettings};
 use printvigil::detector::preprocess::FrameError;
+use printvigil::frameguard::Refused;
 use printvigil::detector::smoothing::{SmoothingState, frame_p};
 use printvigil::detector::{DetectError, Detector};
 
@@ -158,10 +159,10 @@ fn bad_frames_are_errors_and_the_detector_goes_on() {
         println!("{what}: {err}");
         assert!(matches!(err, DetectError::Frame(_)), "{what}: {err}");
         match what {
-            "empty" => assert!(matches!(err, DetectError::Frame(FrameError::Empty))),
+            "empty" => assert!(matches!(err, DetectError::Frame(FrameError::Refused(Refused::Empty)))),
             "png named jpg" => assert!(err.to_string().contains("PNG")),
-            "20000x20000" => assert!(matches!(err, DetectError::Frame(FrameError::TooLarge { .. }))),
-            "0x0" => assert!(matches!(err, DetectError::Frame(FrameError::NoPixels { .. }))),
+            "20000x20000" => assert!(matches!(err, DetectError::Frame(FrameError::Refused(Refused::TooLarge { .. })))),
+            "0x0" => assert!(matches!(err, DetectError::Frame(FrameError::Refused(Refused::NoPixels { .. })))),
             _ => {}
         }
     }

@@ -97,11 +97,22 @@ struct Rig {
 impl Rig {
     async fn start(config: &Config, printer: &Arc<SimPrinter>, mirror: Option<Arc<Mirror>>, first: Vec<u8>) -> Rig {
         let camera = TestCamera::new(first);
+        Self::start_with(config, printer, mirror, camera.clone(), CameraChoice::Ready(Box::new(camera))).await
+    }
+
+    /// As `start`, watching through `choice` (`camera` stays the test's handle).
+    async fn start_with(
+        config: &Config,
+        printer: &Arc<SimPrinter>,
+        mirror: Option<Arc<Mirror>>,
+        camera: TestCamera,
+        choice: CameraChoice,
+    ) -> Rig {
         let spec = WatchSpec {
             name: "sim".into(),
             mirror_key: DEFAULT_PRINTER.into(),
             link: printer.clone(),
-            camera: CameraChoice::Ready(Box::new(camera.clone())),
+            camera: choice,
             action: config.watch.action_on_failure,
         };
         let parts = Parts {
@@ -350,5 +361,43 @@ async fn a_print_without_a_file_name_is_still_watched_and_mirrored() {
     assert!(mirror.flush(Duration::from_secs(20)).await);
     let got = fake.received();
     assert_eq!((got.starts, got.finishes), (1, 1), "{:?}", fake.calls());
+    rig.stop().await;
+}
+
+/// A frame bomb from a turned camera (a `files` camera with `rotation = 90`, so the frame
+/// would take libjpeg-turbo's lossless transform), in a mirrored watch: refused with a
+/// message naming its size, memory stays near idle, and the next good frame is scored and
+/// offered to the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_bomb_is_refused_and_detection_resumes_on_the_next_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_obico::start(Settings::default()).await;
+    let mut cfg = config(dir.path(), Action::Pause);
+    cfg.server = Some(server_cfg(&fake));
+    let mirror = Arc::new(Mirror::open(cfg.server.as_ref().unwrap(), dir.path()).unwrap());
+    mirror.spawn();
+    let frames = dir.path().join("replay");
+    std::fs::create_dir(&frames).unwrap();
+    std::fs::write(frames.join("0001.jpg"), support::jpeg_bomb(65008, 65008)).unwrap();
+    std::fs::write(frames.join("0002.jpg"), frame("02-healthy.jpg")).unwrap();
+    let mut cam = printvigil::camera::CameraConfig::new(printvigil::camera::CameraKind::Files, frames.display().to_string());
+    cam.rotation = 90;
+    let printer = SimPrinter::new("sim");
+    let watch = support::RssWatch::start("frame bomb in the watch", 1024);
+    let unused = TestCamera::new(Vec::new());
+    let mut rig = Rig::start_with(&cfg, &printer, Some(mirror.clone()), unused, CameraChoice::Config(cam)).await;
+    printer.start_print("bomb.gcode");
+    let failed = rig.wait("the refusal", Duration::from_secs(30), |e| matches!(e, WatchEvent::CameraFailed { .. })).await;
+    let WatchEvent::CameraFailed { message, .. } = failed else { unreachable!() };
+    assert!(message.contains("65008x65008") && message.contains("8192 px"), "{message}");
+    rig.wait("the camera back", Duration::from_secs(30), |e| matches!(e, WatchEvent::CameraBack { .. })).await;
+    rig.wait("a scored frame", Duration::from_secs(30), |e| matches!(e, WatchEvent::Scored { .. })).await;
+    let n = rig.scored_until(0).await;
+    rig.scored_until(n + 5).await;
+    let peak = watch.peak_over_start_mib();
+    println!("FIGURE frame bomb in a mirrored watch (rotation 90): peak RSS {peak:.1} MiB over the start; message: {message}");
+    assert!(peak < 200.0, "peak RSS {peak:.1} MiB over the start");
+    assert!(mirror.flush(Duration::from_secs(20)).await);
+    assert!(fake.calls().iter().any(|c| c.kind == "predict"), "frames after the bomb were uploaded");
     rig.stop().await;
 }

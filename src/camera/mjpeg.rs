@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::{Camera, CameraConfig, CameraError, Frame, Grab, sniff};
+use super::{Camera, CameraConfig, CameraError, Frame, Grab, SecretUrl, sniff};
 
 /// What the parser found.
 #[derive(Debug, Clone, PartialEq)]
@@ -323,6 +323,16 @@ struct Shared {
     /// Counts errors, and the newest one (cleared by the next frame).
     error_seq: u64,
     error: Option<CameraError>,
+    /// Bytes the open connection sent while it gave no frame yet: a grab that times out
+    /// while they flow reports a stream that is not MJPEG, not a silent camera.
+    unframed: usize,
+}
+
+/// Bytes without a frame after which a connection is given up as not an MJPEG stream (and
+/// opened again after a pause): the size cap, twice, and at least 4 MiB. The parser holds
+/// at most a frame's worth of them meanwhile.
+fn unframed_limit(max: usize) -> usize {
+    max.saturating_mul(2).max(4 << 20)
 }
 
 /// Reconnect pauses: from `BACKOFF_MIN` (or half the timeout, if shorter) doubling up to
@@ -331,7 +341,7 @@ const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 struct Link {
-    url: String,
+    url: SecretUrl,
     timeout: Duration,
     max: usize,
     client: reqwest::Client,
@@ -362,7 +372,11 @@ impl Link {
             if self.tx.is_closed() {
                 return;
             }
-            if got_frames {
+            self.tx.send_if_modified(|s| {
+                s.unframed = 0;
+                false
+            });
+            if got_frames && !matches!(e, CameraError::NoFrames { .. }) {
                 // It worked until now (or it serves one picture per connection): reopen
                 // quietly; a grab waits for the next frame rather than seeing an error.
                 tracing::debug!(url = %self.url, error = %e, "camera stream interrupted; reopening");
@@ -379,7 +393,7 @@ impl Link {
     /// One connection; returns why it ended.
     async fn connection(&self, got_frames: &mut bool) -> CameraError {
         let url = &self.url;
-        let resp = match tokio::time::timeout(self.timeout, self.client.get(url).send()).await {
+        let resp = match tokio::time::timeout(self.timeout, self.client.get(url.expose()).send()).await {
             Err(_) => return self.timeout_err(),
             Ok(Err(e)) if e.is_timeout() => return self.timeout_err(),
             Ok(Err(e)) => return CameraError::Connect { url: url.clone(), reason: super::chain(&e) },
@@ -401,6 +415,8 @@ impl Link {
         let mut parser = MjpegParser::new(self.max, boundary_of(&ct).as_deref());
         let mut stream = resp.bytes_stream();
         let mut seen = 0usize;
+        let mut unframed = 0usize;
+        let limit = unframed_limit(self.max);
         let mut head = Vec::new();
         loop {
             let chunk = match tokio::time::timeout(self.timeout, stream.next()).await {
@@ -415,6 +431,7 @@ impl Link {
                 Ok(Some(Ok(c))) => c,
             };
             seen += chunk.len();
+            unframed = unframed.saturating_add(chunk.len());
             if head.len() < 256 {
                 head.extend_from_slice(&chunk[..chunk.len().min(256 - head.len())]);
             }
@@ -422,6 +439,7 @@ impl Link {
                 match event {
                     Event::Frame(jpeg) => {
                         *got_frames = true;
+                        unframed = 0;
                         let frame = Arc::new(Frame { jpeg, taken: SystemTime::now() });
                         self.tx.send_modify(|s| {
                             s.seq += 1;
@@ -430,9 +448,20 @@ impl Link {
                         });
                     }
                     Event::TooLarge => {
+                        unframed = 0;
                         self.publish_error(CameraError::TooLarge { url: url.clone(), max: self.max })
                     }
                 }
+            }
+            // Only a connection that gave no frame yet: a slow frame on a good stream is
+            // a timeout, not a stream of something else.
+            let shown = if *got_frames { 0 } else { unframed };
+            self.tx.send_if_modified(|s| {
+                s.unframed = shown;
+                false // no grab needs waking for this
+            });
+            if unframed > limit {
+                return CameraError::NoFrames { url: url.clone(), bytes: unframed };
             }
         }
     }
@@ -440,7 +469,7 @@ impl Link {
 
 pub struct MjpegCamera {
     name: String,
-    url: String,
+    url: SecretUrl,
     timeout: Duration,
     max: usize,
     client: reqwest::Client,
@@ -521,6 +550,11 @@ impl Camera for MjpegCamera {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return Err(CameraError::StreamEnded { url: self.url.clone() }),
                     Err(_) => {
+                        // Bytes came and no frame in them: that is no silent camera.
+                        let bytes = rx.borrow().unframed;
+                        if bytes > 0 {
+                            return Err(CameraError::NoFrames { url: self.url.clone(), bytes });
+                        }
                         return Err(CameraError::Timeout { url: self.url.clone(), secs: self.timeout.as_secs_f64() });
                     }
                 }
@@ -650,6 +684,17 @@ mod tests {
             got.extend(frames(p.push(&s[split..])));
             assert_eq!(got, vec![f.clone(), f.clone()], "split at {split}");
         }
+    }
+
+    #[test]
+    fn endless_garbage_is_not_kept() {
+        let mut parser = MjpegParser::new(1 << 20, Some("frame"));
+        let chunk: Vec<u8> = (0..4096u32).map(|i| b"not a jpeg, just text\r\n"[i as usize % 23]).collect();
+        for _ in 0..2500 {
+            assert!(parser.push(&chunk).is_empty());
+            assert!(parser.buf.len() <= KEEP + chunk.len(), "{} bytes kept", parser.buf.len());
+        }
+        assert!(unframed_limit(8 << 20) >= 16 << 20 && unframed_limit(1024) == 4 << 20);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 pub use crate::printer::CameraInfo;
+use crate::secret::SecretUrl;
 
 pub mod files;
 pub mod mjpeg;
@@ -52,23 +53,30 @@ pub enum CameraError {
     #[error(
         "no frame from {url} within {secs}s; check that the camera is on and the URL is right, or raise `timeout_secs`"
     )]
-    Timeout { url: String, secs: f64 },
+    Timeout { url: SecretUrl, secs: f64 },
     #[error("could not reach {url} ({reason}); check the address and that the camera service is running")]
-    Connect { url: String, reason: String },
+    Connect { url: SecretUrl, reason: String },
     #[error("{url} answered HTTP {status}; check the camera URL (404: wrong path, 5xx: the camera service is failing)")]
-    HttpStatus { url: String, status: u16 },
+    HttpStatus { url: SecretUrl, status: u16 },
     #[error("{url} did not send a JPEG (it sent {what}); point `url` at the camera's {expected}")]
-    NotJpeg { url: String, what: String, expected: &'static str },
+    NotJpeg { url: SecretUrl, what: String, expected: &'static str },
     #[error(
         "a frame from {url} is larger than {max} bytes; lower the camera resolution or raise `max_frame_bytes`"
     )]
-    TooLarge { url: String, max: usize },
+    TooLarge { url: SecretUrl, max: usize },
+    #[error(
+        "the stream at {url} sent {bytes} bytes with no JPEG frame in them: is it an MJPEG stream? point `url` at the camera's MJPEG stream URL (for a single-picture URL use kind = \"snapshot\")"
+    )]
+    NoFrames { url: SecretUrl, bytes: usize },
     #[error("the stream from {url} ended; printvigil reconnects by itself, check the camera service if this repeats")]
-    StreamEnded { url: String },
+    StreamEnded { url: SecretUrl },
     #[error(
         "the picture from camera {camera} has not changed for {secs:.0}s: the camera or its streamer is frozen; restart it (for example the crowsnest or ustreamer service) or check the cable"
     )]
     Frozen { camera: String, secs: f64 },
+    /// The frame guard refused the frame before any work on it (see [`crate::frameguard`]).
+    #[error("a frame from {camera} was refused: {reason}")]
+    Refused { camera: String, reason: crate::frameguard::Refused },
     #[error("the frame could not be rotated or flipped ({0}); the camera sent a corrupt JPEG")]
     Orientation(String),
     #[error("camera config: {0}")]
@@ -102,8 +110,8 @@ pub struct CameraConfig {
     pub name: Option<String>,
     pub kind: CameraKind,
     /// The snapshot or stream URL; for `v4l2` the device (`/dev/video0` or `0`); for
-    /// `files` a directory of JPEG files or one file.
-    pub url: String,
+    /// `files` a directory of JPEG files or one file. Shown with its password redacted.
+    pub url: SecretUrl,
     /// Clockwise rotation in degrees: 0, 90, 180 or 270.
     #[serde(default)]
     pub rotation: u16,
@@ -135,8 +143,8 @@ fn default_frozen() -> f64 {
 
 /// Default frame size cap: 8 MiB (a 4K JPEG at high quality fits).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 8 << 20;
-/// Largest `max_frame_bytes` accepted.
-pub const MAX_FRAME_BYTES_LIMIT: usize = 64 << 20;
+/// Largest `max_frame_bytes` accepted: the frame guard's own byte limit.
+pub const MAX_FRAME_BYTES_LIMIT: usize = crate::frameguard::MAX_BYTES;
 
 impl CameraConfig {
     /// A config with defaults for everything but the kind and URL.
@@ -144,7 +152,7 @@ impl CameraConfig {
         Self {
             name: None,
             kind,
-            url: url.into(),
+            url: SecretUrl::new(url),
             rotation: 0,
             flip_horizontal: false,
             flip_vertical: false,
@@ -156,7 +164,7 @@ impl CameraConfig {
 
     /// The name used in logs and errors.
     pub fn display_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| self.url.clone())
+        self.name.clone().unwrap_or_else(|| self.url.to_string())
     }
 
     pub fn orientation(&self) -> Orientation {
@@ -200,7 +208,7 @@ impl CameraConfig {
         }
         match self.kind {
             CameraKind::Snapshot | CameraKind::Mjpeg => {
-                let ok = reqwest::Url::parse(&self.url)
+                let ok = reqwest::Url::parse(self.url.expose())
                     .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
                     .unwrap_or(false);
                 if !ok {
@@ -210,18 +218,18 @@ impl CameraConfig {
                         "http://127.0.0.1/webcam/?action=stream"
                     };
                     return Err(bad(format!(
-                        "`url` = {:?} is not an http:// or https:// address; give the full URL, e.g. {example}",
+                        "`url` = \"{}\" is not an http:// or https:// address; give the full URL, e.g. {example}",
                         self.url
                     )));
                 }
             }
             CameraKind::V4l2 => {
-                if self.url.trim().is_empty() {
+                if self.url.expose().trim().is_empty() {
                     return Err(bad("`url` is empty; give the video device, e.g. /dev/video0".into()));
                 }
             }
             CameraKind::Files => {
-                files::local_path(&self.url).map_err(|why| bad(format!("`url` = {:?} {why}", self.url)))?;
+                files::local_path(self.url.expose()).map_err(|why| bad(format!("`url` = {:?} {why}", self.url)))?;
             }
         }
         Ok(())
@@ -251,13 +259,21 @@ pub fn from_config(cfg: &CameraConfig) -> Result<Box<dyn Camera>, CameraError> {
         .ok()
         .filter(|d| !d.is_zero() && cfg.kind != CameraKind::Files)
         .map(FrozenWatch::new);
-    Ok(Box::new(Watched { name: cfg.display_name(), source, orientation: cfg.orientation(), frozen }))
+    Ok(Box::new(Watched {
+        name: cfg.display_name(),
+        source,
+        max_bytes: cfg.max_frame_bytes,
+        orientation: cfg.orientation(),
+        frozen,
+    }))
 }
 
-/// A source with the frozen-feed check and the orientation applied.
+/// A source with the frame guard, the frozen-feed check and the orientation applied: every
+/// camera kind's frames pass here.
 struct Watched {
     name: String,
     source: Box<dyn Camera>,
+    max_bytes: usize,
     orientation: Orientation,
     frozen: Option<FrozenWatch>,
 }
@@ -270,6 +286,9 @@ impl Camera for Watched {
     fn grab(&mut self) -> Grab<'_> {
         Box::pin(async move {
             let frame = self.source.grab().await?;
+            // Before any work on the frame: its declared size, header and scans.
+            crate::frameguard::check_within(&frame.jpeg, self.max_bytes)
+                .map_err(|reason| CameraError::Refused { camera: self.name.clone(), reason })?;
             if let Some(watch) = &mut self.frozen
                 && let Some(stuck) = watch.observe(&frame.jpeg, Instant::now())
             {
@@ -460,6 +479,64 @@ mod tests {
         assert!(typo.unwrap_err().to_string().contains("flip_horizonal"));
     }
 
+    /// A source that returns the frames it was given, in order (any camera kind: the v4l2
+    /// camera, which cannot run here, reaches the rest of printvigil the same way).
+    struct Script(std::collections::VecDeque<Vec<u8>>);
+
+    impl Camera for Script {
+        fn name(&self) -> &str {
+            "/dev/video0"
+        }
+        fn grab(&mut self) -> Grab<'_> {
+            let next = self.0.pop_front();
+            Box::pin(async move {
+                next.map(|jpeg| Frame { jpeg, taken: SystemTime::now() })
+                    .ok_or(CameraError::Device { device: "/dev/video0".into(), reason: "no more frames".into() })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn every_source_goes_through_the_frame_guard_before_any_work() {
+        let bomb = crate::frameguard::bomb(65008, 65008);
+        let good = crate::server::upload::solid_jpeg(64, 32, [200, 10, 10]);
+        let turns = [(0, false, false), (90, false, false), (180, false, false), (270, false, false), (0, true, false), (0, false, true)];
+        for (rotation, flip_horizontal, flip_vertical) in turns {
+            let orientation = Orientation { rotation, flip_horizontal, flip_vertical };
+            let mut cam = Watched {
+                name: "bed".into(),
+                source: Box::new(Script([bomb.clone(), good.clone()].into())),
+                max_bytes: DEFAULT_MAX_FRAME_BYTES,
+                orientation,
+                frozen: Some(FrozenWatch::new(Duration::from_secs(60))),
+            };
+            let e = cam.grab().await.unwrap_err();
+            assert_eq!(
+                e,
+                CameraError::Refused {
+                    camera: "bed".into(),
+                    reason: crate::frameguard::Refused::TooLarge { width: 65008, height: 65008 }
+                },
+                "{orientation:?}"
+            );
+            let msg = e.to_string();
+            assert!(msg.contains("65008x65008") && msg.contains("8192 px"), "{msg}");
+            let frame = cam.grab().await.unwrap();
+            let (w, h) = crate::detector::preprocess::jpeg_dimensions(&frame.jpeg).unwrap();
+            assert_eq!((w, h), if rotation % 180 == 90 { (32, 64) } else { (64, 32) }, "{orientation:?}");
+        }
+        // The camera's own byte cap applies as well.
+        let mut cam = Watched {
+            name: "bed".into(),
+            source: Box::new(Script([good.clone()].into())),
+            max_bytes: good.len() - 1,
+            orientation: Orientation::default(),
+            frozen: None,
+        };
+        let e = cam.grab().await.unwrap_err();
+        assert!(matches!(e, CameraError::Refused { reason: crate::frameguard::Refused::TooManyBytes { .. }, .. }), "{e}");
+    }
+
     #[test]
     fn v4l2_without_the_feature_says_how_to_get_it() {
         let cfg = CameraConfig::new(CameraKind::V4l2, "/dev/video0");
@@ -486,17 +563,17 @@ mod tests {
         };
         let c = from_info(&d, "http://127.0.0.1/").unwrap();
         assert_eq!(c.kind, CameraKind::Snapshot);
-        assert_eq!(c.url, "http://127.0.0.1/webcam/?action=snapshot");
+        assert_eq!(c.url.expose(), "http://127.0.0.1/webcam/?action=snapshot");
         assert_eq!((c.rotation, c.flip_horizontal, c.flip_vertical), (180, true, false));
         assert_eq!(c.name.as_deref(), Some("bed"));
 
         let stream_only = CameraInfo { snapshot_url: Some(" ".into()), ..d.clone() };
         let c = from_info(&stream_only, "http://printer.local:7125/").unwrap();
         assert_eq!(c.kind, CameraKind::Mjpeg);
-        assert_eq!(c.url, "http://printer.local:7125/webcam/?action=stream");
+        assert_eq!(c.url.expose(), "http://printer.local:7125/webcam/?action=stream");
 
         let absolute = CameraInfo { snapshot_url: Some("http://10.0.0.9:8080/snap.jpg".into()), ..d.clone() };
-        assert_eq!(from_info(&absolute, "http://127.0.0.1/").unwrap().url, "http://10.0.0.9:8080/snap.jpg");
+        assert_eq!(from_info(&absolute, "http://127.0.0.1/").unwrap().url.expose(), "http://10.0.0.9:8080/snap.jpg");
 
         let none = CameraInfo { snapshot_url: None, stream_url: None, ..d.clone() };
         assert!(from_info(&none, "http://127.0.0.1/").unwrap_err().to_string().contains("neither"));

@@ -102,12 +102,15 @@ impl Orientation {
         self.apply_traced(jpeg).map(|(bytes, _)| bytes)
     }
 
-    /// As [`apply`](Self::apply), also saying which way the work was done.
+    /// As [`apply`](Self::apply), also saying which way the work was done. The frame
+    /// passes the frame guard first: libjpeg-turbo's transform allocates what the header
+    /// claims, before it reads any picture data.
     pub fn apply_traced(&self, jpeg: &[u8]) -> Result<(Vec<u8>, Method), CameraError> {
         let op = self.op();
         if op == TransformOp::None {
             return Ok((jpeg.to_vec(), Method::Unchanged));
         }
+        crate::frameguard::check(jpeg).map_err(|reason| CameraError::Refused { camera: "the camera".into(), reason })?;
         let bad = |e: String| CameraError::Orientation(e);
         let header = turbojpeg::read_header(jpeg).map_err(|e| bad(e.to_string()))?;
         let whole = header.subsamp != turbojpeg::Subsamp::Unknown

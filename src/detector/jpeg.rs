@@ -59,7 +59,11 @@ impl Decoder {
         if handle.is_null() {
             return Err("the JPEG decoder could not be initialised (out of memory?)".into());
         }
-        Ok(Decoder { handle })
+        let decoder = Decoder { handle };
+        // The frame guard's limits inside libjpeg-turbo too (pixels, progressive scans).
+        // SAFETY: the handle is live (checked above) and owned by `decoder`.
+        unsafe { crate::frameguard::harden(decoder.handle) }?;
+        Ok(decoder)
     }
 
     fn error(&self) -> String {

@@ -2,6 +2,13 @@
 //! 0.08, greedy NMS at IoU 0.45 by descending confidence, then boxes in pixels of the
 //! original frame as `[xc, yc, w, h]`.
 //!
+//! One difference, on purpose: the height. For a W x H frame the server's ONNX path
+//! (`ml_api/lib/backend_onnx.py`, `post_processing`, `box_x1x1x2y2_to_xcycwh_scaled`)
+//! computes `h = W * (y2 - y1)`, scaling by the frame's width (an upstream bug: 16/9 too
+//! tall on 16:9 frames); here `h = H * (y2 - y1)`, so that boxes drawn fit the frame. The
+//! server's value is this `h * W / H`. Confidences, NMS (on normalised boxes, before any
+//! scaling) and so `p` are unaffected.
+//!
 //! Arithmetic is float32, as the server's numpy arrays are. Confidence ties are ordered
 //! with the higher index first (a stable arg-sort reversed); a tie can only change which
 //! of two equal-confidence boxes is kept, never `p`.
@@ -19,7 +26,8 @@ pub const LABEL: &str = "failure";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Detection {
     pub confidence: f64,
-    /// Centre x, centre y, width, height, in pixels of the original frame.
+    /// Centre x, centre y, width, height, in pixels of the original frame (the height
+    /// scaled by the frame's height; the server scales it by the width, see the module).
     pub bbox: [f64; 4],
 }
 
@@ -97,6 +105,7 @@ mod tests {
     #[test]
     fn boxes_are_in_original_frame_pixels() {
         let d = postprocess(&[0.25, 0.5, 0.75, 1.0], &[0.9], 1280, 720);
+        // The height is half the frame's height (the server would say 640: half its width).
         assert_eq!(d[0].bbox, [640.0, 540.0, 640.0, 360.0]);
     }
 

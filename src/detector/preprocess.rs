@@ -8,21 +8,14 @@ use std::time::{Duration, Instant};
 
 use super::jpeg;
 
-/// Largest accepted frame side, in pixels (webcams top out at 4K).
-pub const MAX_SIDE: usize = 8192;
-/// Largest accepted frame area, in pixels (about 40 MP).
-pub const MAX_PIXELS: usize = 40_000_000;
+pub use crate::frameguard::{MAX_PIXELS, MAX_SIDE};
+use crate::frameguard::{self, Refused};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FrameError {
-    #[error("the frame is empty (0 bytes); the camera returned nothing")]
-    Empty,
-    #[error("the frame is not a JPEG (it looks like {0}); point the camera at a JPEG snapshot URL or MJPEG stream")]
-    NotJpeg(&'static str),
-    #[error("the frame is {width}x{height}, larger than printvigil accepts ({MAX_SIDE} px a side, {MAX_PIXELS} px in all); lower the camera resolution")]
-    TooLarge { width: usize, height: usize },
-    #[error("the frame has no pixels ({width}x{height})")]
-    NoPixels { width: usize, height: usize },
+    /// Refused by the frame guard before any decoding (empty, not a JPEG, too large...).
+    #[error(transparent)]
+    Refused(#[from] Refused),
     #[error("the JPEG could not be decoded ({0}); the file is corrupt or truncated")]
     Corrupt(String),
 }
@@ -38,18 +31,6 @@ pub struct Rgb8 {
 impl std::fmt::Debug for Rgb8 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Rgb8({}x{})", self.width, self.height)
-    }
-}
-
-fn sniff(bytes: &[u8]) -> &'static str {
-    match bytes {
-        [0x89, b'P', b'N', b'G', ..] => "a PNG image",
-        [b'G', b'I', b'F', b'8', ..] => "a GIF image",
-        [b'B', b'M', ..] => "a BMP image",
-        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => "a WebP image",
-        [b'<', ..] => "an HTML or XML page",
-        [b'{', ..] => "JSON",
-        _ => "something else",
     }
 }
 
@@ -72,32 +53,18 @@ pub fn decode_jpeg_into(bytes: &[u8], out: &mut Rgb8) -> Result<(), FrameError> 
     decode_band(&mut decoder, bytes, &header, 0..header.height, out)
 }
 
-/// Checks what can be checked before decoding (empty, not a JPEG, absurd size in the
-/// frame header) and reads the header.
+/// Passes the frame through the guard (empty, not a JPEG, absurd size or scan count in
+/// its header), then reads the header with the decoder, which agrees or refuses.
 fn checked_header(decoder: &mut jpeg::Decoder, bytes: &[u8]) -> Result<jpeg::Header, FrameError> {
-    if bytes.is_empty() {
-        return Err(FrameError::Empty);
-    }
-    if !bytes.starts_with(&[0xFF, 0xD8]) {
-        return Err(FrameError::NotJpeg(sniff(bytes)));
-    }
-    // Size limits first, from the frame header, before the decoder allocates anything.
-    if let Some((width, height)) = sof_size(bytes) {
-        check_size(width, height)?;
-    }
+    let info = frameguard::check(bytes)?;
     let header = decoder.header(bytes).map_err(FrameError::Corrupt)?;
-    check_size(header.width, header.height)?;
+    if (header.width, header.height) != (info.width, info.height) {
+        return Err(FrameError::Corrupt(format!(
+            "the frame header says {}x{} to the decoder and {}x{} to the guard",
+            header.width, header.height, info.width, info.height
+        )));
+    }
     Ok(header)
-}
-
-fn check_size(width: usize, height: usize) -> Result<(), FrameError> {
-    if width == 0 || height == 0 {
-        return Err(FrameError::NoPixels { width, height });
-    }
-    if width > MAX_SIDE || height > MAX_SIDE || width * height > MAX_PIXELS {
-        return Err(FrameError::TooLarge { width, height });
-    }
-    Ok(())
 }
 
 /// Decodes source rows `rows` of a frame whose header was checked into `out`.
@@ -114,56 +81,18 @@ fn decode_band(
     decoder.decode_rows(bytes, rows, &mut out.pixels).map_err(FrameError::Corrupt)
 }
 
-/// A JPEG's width and height, read from its header without decoding the pixels.
+/// A JPEG's width and height, read from its header by the frame guard (which refuses
+/// the frame when they are over its limits) without decoding the pixels.
 pub fn jpeg_dimensions(bytes: &[u8]) -> Result<(usize, usize), FrameError> {
-    if bytes.is_empty() {
-        return Err(FrameError::Empty);
-    }
-    if !bytes.starts_with(&[0xFF, 0xD8]) {
-        return Err(FrameError::NotJpeg(sniff(bytes)));
-    }
-    if let Some(size) = sof_size(bytes) {
-        return Ok(size);
-    }
-    let mut decoder = jpeg::Decoder::new().map_err(FrameError::Corrupt)?;
-    let header = decoder.header(bytes).map_err(FrameError::Corrupt)?;
-    Ok((header.width, header.height))
-}
-
-/// The frame size from the JPEG's start-of-frame marker, when one is found before the
-/// scan data.
-fn sof_size(bytes: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 2;
-    while i + 9 <= bytes.len() {
-        if bytes[i] != 0xFF {
-            return None;
-        }
-        let marker = bytes[i + 1];
-        if marker == 0xFF {
-            i += 1; // fill byte
-            continue;
-        }
-        let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
-        // SOF0..SOF15, except DHT (C4), JPG (C8) and DAC (CC).
-        if (0xC0..=0xCF).contains(&marker) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
-            let h = u16::from_be_bytes([bytes[i + 5], bytes[i + 6]]) as usize;
-            let w = u16::from_be_bytes([bytes[i + 7], bytes[i + 8]]) as usize;
-            return Some((w, h));
-        }
-        if marker == 0xDA {
-            return None; // start of scan: no frame header before it
-        }
-        i += 2 + len;
-    }
-    None
+    let info = frameguard::check(bytes)?;
+    Ok((info.width, info.height))
 }
 
 const COEF_BITS: u32 = 11;
 const COEF_SCALE: f32 = (1 << COEF_BITS) as f32;
 
-/// One destination index's two source taps and fixed-point weights, as OpenCV computes
-/// them. At the right/bottom edge OpenCV uses a single tap with weight 1.0: that is the
-/// pair (`s0 = s1 = last`, `w0 = 2048`, `w1 = 0`), which gives the same sums.
+/// One destination index's two source taps and fixed-point weights, as OpenCV's
+/// `hal::resize` computes them for `INTER_LINEAR` on 8-bit images.
 #[derive(Clone, Copy)]
 struct Tap {
     s0: usize,
@@ -172,36 +101,64 @@ struct Tap {
     w1: i32,
 }
 
-fn taps(src: usize, dst: usize) -> Vec<Tap> {
-    let scale = src as f64 / dst as f64;
-    (0..dst)
-        .map(|d| {
-            let mut f = ((d as f64 + 0.5) * scale - 0.5) as f32;
-            let mut s = f.floor() as i64;
-            f -= s as f32;
-            if s < 0 {
-                f = 0.0;
-                s = 0;
-            }
+/// The source position of each destination index and its fraction, exactly as OpenCV:
+/// `fx = (float)((dx + 0.5) * scale - 0.5)`, `sx = cvFloor(fx)`, `fx -= sx`, with
+/// `scale = 1 / (dst / src)` in double (not `src / dst`, which can differ in the last bit).
+fn positions(src: usize, dst: usize) -> impl Iterator<Item = (i64, f32)> {
+    let scale = 1.0 / (dst as f64 / src as f64);
+    (0..dst).map(move |d| {
+        let f = ((d as f64 + 0.5) * scale - 0.5) as f32;
+        let s = f.floor() as i64;
+        (s, f - s as f32)
+    })
+}
+
+/// `saturate_cast<short>(w * INTER_RESIZE_COEF_SCALE)`: rounds half to even, as cvRound.
+fn weights(f: f32) -> (i32, i32) {
+    (((1.0 - f) * COEF_SCALE).round_ties_even() as i32, (f * COEF_SCALE).round_ties_even() as i32)
+}
+
+/// Horizontal taps. OpenCV clamps them at the borders: left of the first pixel centre the
+/// position becomes pixel 0 with fraction 0; at or right of the last centre it takes that
+/// pixel alone (`S[last] * 2048`), written here as the pair (`last`, `last`, 2048, 0).
+fn x_taps(src: usize, dst: usize) -> Vec<Tap> {
+    positions(src, dst)
+        .map(|(s, f)| {
+            let (s, f) = if s < 0 { (0, 0.0) } else { (s, f) };
             if s + 1 >= src as i64 {
                 return Tap { s0: src - 1, s1: src - 1, w0: 1 << COEF_BITS, w1: 0 };
             }
-            // saturate_cast<short>(float) rounds half to even, as cvRound does.
-            Tap {
-                s0: s as usize,
-                s1: s as usize + 1,
-                w0: ((1.0 - f) * COEF_SCALE).round_ties_even() as i32,
-                w1: (f * COEF_SCALE).round_ties_even() as i32,
-            }
+            let (w0, w1) = weights(f);
+            Tap { s0: s as usize, s1: s as usize + 1, w0, w1 }
+        })
+        .collect()
+}
+
+/// Vertical taps. Unlike the horizontal ones, OpenCV does NOT clamp them: the weights come
+/// from the unclamped fraction and only the two source rows are clipped into the image
+/// (`clip(sy, 0, h)`, `clip(sy + 1, 0, h)`). Above the first row centre and below the last
+/// (only when the height is upscaled) a row is thus blended with itself with weights
+/// such as (512, 1536), and the truncating 8-bit blend ([`blend`]) makes that differ by
+/// one level now and then from the row taken alone.
+fn y_taps(src: usize, dst: usize) -> Vec<Tap> {
+    let clip = |s: i64| s.clamp(0, src as i64 - 1) as usize;
+    positions(src, dst)
+        .map(|(s, f)| {
+            let (w0, w1) = weights(f);
+            Tap { s0: clip(s), s1: clip(s + 1), w0, w1 }
         })
         .collect()
 }
 
 /// Bilinear resize of an interleaved 8-bit image with OpenCV `INTER_LINEAR` semantics
-/// (`cv2.resize(img, (dst_w, dst_h))`), agreeing with OpenCV to within one level.
+/// (`cv2.resize(img, (dst_w, dst_h), interpolation=cv2.INTER_LINEAR)`), byte for byte
+/// (tested against OpenCV over hundreds of sizes, up- and downscales). OpenCV's own special
+/// cases need none here: an exact 2x downscale in both directions (where it switches to
+/// `INTER_AREA`) gives `(a + b + c + d + 2) >> 2` either way, and a same-size "resize"
+/// (a copy) gives weights (2048, 0) everywhere.
 pub fn resize_linear(src: &Rgb8, dst_w: usize, dst_h: usize) -> Rgb8 {
     let mut pixels = vec![0u8; dst_w * dst_h * 3];
-    let (xt, yt) = (taps(src.width, dst_w), taps(src.height, dst_h));
+    let (xt, yt) = (x_taps(src.width, dst_w), y_taps(src.height, dst_h));
     resize_rows(src, 0, &xt, &yt, 0..dst_h, |dy, [r0, r1], (b0, b1)| {
         let out = &mut pixels[dy * dst_w * 3..(dy + 1) * dst_w * 3];
         for c in 0..3 {
@@ -219,7 +176,7 @@ pub fn resize_linear(src: &Rgb8, dst_w: usize, dst_h: usize) -> Rgb8 {
 pub fn resize_to_nchw(src: &Rgb8, dst_w: usize, dst_h: usize, out: &mut [f32]) {
     let plane = dst_w * dst_h;
     assert_eq!(out.len(), plane * 3, "tensor buffer size");
-    let (xt, yt) = (taps(src.width, dst_w), taps(src.height, dst_h));
+    let (xt, yt) = (x_taps(src.width, dst_w), y_taps(src.height, dst_h));
     let (r, rest) = out.split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
     band_to_nchw(src, 0, &xt, &yt, 0..dst_h, [r, g, b]);
@@ -242,8 +199,9 @@ fn band_to_nchw(src: &Rgb8, src_y0: usize, xt: &[Tap], yt: &[Tap], dst: Range<us
     });
 }
 
-/// OpenCV's vectorised `VResizeLinear` for 8-bit output: blends two horizontally resized
-/// rows (fixed point, scaled by 2^11) with vertical weights `b0`, `b1` (also 2^11).
+/// OpenCV's `VResizeLinear` for 8-bit output (its vector and scalar code compute the same):
+/// blends two horizontally resized rows (fixed point, scaled by 2^11) with vertical weights
+/// `b0`, `b1` (also 2^11), truncating each product.
 #[inline(always)]
 fn blend(s0: i32, s1: i32, b0: i32, b1: i32) -> i32 {
     let v = (((s0 >> 4) * b0) >> 16) + (((s1 >> 4) * b1) >> 16);
@@ -349,7 +307,7 @@ const MIN_BAND_ROWS: usize = 64;
 /// so lower bands are given fewer rows: band `i` starts at
 /// `src_h * (1 - k^i) / (1 - k^n)` with `k = 1 - SKIP_COST`.
 pub fn plan_bands(src_h: usize, dst_h: usize, n: usize) -> Vec<Band> {
-    plan(&taps(src_h, dst_h), src_h, n)
+    plan(&y_taps(src_h, dst_h), src_h, n)
 }
 
 fn plan(yt: &[Tap], src_h: usize, n: usize) -> Vec<Band> {
@@ -365,6 +323,12 @@ fn plan(yt: &[Tap], src_h: usize, n: usize) -> Vec<Band> {
         cuts.push(d.clamp(prev + 1, dst_h - (n - i)));
     }
     cuts.push(dst_h);
+    bands_at(yt, &cuts)
+}
+
+/// The bands between consecutive destination-row cuts (`0, .., dst_h`), each with the
+/// source rows its destination rows blend.
+fn bands_at(yt: &[Tap], cuts: &[usize]) -> Vec<Band> {
     cuts.windows(2).map(|c| Band { src: yt[c[0]].s0..yt[c[1] - 1].s1 + 1, dst: c[0]..c[1] }).collect()
 }
 
@@ -424,7 +388,7 @@ impl Preprocessor {
             self.workers.push(Worker::default());
         }
         let header = checked_header(decoder(&mut self.workers[0].decoder)?, bytes)?;
-        let (xt, yt) = (taps(header.width, w), taps(header.height, h));
+        let (xt, yt) = (x_taps(header.width, w), y_taps(header.height, h));
         let n = if header.bands_help() { self.threads } else { 1 };
         let bands = plan(&yt, header.height, n);
         if self.workers.len() < bands.len() {
@@ -599,7 +563,7 @@ mod tests {
     #[test]
     fn bands_cover_every_row_once_and_have_the_rows_they_need() {
         for (src_h, dst_h) in [(720, 416), (1080, 416), (416, 416), (300, 1000), (64, 416), (4000, 7), (129, 416)] {
-            let yt = taps(src_h, dst_h);
+            let yt = y_taps(src_h, dst_h);
             for n in 1..=4 {
                 let bands = plan_bands(src_h, dst_h, n);
                 assert!(!bands.is_empty() && bands.len() <= n, "{src_h}->{dst_h} n={n}: {bands:?}");
@@ -620,6 +584,38 @@ mod tests {
         // Lower bands skip the rows above them, so they are given fewer rows.
         let bands = plan_bands(720, 416, 2);
         assert!(bands[0].src.len() > bands[1].src.len(), "{bands:?}");
+    }
+
+    /// Any cut of the destination rows, the way the banded path does it (each band from
+    /// its own source rows only), gives the whole-frame tensor: up- and downscales, cuts
+    /// in the border rows where OpenCV blends a row with itself.
+    #[test]
+    fn any_band_cut_gives_the_whole_frame_tensor() {
+        for (sw, sh, dw, dh) in [(37, 23, 19, 29), (19, 7, 23, 41), (40, 300, 31, 17), (5, 1, 9, 6), (3, 2, 4, 4), (64, 48, 64, 48)] {
+            let src = img(sw, sh, |x, y, c| ((x * 7919 + y * 104729 + c * 31) % 251) as u8);
+            let mut whole = vec![0f32; 3 * dw * dh];
+            resize_to_nchw(&src, dw, dh, &mut whole);
+            let (xt, yt) = (x_taps(sw, dw), y_taps(sh, dh));
+            let mut cut_sets: Vec<Vec<usize>> = (1..dh).map(|c| vec![0, c, dh]).collect();
+            cut_sets.push((0..=dh).collect()); // one row per band
+            cut_sets.push(vec![0, 1, dh - 1, dh]);
+            for cuts in cut_sets {
+                let mut got = vec![-1f32; whole.len()];
+                for band in bands_at(&yt, &cuts) {
+                    let rows = Rgb8 {
+                        width: sw,
+                        height: band.src.len(),
+                        pixels: src.pixels[band.src.start * sw * 3..band.src.end * sw * 3].to_vec(),
+                    };
+                    let at = band.dst.start * dw..band.dst.end * dw;
+                    let (r, rest) = got.split_at_mut(dw * dh);
+                    let (g, b) = rest.split_at_mut(dw * dh);
+                    let planes = [&mut r[at.clone()], &mut g[at.clone()], &mut b[at]];
+                    band_to_nchw(&rows, band.src.start, &xt, &yt, band.dst.clone(), planes);
+                }
+                assert!(got == whole, "{sw}x{sh} -> {dw}x{dh}, cuts {cuts:?}");
+            }
+        }
     }
 
     #[test]
@@ -658,7 +654,7 @@ mod tests {
                 let err = pre.run(&jpeg[..cut], (416, 416), &mut tensor).unwrap_err();
                 assert!(matches!(err, FrameError::Corrupt(_)), "{threads} threads, cut at {cut}: {err:?}");
             }
-            assert_eq!(pre.run(b"", (416, 416), &mut tensor), Err(FrameError::Empty));
+            assert_eq!(pre.run(b"", (416, 416), &mut tensor), Err(FrameError::Refused(Refused::Empty)));
             // And the next good frame still goes through.
             pre.run(&jpeg, (416, 416), &mut tensor).unwrap();
         }
@@ -666,10 +662,10 @@ mod tests {
 
     #[test]
     fn non_jpeg_inputs_are_named() {
-        assert_eq!(decode_jpeg(b""), Err(FrameError::Empty));
-        assert_eq!(decode_jpeg(b"\x89PNG\r\n\x1a\n...."), Err(FrameError::NotJpeg("a PNG image")));
-        assert_eq!(decode_jpeg(b"<html>"), Err(FrameError::NotJpeg("an HTML or XML page")));
-        assert!(matches!(decode_jpeg(&[0xFF, 0xD8, 0xFF]), Err(FrameError::Corrupt(_))));
+        assert_eq!(decode_jpeg(b""), Err(FrameError::Refused(Refused::Empty)));
+        assert_eq!(decode_jpeg(b"\x89PNG\r\n\x1a\n...."), Err(FrameError::Refused(Refused::NotJpeg("a PNG image"))));
+        assert_eq!(decode_jpeg(b"<html>"), Err(FrameError::Refused(Refused::NotJpeg("an HTML or XML page"))));
+        assert_eq!(decode_jpeg(&[0xFF, 0xD8, 0xFF]), Err(FrameError::Refused(Refused::NoFrameHeader)));
         // Headers with absurd or empty sizes are refused before decoding.
         let sof = |w: u16, h: u16| {
             let mut v = vec![0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 0, 0, 0xFF, 0xC2, 0, 11, 8];
@@ -678,8 +674,8 @@ mod tests {
             v.extend_from_slice(&[1, 1, 0x11, 0]);
             v
         };
-        assert_eq!(decode_jpeg(&sof(20000, 20000)), Err(FrameError::TooLarge { width: 20000, height: 20000 }));
-        assert_eq!(decode_jpeg(&sof(0, 0)), Err(FrameError::NoPixels { width: 0, height: 0 }));
-        assert_eq!(decode_jpeg(&sof(8000, 8000)), Err(FrameError::TooLarge { width: 8000, height: 8000 }));
+        assert_eq!(decode_jpeg(&sof(20000, 20000)), Err(FrameError::Refused(Refused::TooLarge { width: 20000, height: 20000 })));
+        assert_eq!(decode_jpeg(&sof(0, 0)), Err(FrameError::Refused(Refused::NoPixels { width: 0, height: 0 })));
+        assert_eq!(decode_jpeg(&sof(8000, 8000)), Err(FrameError::Refused(Refused::TooLarge { width: 8000, height: 8000 })));
     }
 }

@@ -76,7 +76,9 @@ pub enum FrameError {
 /// averaging, aspect kept) and re-encodes at `quality`.
 pub fn shrink_to_fit(jpeg: &[u8], quality: u8) -> Result<Vec<u8>, FrameError> {
     use crate::detector::{annotate, preprocess};
-    let (w, h) = preprocess::jpeg_dimensions(jpeg)?;
+    // The frame guard first: a frame that claims a huge size is refused before decoding.
+    let info = crate::frameguard::check(jpeg).map_err(preprocess::FrameError::from)?;
+    let (w, h) = (info.width, info.height);
     if w <= MAX_W && h <= MAX_H {
         return Ok(jpeg.to_vec());
     }

@@ -35,8 +35,16 @@ pub enum RunError {
     Mirror(#[from] crate::server::MirrorError),
 }
 
-/// How long a stop waits for the watches and for queued server events.
-const STOP_WAIT: Duration = Duration::from_secs(10);
+/// How long a whole stop may take, from the signal to the end of [`supervise`]: the
+/// watches, sending what is queued for the server, the printer links. systemd's default
+/// stop timeout is 90 s, but a stop that takes longer than a few seconds looks hung.
+pub const STOP_BUDGET: Duration = Duration::from_secs(8);
+/// How long a stop waits for the watches to end (they drop a frame in flight at once).
+const WATCH_STOP_WAIT: Duration = Duration::from_secs(2);
+/// After [`supervise`] returns, how long the process waits for blocking work still running
+/// (a frame being decoded, a file read stuck in the kernel) before it exits anyway: with
+/// [`STOP_BUDGET`], a stop ends within 10 s whatever such work is doing.
+pub const EXIT_WAIT: Duration = Duration::from_secs(1);
 
 /// Loads the detector the config names (on a blocking thread: a large model takes seconds).
 pub async fn load_detector(config: &Config) -> Result<Detector, RunError> {
@@ -81,15 +89,47 @@ impl Parts {
         let detector = load_detector(config).await?;
         let store = Arc::new(StateStore::open(&state_file(&config.state_dir))?);
         let mirror = match &config.server {
-            Some(s) => {
-                let m = Arc::new(Mirror::open(s, &config.state_dir)?);
-                m.spawn();
-                Some(m)
-            }
+            Some(s) => open_mirror(s, &config.state_dir)?,
             None => None,
         };
         Ok(Self { detector, mirror, store })
     }
+}
+
+/// Opens and starts the server mirror. An outbox that cannot be opened (a corrupt file,
+/// a disk error) does not stop the watches: they run without the mirror, the file is left
+/// as it is for the user, and one ERROR says what to do (`check` shows it too). Settings
+/// the server section cannot work with are still an error.
+pub fn open_mirror(cfg: &crate::server::ServerConfig, state_dir: &std::path::Path) -> Result<Option<Arc<Mirror>>, RunError> {
+    match Mirror::open(cfg, state_dir) {
+        Ok(m) => {
+            let m = Arc::new(m);
+            m.spawn();
+            Ok(Some(m))
+        }
+        Err(crate::server::MirrorError::Outbox(e)) => {
+            let path = crate::server::outbox_file(state_dir);
+            tracing::error!(
+                "the server mirror is off: {e}. Prints are watched and acted on as usual, but \
+                 nothing is sent to the server. The file is kept for you: move it aside (mv {0} \
+                 {0}.broken) and restart printvigil to start a new, empty outbox",
+                path.display()
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The service's STATUS line: each watch's, then what is wrong with the server mirror.
+fn status_line(watches: &[String], config: &Config, mirror: Option<&Mirror>) -> String {
+    let mut parts = watches.to_vec();
+    match mirror {
+        Some(m) => parts.extend(m.health()),
+        None if config.server.is_some() => parts.push("server mirror off (outbox unusable, see the log)".into()),
+        None => {}
+    }
+    parts.join("; ")
 }
 
 /// Runs the watches until `stop` completes, then stops them gracefully.
@@ -123,6 +163,10 @@ pub async fn supervise(
     let mut loops = Vec::new();
     let mut links: Vec<Arc<dyn PrinterLink>> = Vec::new();
     for spec in specs {
+        if let Some(m) = &parts.mirror {
+            // The mirror's log lines name the printer, not its key (`default` for one printer).
+            m.set_label(&spec.mirror_key, &spec.name);
+        }
         let vitals = Arc::new(Vitals::default());
         links.push(spec.link.clone());
         let name = spec.name.clone();
@@ -153,7 +197,7 @@ pub async fn supervise(
         }
         let status: Vec<String> =
             loops.iter().map(|l| l.1.status.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect();
-        let status = status.join("; ");
+        let status = status_line(&status, config, parts.mirror.as_deref());
         if status != last_status {
             notify(&[sd_notify::NotifyState::Status(&status)]);
             last_status = status;
@@ -188,22 +232,35 @@ pub async fn supervise(
     tracing::info!("stopping: finishing the watches and sending what is queued");
     notify(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_tx.send(true);
-    let deadline = Instant::now() + STOP_WAIT;
+    let began = Instant::now();
+    let deadline = began + STOP_BUDGET;
+    let watches_by = began + WATCH_STOP_WAIT;
     for (name, _, handle) in loops {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = watches_by.saturating_duration_since(Instant::now());
+        let abort = handle.abort_handle();
         if tokio::time::timeout(left, handle).await.is_err() {
+            abort.abort();
             tracing::warn!(printer = name, "the watch did not stop in time; its state was saved at its last frame");
         }
     }
+    // The links get a moment at the end, the server what is left before it.
+    let link_share = Duration::from_secs(1);
     if let Some(m) = &parts.mirror {
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let left = deadline.saturating_duration_since(Instant::now()).saturating_sub(link_share);
         if !m.flush(left).await {
             let n = m.outbox().pending().unwrap_or(0);
             tracing::info!("{n} event(s) for the server stay queued on disk; they are sent after the next start");
+            let held = m.pending().unwrap_or(n).saturating_sub(n);
+            if held > 0 {
+                tracing::error!("{held} event(s) for the server could not be written to the outbox (no room on the disk) and are lost with this stop");
+            }
         }
     }
     for link in links {
-        link.stop().await;
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        if tokio::time::timeout(left, link.stop()).await.is_err() {
+            tracing::warn!("a printer link did not close in time; stopping without it");
+        }
     }
     tracing::info!("stopped");
     Ok(())

@@ -153,7 +153,16 @@ pub async fn run(spec: WatchSpec, shared: Shared, vitals: Arc<Vitals>, epoch: In
                     status_open = false;
                 }
             }
-            _ = ticker.tick(), if w.phase == Phase::Printing => w.score_one().await,
+            _ = ticker.tick(), if w.phase == Phase::Printing => {
+                // A stop does not wait for the frame in flight (a camera that hangs up to
+                // its timeout, a frame being decoded): it is dropped, the state was saved
+                // at the last scored frame.
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => break,
+                    _ = w.score_one() => {}
+                }
+            }
             _ = heartbeat.tick() => {}
         }
         w.update_status_line();

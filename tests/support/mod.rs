@@ -142,3 +142,87 @@ impl EventLog {
         self.all().iter().filter(|e| pred(e)).count()
     }
 }
+
+/// A frame bomb, crafted here (not taken from the crate, so the test stands on its own): a
+/// JPEG of a few hundred bytes whose frame header (SOF0) claims `width` x `height` pixels
+/// (grey, 8x8 blocks), with valid tables and a tiny scan. libjpeg-turbo reads its header
+/// like any other; a transform or decode then allocates what the header claims.
+pub fn jpeg_bomb(width: u16, height: u16) -> Vec<u8> {
+    let mut j = vec![0xFF, 0xD8];
+    j.extend_from_slice(&[0xFF, 0xDB, 0x00, 0x43, 0x00]); // DQT, table 0
+    j.extend_from_slice(&[1u8; 64]);
+    j.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x0B, 0x08]); // SOF0, 8-bit
+    j.extend_from_slice(&height.to_be_bytes());
+    j.extend_from_slice(&width.to_be_bytes());
+    j.extend_from_slice(&[0x01, 0x01, 0x11, 0x00]); // 1 component, 1x1, table 0
+    for class in [0x00u8, 0x10] {
+        // DHT: one 1-bit code, symbol 0 (DC: no difference; AC: end of block).
+        j.extend_from_slice(&[0xFF, 0xC4, 0x00, 0x14, class, 1]);
+        j.extend_from_slice(&[0u8; 15]);
+        j.push(0x00);
+    }
+    j.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x08, 0x01, 0x01, 0x00, 0x00, 0x3F, 0x00]); // SOS
+    j.extend_from_slice(&[0x00; 64]);
+    j.extend_from_slice(&[0xFF, 0xD9]);
+    j
+}
+
+/// The resident memory of this process, in KiB (`VmRSS`).
+pub fn rss_kib() -> u64 {
+    let text = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = text.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Samples this process's resident memory every few milliseconds and keeps the peak. A
+/// watchdog too: past `limit_mib` over the start, it prints the figure and ends the test
+/// process, so that a frame bomb that gets through cannot take the machine's memory.
+pub struct RssWatch {
+    pub start_kib: u64,
+    peak: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssWatch {
+    pub fn start(what: &'static str, limit_mib: u64) -> RssWatch {
+        use std::sync::atomic::Ordering;
+        let start_kib = rss_kib();
+        let peak = Arc::new(std::sync::atomic::AtomicU64::new(start_kib));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        let began = Instant::now();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let now = rss_kib();
+                p.fetch_max(now, Ordering::Relaxed);
+                if now > start_kib + limit_mib * 1024 {
+                    println!(
+                        "FIGURE {what}: RSS {} MiB over the start after {:.1} s; over the {limit_mib} MiB watchdog: test process ended",
+                        (now - start_kib) / 1024,
+                        began.elapsed().as_secs_f64()
+                    );
+                    eprintln!("{what}: RSS grew past the watchdog's {limit_mib} MiB: the frame was not refused");
+                    std::process::exit(3);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        RssWatch { start_kib, peak, stop, thread: Some(thread) }
+    }
+
+    /// The peak so far, in MiB over the start.
+    pub fn peak_over_start_mib(&self) -> f64 {
+        let peak = self.peak.load(std::sync::atomic::Ordering::Relaxed).max(rss_kib());
+        peak.saturating_sub(self.start_kib) as f64 / 1024.0
+    }
+}
+
+impl Drop for RssWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
