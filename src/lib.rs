@@ -52,6 +52,7 @@
 //!   - [`server::outbox`]: the durable SQLite outbox and printer registration record.
 //!   - [`server::upload`]: upload policy and shrink-to-fit of frames.
 //!   - [`server::standin`]: a stand-in Obico server: the demo's, and the tests' fake.
+//! - `fuzzing` (hidden): what the fuzz targets (`fuzz/`) and their regression test run.
 //! - [`watch`]: one watch loop per printer (frames at the cadence, detect, smooth, decide,
 //!   act; start/finish/predict to the mirror) and the supervisor that runs them.
 //!   - [`watch::watcher`]: the loop; it sees only [`printer::PrinterLink`] and [`camera::Camera`].
@@ -66,6 +67,8 @@ pub mod config;
 pub mod demo;
 pub mod detector;
 pub mod frameguard;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod printer;
 pub mod secret;
