@@ -8,6 +8,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+scripts/setup-system.sh --test
 source scripts/test-env.sh
 if [ -n "${PVBENCH_FULL_MODEL:-}" ]; then
   PVBENCH_FULL_MODEL=$(realpath "$PVBENCH_FULL_MODEL")

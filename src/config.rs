@@ -13,12 +13,25 @@ use serde::{Deserialize, Serialize};
 /// The system-wide config file, read when it exists.
 pub const SYSTEM_CONFIG: &str = "/etc/printvigil/config.toml";
 
+/// Obico's detective sensitivity: the range its UI offers (0.8 fewer alerts, 1.2 more).
+pub const SENSITIVITY: std::ops::RangeInclusive<f64> = 0.8..=1.2;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file {path} does not exist; fix the path given to --config")]
     Missing { path: PathBuf },
+    #[error("config file {path} is a directory; give the path of a TOML file, e.g. {path}/config.toml")]
+    NotAFile { path: PathBuf },
+    #[error(
+        "cannot read config file {path}: {source}; check that this user may read it (the service runs as user printvigil: e.g. chown root:printvigil and chmod 640)"
+    )]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    /// One or more errors found while reading the layers, each naming its file and key.
     #[error("{0}")]
     Invalid(String),
+    /// A value that was read but is not allowed; `origin` names where it came from.
+    #[error("config key `{key}`{origin} = {found} is not valid: {fix}")]
+    Value { key: String, found: String, fix: String, origin: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -58,7 +71,7 @@ pub struct DetectorConfig {
     pub onnxruntime: Option<PathBuf>,
     /// ONNX Runtime intra-op threads; 0 = all cores but one (the printer host keeps one).
     pub intra_threads: usize,
-    /// Obico's detective sensitivity, 0.8 (fewer alerts) .. 1.2 (more).
+    /// Obico's detective sensitivity, 0.8 (fewer alerts) .. 1.2 (more): [`SENSITIVITY`].
     pub sensitivity: f64,
 }
 
@@ -91,13 +104,15 @@ impl Config {
     pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if Path::new(SYSTEM_CONFIG).exists() {
-            fig = fig.merge(Toml::file(SYSTEM_CONFIG));
+            readable(Path::new(SYSTEM_CONFIG))?;
+            fig = fig.merge(Toml::file_exact(SYSTEM_CONFIG));
         }
         if let Some(path) = explicit {
             if !path.exists() {
                 return Err(ConfigError::Missing { path: path.to_path_buf() });
             }
-            fig = fig.merge(Toml::file(path));
+            readable(path)?;
+            fig = fig.merge(Toml::file_exact(path));
         }
         fig = fig.merge(Self::env());
         Self::from_figment(fig)
@@ -119,20 +134,30 @@ impl Config {
 
     fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
         let cfg: Config = fig.extract().map_err(|e| {
-            let msgs: Vec<String> = e.into_iter().map(|e| describe(&e)).collect();
+            let msgs: Vec<String> = e.into_iter().map(|e| describe(&refine(&fig, e))).collect();
             ConfigError::Invalid(msgs.join("\n"))
         })?;
-        cfg.validate()?;
+        cfg.validate().map_err(|e| match e {
+            ConfigError::Value { key, found, fix, .. } => {
+                let origin = origin_of(&fig, &key);
+                ConfigError::Value { key, found, fix, origin }
+            }
+            other => other,
+        })?;
         Ok(cfg)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         let d = &self.detector;
-        if !(d.sensitivity.is_finite() && (0.5..=2.0).contains(&d.sensitivity)) {
+        if !(d.sensitivity.is_finite() && SENSITIVITY.contains(&d.sensitivity)) {
             return Err(invalid(
                 "detector.sensitivity",
                 &d.sensitivity.to_string(),
-                "use a value between 0.8 (fewer alerts) and 1.2 (more alerts); 1.0 is Obico's default",
+                &format!(
+                    "use a value between {} (fewer alerts) and {} (more alerts); 1.0 is Obico's default",
+                    SENSITIVITY.start(),
+                    SENSITIVITY.end()
+                ),
             ));
         }
         if d.intra_threads > 256 {
@@ -162,23 +187,121 @@ impl Config {
     }
 }
 
-/// An error about one key: what was found and how to fix it.
+/// An error about one key (`printers[0].url`): what was found and how to fix it. The file
+/// or variable the value came from is added when the whole configuration is checked.
 pub fn invalid(key: &str, found: &str, fix: &str) -> ConfigError {
-    ConfigError::Invalid(format!("config key `{key}` = {found} is not valid: {fix}"))
+    ConfigError::Value { key: key.into(), found: found.into(), fix: fix.into(), origin: String::new() }
+}
+
+/// A config file must be a file this user may open (figment would skip a directory
+/// silently and report a read error without the path).
+fn readable(path: &Path) -> Result<(), ConfigError> {
+    let unreadable = |source| ConfigError::Unreadable { path: path.to_path_buf(), source };
+    if std::fs::metadata(path).map_err(unreadable)?.is_dir() {
+        return Err(ConfigError::NotAFile { path: path.to_path_buf() });
+    }
+    std::fs::File::open(path).map(drop).map_err(unreadable)
+}
+
+/// A key path as the config file writes it: `printers[0].camera`.
+fn key_path(path: &[String]) -> String {
+    let mut key = String::new();
+    for part in path {
+        if part.parse::<usize>().is_ok() {
+            key.push_str(&format!("[{part}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(part);
+        }
+    }
+    key
+}
+
+/// Where a setting came from, for a message: ` in FILE` or ` (from VARIABLE)`; nothing for
+/// the built-in defaults.
+fn origin(meta: Option<&figment::Metadata>, path: &[String]) -> String {
+    let Some(m) = meta else { return String::new() };
+    match &m.source {
+        Some(figment::Source::File(p)) => format!(" in {}", p.display()),
+        _ if m.name.contains("environment") => {
+            let keys: Vec<String> = path.iter().map(|k| k.to_ascii_uppercase()).collect();
+            format!(" (from environment variable PRINTVIGIL_{})", keys.join("__"))
+        }
+        _ => String::new(),
+    }
+}
+
+/// The origin of the value at a key such as `printers[1].name`: that of the nearest
+/// enclosing value figment can look up (it does not look into arrays).
+fn origin_of(fig: &Figment, key: &str) -> String {
+    let mut path: Vec<String> = key.split('[').next().unwrap_or("").split('.').map(str::to_owned).collect();
+    while !path.is_empty() {
+        if let Some(m) = fig.find_metadata(&path.join(".")) {
+            return origin(Some(m), &path);
+        }
+        path.pop();
+    }
+    String::new()
+}
+
+/// serde reads a `[[printers]]` entry (tagged by its `kind`) out of a buffer, so an error
+/// inside it, e.g. a typo in `camera = { ... }`, comes back at `printers.N` alone. Reading
+/// that entry again as its kind's own settings finds the full key path.
+fn refine(fig: &Figment, e: figment::Error) -> figment::Error {
+    use crate::printer::{moonraker::MoonrakerConfig, sim::SimConfig};
+    use figment::value::Value;
+    let [first, index] = &e.path[..] else { return e };
+    let Ok(index) = index.parse::<usize>() else { return e };
+    if first != "printers" {
+        return e;
+    }
+    let Some(Value::Dict(_, mut entry)) =
+        fig.extract_inner::<Vec<Value>>("printers").ok().and_then(|mut v| (index < v.len()).then(|| v.swap_remove(index)))
+    else {
+        return e;
+    };
+    let kind = entry.remove("kind").and_then(|k| k.into_string());
+    let entry = Figment::from(Serialized::defaults(entry));
+    let inner = match kind.as_deref() {
+        Some("moonraker") => entry.extract::<MoonrakerConfig>().err(),
+        Some("simulated") => entry.extract::<SimConfig>().err(),
+        _ => None,
+    };
+    match inner {
+        Some(inner) if !inner.path.is_empty() => {
+            let mut better = e.clone();
+            better.path.extend(inner.path.iter().cloned());
+            better.kind = inner.kind.clone();
+            better
+        }
+        _ => e,
+    }
 }
 
 fn describe(e: &figment::Error) -> String {
-    let key = if e.path.is_empty() { "(top level)".to_string() } else { e.path.join(".") };
-    let origin = e.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+    use figment::error::{Actual, Kind};
+    let key = if e.path.is_empty() { "(top level)".to_string() } else { key_path(&e.path) };
+    let from = origin(e.metadata.as_ref(), &e.path);
     let fix = match &e.kind {
-        figment::error::Kind::UnknownField(_, expected) => {
+        Kind::InvalidType(Actual::Map, _) if e.path == ["printers"] => {
+            "write each printer as a `[[printers]]` entry (double brackets: one per printer), not `[printers]`".into()
+        }
+        Kind::UnknownField(_, expected) => {
             format!("remove it or use one of: {}", expected.join(", "))
         }
-        figment::error::Kind::InvalidType(..) => "give it a value of the expected type".into(),
-        figment::error::Kind::MissingField(_) => "add it".into(),
+        Kind::InvalidType(..) => "give it a value of the expected type".into(),
+        Kind::MissingField(_) => "add it".into(),
         _ => "see config/printvigil.toml for an annotated example".into(),
     };
-    format!("config key `{key}`{origin}: {}; fix: {fix}", e.kind)
+    match &e.metadata {
+        // A file that is not TOML at all: the parser's message says where.
+        Some(figment::Metadata { source: Some(figment::Source::File(p)), .. }) if e.path.is_empty() => {
+            format!("config file {}: {}; fix: {fix}", p.display(), e.kind)
+        }
+        _ => format!("config key `{key}`{from}: {}; fix: {fix}", e.kind),
+    }
 }
 
 #[cfg(test)]
@@ -260,6 +383,72 @@ mod tests {
     fn out_of_range_sensitivity_is_refused() {
         let e = Config::from_toml_str("[detector]\nsensitivity = 7.0\n").unwrap_err().to_string();
         assert!(e.contains("detector.sensitivity") && e.contains("0.8"), "{e}");
+        // The range the message states is the range accepted, both ends included.
+        for (value, ok) in [(0.79, false), (0.8, true), (1.0, true), (1.2, true), (1.21, false), (0.5, false), (2.0, false)] {
+            let r = Config::from_toml_str(&format!("[detector]\nsensitivity = {value}\n"));
+            assert_eq!(r.is_ok(), ok, "{value}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("between 0.8 (fewer alerts) and 1.2 (more alerts)"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn single_bracket_printers_says_to_write_double_brackets() {
+        let e = Config::from_toml_str("[printers]\nname = \"a\"\nkind = \"moonraker\"\n").unwrap_err().to_string();
+        assert!(e.contains("`printers`") && e.contains("[[printers]]"), "{e}");
+    }
+
+    #[test]
+    fn a_typo_inside_a_printers_camera_names_the_full_key() {
+        for kind in ["moonraker", "simulated"] {
+            let e = Config::from_toml_str(&format!(
+                "[[printers]]\nname = \"a\"\nkind = \"simulated\"\n[[printers]]\nname = \"b\"\nkind = \"{kind}\"\ncamera = {{ kind = \"snapshot\", url = \"http://x/\", rotaton = 90 }}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("`printers[1].camera.rotaton`") && e.contains("rotation"), "{kind}: {e}");
+        }
+        let e = Config::from_toml_str("[[printers]]\nname = \"a\"\nkind = \"moonraker\"\ncamera = { kind = \"snapshot\", url = 5 }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`printers[0].camera.url`"), "{e}");
+    }
+
+    #[test]
+    fn errors_from_a_file_name_the_file_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Config::load(Some(dir.path())).unwrap_err().to_string();
+        assert!(e.contains(&dir.path().display().to_string()) && e.contains("is a directory"), "{e}");
+
+        let cases = [
+            ("parse.toml", "[detector\nx = 1\n", None),
+            ("utf8.toml", "\u{0}\u{0}", None),
+            ("typo.toml", "[detector]\nsensitivty = 1.0\n", Some("detector.sensitivty")),
+            ("type.toml", "[detector]\nintra_threads = \"two\"\n", Some("detector.intra_threads")),
+            ("range.toml", "[detector]\nsensitivity = 1.9\n", Some("detector.sensitivity")),
+            ("printer.toml", "[[printers]]\nname = \"a\"\nkind = \"moonraker\"\nurl = \"ftp://x\"\n", Some("printers[0].url")),
+        ];
+        for (name, text, key) in cases {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let e = Config::load(Some(&path)).unwrap_err().to_string();
+            assert!(e.contains(&path.display().to_string()), "{name}: the message names the file: {e}");
+            if let Some(key) = key {
+                assert!(e.contains(&format!("`{key}`")), "{name}: the message names the key: {e}");
+            }
+        }
+        let bytes = dir.path().join("bytes.toml");
+        std::fs::write(&bytes, [0xff, 0xfe, 0x00]).unwrap();
+        let e = Config::load(Some(&bytes)).unwrap_err().to_string();
+        assert!(e.contains(&bytes.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn key_paths_read_like_the_file() {
+        let p = |v: &[&str]| key_path(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(p(&["printers", "0", "camera", "url"]), "printers[0].camera.url");
+        assert_eq!(p(&["detector", "sensitivity"]), "detector.sensitivity");
     }
 
     #[test]
@@ -272,7 +461,7 @@ mod tests {
         let crate::printer::PrinterConfig::Moonraker(m) = &c.printers[0] else {
             panic!("not a moonraker entry: {:?}", c.printers[0]);
         };
-        assert_eq!(m.url, "http://127.0.0.1:7125");
+        assert_eq!(m.url.expose(), "http://127.0.0.1:7125");
         assert_eq!(m.api_key.as_ref().unwrap().expose(), "abc123");
         assert!(!format!("{c:?}").contains("abc123"), "the key must not show in Debug output");
         let crate::printer::PrinterConfig::Moonraker(m) = &c.printers[1] else {

@@ -31,14 +31,22 @@
 //!   - [`camera::files`]: JPEG files from a directory or one file (replays, no camera).
 //! - [`bench`]: the `printvigil bench` figures (per-stage timings, memory).
 //! - [`logging`]: log lines to journald under systemd (`JOURNAL_STREAM`), else to stderr;
-//!   the `PRINTVIGIL_LOG` filter.
+//!   the `PRINTVIGIL_LOG` filter, with dependencies that log secrets capped at info.
 //! - [`printer`]: printer links, one module per firmware behind one trait
-//!   ([`printer::PrinterLink`]: events, status, cameras, pause / resume / cancel).
-//!   - [`printer::moonraker`]: Klipper through Moonraker (websocket JSON-RPC).
+//!   ([`printer::PrinterLink`]: events, status, cameras, pause / resume / cancel), and
+//!   [`printer::Action`] (what to do on a failing print; `watch` re-exports it).
+//!   - [`printer::moonraker`]: Klipper through Moonraker (websocket JSON-RPC), a folder:
+//!     `config` (the entry), `connect` (websocket, API key, message size cap), `rpc`
+//!     (requests/answers, [`printer::moonraker::parse_message`]), `inbox` (bounded
+//!     notification hand-over, coalesced status), `status` (subscription, bounded merging),
+//!     `session` (one connection's sequence), `tracker` (what the link remembers, the
+//!     events; [`printer::moonraker::MessageReplay`] for fuzzing), `reconnect` (the task,
+//!     backoff that resets only on health, one log line per state change), `webcams`.
 //!   - [`printer::sim`]: a simulated printer (the demo's, the tests', `kind = "simulated"`).
 //! - [`secret`]: a string type that redacts itself (tokens, keys, passwords).
 //! - [`server`]: the mirror to an Obico-compatible server (a sink).
 //!   - [`server::config`]: the `[server]` settings.
+//!   - [`server::http`]: the HTTP client and size-capped reading of answers.
 //!   - [`server::oauth`]: the token manager (client credentials, refresh, token file).
 //!   - [`server::login`]: `printvigil login` (authorization code + PKCE, loopback redirect).
 //!   - [`server::api`]: the REST client and response parsing.
@@ -46,6 +54,7 @@
 //!   - [`server::outbox`]: the durable SQLite outbox and printer registration record.
 //!   - [`server::upload`]: upload policy and shrink-to-fit of frames.
 //!   - [`server::standin`]: a stand-in Obico server: the demo's, and the tests' fake.
+//! - `fuzzing` (hidden): what the fuzz targets (`fuzz/`) and their regression test run.
 //! - [`watch`]: one watch loop per printer (frames at the cadence, detect, smooth, decide,
 //!   act; start/finish/predict to the mirror) and the supervisor that runs them.
 //!   - [`watch::watcher`]: the loop; it sees only [`printer::PrinterLink`] and [`camera::Camera`].
@@ -60,6 +69,8 @@ pub mod config;
 pub mod demo;
 pub mod detector;
 pub mod frameguard;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod printer;
 pub mod secret;

@@ -7,12 +7,17 @@
 //! whose stderr may go elsewhere, so it counts only when it names the file stderr is
 //! (systemd.exec(5)). Logging through journald's native protocol keeps each event's level
 //! as the journal priority and its fields as journal fields.
+//!
+//! Whatever the filter, some dependencies are capped ([`secrets_guard`]): the websocket
+//! library writes the raw upgrade request (with Moonraker's `X-Api-Key`) and every frame's
+//! bytes at `trace`, so `PRINTVIGIL_LOG=trace` must not reach it.
 
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -22,6 +27,19 @@ pub const FILTER_ENV: &str = "PRINTVIGIL_LOG";
 pub const DEFAULT_FILTER: &str = "info,ort=warn";
 /// The journal's `SYSLOG_IDENTIFIER` (what `journalctl -t` selects).
 pub const SYSLOG_IDENTIFIER: &str = "printvigil";
+
+/// Dependencies that log secrets (request headers, frame payloads) below some level, and
+/// the most verbose level each may log at, whatever `PRINTVIGIL_LOG` says.
+pub const CAPPED_TARGETS: &[(&str, LevelFilter)] =
+    &[("tungstenite", LevelFilter::INFO), ("tokio_tungstenite", LevelFilter::INFO)];
+
+/// A filter layer that caps [`CAPPED_TARGETS`] and lets everything else through; part of
+/// every subscriber [`init`] builds (layer it next to the `PRINTVIGIL_LOG` filter).
+pub fn secrets_guard() -> Targets {
+    CAPPED_TARGETS
+        .iter()
+        .fold(Targets::new().with_default(LevelFilter::TRACE), |t, (target, level)| t.with_target(*target, *level))
+}
 
 /// Parses `JOURNAL_STREAM`'s value: the device and inode numbers, decimal, colon-separated.
 pub fn parse_journal_stream(value: &str) -> Option<(u64, u64)> {
@@ -68,7 +86,12 @@ pub fn init() {
             .with_ansi(std::io::stderr().is_terminal())
     });
     // try_init: a logger already set (by a test harness, say) stays.
-    let _ = tracing_subscriber::registry().with(filter).with(journald).with(text).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(secrets_guard())
+        .with(journald)
+        .with(text)
+        .try_init();
 
     if let Some(e) = journald_error {
         tracing::warn!(
@@ -132,6 +155,18 @@ mod tests {
         assert!(!is_journal_stream(Some("8:12345"), None));
         assert!(!is_journal_stream(None, Some((8, 12345))));
         assert!(!is_journal_stream(Some("garbage"), Some((8, 12345))));
+    }
+
+    #[test]
+    fn the_websocket_library_never_logs_below_info() {
+        use tracing::Level;
+        let guard = secrets_guard();
+        for target in ["tungstenite::handshake::client", "tokio_tungstenite::compat", "tungstenite"] {
+            assert!(!guard.would_enable(target, &Level::TRACE), "{target}");
+            assert!(!guard.would_enable(target, &Level::DEBUG), "{target}");
+            assert!(guard.would_enable(target, &Level::INFO), "{target}");
+        }
+        assert!(guard.would_enable("printvigil::printer::moonraker", &Level::TRACE));
     }
 
     #[test]

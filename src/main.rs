@@ -150,6 +150,15 @@ enum ModelCommand {
     },
 }
 
+/// `println!` that returns the error instead of panicking: a reader that went away
+/// (`printvigil config | head -1`) ends the command quietly (see `main`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     printvigil::logging::init();
@@ -159,6 +168,10 @@ fn main() -> ExitCode {
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // Whoever read the output stopped reading (`| head`, `| true`): nothing to report.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("printvigil: {e}");
             ExitCode::FAILURE
@@ -178,7 +191,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
     if let Command::Check = cli.command {
         let lines = match Config::load(cli.config.as_deref()) {
             Ok(config) => {
-                println!("ok    config is valid");
+                out!("ok    config is valid");
                 runtime()?.block_on(async {
                     let mut lines = printvigil::watch::check::run(&config).await;
                     lines.extend(server::check::run(&config).await);
@@ -189,7 +202,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
         };
         let mut failed = false;
         for l in &lines {
-            println!("{l}");
+            out!("{l}");
             failed |= !l.ok;
         }
         return if failed { Err("some checks failed; each FAIL line says how to fix it".into()) } else { Ok(()) };
@@ -197,7 +210,11 @@ fn run(cli: Cli) -> Result<(), AnyError> {
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Config => {
-            println!("{}", serde_json::to_string_pretty(&config)?);
+            // Camera URLs redact themselves (SecretUrl); this also covers the printer and
+            // server URLs, and any URL setting added later.
+            let mut shown = serde_json::to_value(&config)?;
+            redact_urls(&mut shown);
+            out!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }
         Command::Run => {
@@ -218,7 +235,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
                 cadence: std::time::Duration::from_secs_f64(cadence),
                 onnxruntime: config.detector.onnxruntime.clone(),
             }))?;
-            print!("{}", summary.render());
+            std::io::Write::write_all(&mut std::io::stdout(), summary.render().as_bytes())?;
             if !summary.complete() {
                 return Err("the demo did not show the whole story (see the summary)".into());
             }
@@ -232,8 +249,8 @@ fn run(cli: Cli) -> Result<(), AnyError> {
                 if url.is_empty() { fetch::MODEL_URLS.to_vec() } else { url.iter().map(String::as_str).collect() };
             let client = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(20)).build()?;
             match runtime()?.block_on(fetch::fetch(&client, &urls, &sha256, &dest))? {
-                fetch::Fetched::AlreadyPresent => println!("{} is already present and verified", dest.display()),
-                fetch::Fetched::Downloaded { bytes, resumed_from } => println!(
+                fetch::Fetched::AlreadyPresent => out!("{} is already present and verified", dest.display()),
+                fetch::Fetched::Downloaded { bytes, resumed_from } => out!(
                     "installed {} ({bytes} bytes{}), sha256 verified",
                     dest.display(),
                     if resumed_from > 0 { format!(", resumed at {resumed_from}") } else { String::new() }
@@ -245,11 +262,21 @@ fn run(cli: Cli) -> Result<(), AnyError> {
         Command::Logout => runtime()?.block_on(async {
             let (scfg, _) = server_cfg(&config)?;
             let api = server::client_for(scfg, &config.state_dir)?;
-            println!("{}", api.tokens().revoke_and_forget().await?);
+            out!("{}", api.tokens().revoke_and_forget().await?);
             Ok(())
         }),
         Command::Check | Command::Model(ModelCommand::Prepare { .. }) => unreachable!(),
         Command::SimMirror { prints, frames, frame_ms } => runtime()?.block_on(sim_mirror(&config, prints, frames, frame_ms)),
+    }
+}
+
+/// Replaces the password of every URL string in `v` by `***`.
+fn redact_urls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) => *s = printvigil::secret::SecretUrl::new(s.as_str()).redacted(),
+        serde_json::Value::Array(a) => a.iter_mut().for_each(redact_urls),
+        serde_json::Value::Object(o) => o.values_mut().for_each(redact_urls),
+        _ => {}
     }
 }
 
@@ -276,6 +303,10 @@ fn read_frame(path: &Path) -> Result<Vec<u8>, AnyError> {
 
 fn predict(config: &Config, args: PredictArgs) -> Result<(), AnyError> {
     let sensitivity = args.sensitivity.unwrap_or(config.detector.sensitivity);
+    let range = printvigil::config::SENSITIVITY;
+    if !(sensitivity.is_finite() && range.contains(&sensitivity)) {
+        return Err(format!("--sensitivity must be between {} and {}", range.start(), range.end()).into());
+    }
     let mut detector = load_detector(config, &args.model)?;
     let mut state = SmoothingState::default();
     if let Some(dir) = &args.annotate {
@@ -317,9 +348,9 @@ fn predict(config: &Config, args: PredictArgs) -> Result<(), AnyError> {
                 "warn": verdict.warn, "pause": verdict.pause, "normalized_p": verdict.normalized_p,
                 "annotated": annotated,
             });
-            println!("{line}");
+            out!("{line}");
         } else {
-            println!(
+            out!(
                 "{}: {} detections, p={:.4} | frame {} ewm={:.4} short={:.4} long={:.4} | {} normalized_p={:.3}",
                 path.display(),
                 found.detections.len(),
@@ -357,10 +388,10 @@ fn bench(config: &Config, args: BenchArgs) -> Result<(), AnyError> {
     } else {
         None
     };
-    println!("model: {} ({} threads)", detector.model().path().display(), args.model.threads.unwrap_or_else(|| config.detector.threads()));
-    println!("model load: {:.0} ms", load.as_secs_f64() * 1000.0);
+    out!("model: {} ({} threads)", detector.model().path().display(), args.model.threads.unwrap_or_else(|| config.detector.threads()));
+    out!("model load: {:.0} ms", load.as_secs_f64() * 1000.0);
     print!("{}", report.render());
-    println!(
+    out!(
         "memory (MiB): before load RSS {:.0}; after load RSS {:.0}, peak {:.0}; after run RSS {:.0} (steady), peak {:.0}",
         before.rss_mib, loaded.rss_mib, loaded.peak_rss_mib, after.rss_mib, after.peak_rss_mib
     );
@@ -372,7 +403,7 @@ fn bench(config: &Config, args: BenchArgs) -> Result<(), AnyError> {
     }
     if let Some((piped, per_frame)) = pipelined {
         let sequential_run = report.stage(|t| t.infer).0.as_secs_f64();
-        println!(
+        out!(
             "pipelined: {:.3} ms wall per frame; / sequential session.run median: {:.4}; session.run median while pipelined {:.3} ms",
             per_frame.as_secs_f64() * 1000.0,
             per_frame.as_secs_f64() / sequential_run,
@@ -412,7 +443,7 @@ async fn login(config: &Config, paste: bool) -> Result<(), AnyError> {
         }
     })
     .await?;
-    println!("Linked. The token is kept in {} (owner-only).", server::token_file(&config.state_dir).display());
+    out!("Linked. The token is kept in {} (owner-only).", server::token_file(&config.state_dir).display());
     Ok(())
 }
 
@@ -428,19 +459,19 @@ async fn sim_mirror(config: &Config, prints: usize, frames: usize, frame_ms: u64
     for i in 0..prints {
         let job = format!("job-{i}");
         if mirror.start_print(server::DEFAULT_PRINTER, &job, &format!("{job}.gcode"))? {
-            println!("queued start {job}");
+            out!("queued start {job}");
         }
         for _ in 0..frames {
             mirror.offer_frame(server::DEFAULT_PRINTER, jpeg.clone(), &score);
             tokio::time::sleep(std::time::Duration::from_millis(frame_ms)).await;
         }
         if mirror.finish_print(server::DEFAULT_PRINTER, &job, server::FinishStatus::Success)? {
-            println!("queued finish {job}");
+            out!("queued finish {job}");
         }
     }
     if !mirror.flush(std::time::Duration::from_secs(120)).await {
         return Err("events still queued after 120 s".into());
     }
-    println!("done");
+    out!("done");
     Ok(())
 }

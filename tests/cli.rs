@@ -253,3 +253,170 @@ fn run_watches_several_printers_each_in_its_own_loop() {
     let state = dir.path().join("watch-state.sqlite3");
     assert!(state.exists(), "state kept in the state directory");
 }
+
+#[test]
+fn a_directory_given_as_config_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = printvigil(dir.path()).arg("--config").arg(dir.path()).arg("config").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a directory is not a config file\n{stderr}");
+    assert!(stderr.contains(&format!("{} is a directory", dir.path().display())), "{stderr}");
+}
+
+#[test]
+fn an_unreadable_config_names_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = dir.path().join("secret.toml");
+    std::fs::write(&cfg, "[detector]\nintra_threads = 2\n").unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o000)).unwrap();
+    // root reads any file: run as nobody then (setpriv, util-linux).
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(env!("CARGO_BIN_EXE_printvigil"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_printvigil"))
+    };
+    let out = cmd
+        .env("PRINTVIGIL_STATE_DIR", dir.path())
+        .env_remove("PRINTVIGIL_CONFIG")
+        .current_dir(dir.path())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("config")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot read config file {}", cfg.display())) && stderr.contains("ermission denied"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_config_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    // `printvigil config | true`, without the race: the reading end is closed before the start.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = printvigil(dir.path()).arg("config").stdout(writer).stderr(std::process::Stdio::piped()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success() && stderr.is_empty(), "{:?}: {stderr}", out.status);
+}
+
+#[test]
+fn check_changes_nothing_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("check.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[printers]]\nname = \"sim\"\nkind = \"simulated\"\ncamera = {{ kind = \"files\", url = {:?} }}\n",
+            repo("models/frames")
+        ),
+    )
+    .unwrap();
+    let before: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let out = printvigil(dir.path())
+        .env("PRINTVIGIL_STATE_DIR", &state)
+        .env("ORT_DYLIB_PATH", ort_path())
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("ok    state directory: {} does not exist yet", state.display())),
+        "a missing state directory is a line:\n{stdout}"
+    );
+    assert!(!state.exists(), "check created {}:\n{stdout}", state.display());
+    let after: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before, after, "{stdout}");
+}
+
+#[test]
+fn a_camera_password_is_never_printed() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://bob:hunter2@127.0.0.1:{closed}/webcam/?action=snapshot");
+    let config = dir.path().join("cam.toml");
+    let body = |extra: &str| {
+        format!(
+            "[detector]\nmodel = {:?}\nintra_threads = 1\n[watch]\ncadence_secs = 0.2\nallow_fast_cadence = true\n\
+             [[printers]]\nname = \"voron\"\nkind = \"simulated\"\nstart_after_secs = 0\nprint_secs = 60\n\
+             camera = {{ kind = \"snapshot\", url = \"{url}\"{extra} }}\n",
+            repo("models/demo.onnx")
+        )
+    };
+    std::fs::write(&config, body("")).unwrap();
+
+    let out = printvigil(dir.path()).arg("--config").arg(&config).arg("config").output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!shown.contains("hunter2") && shown.contains(&format!("bob:***@127.0.0.1:{closed}")), "{shown}");
+
+    // A bad camera setting: the error shows the URL, without its password.
+    std::fs::write(&config, body(", rotation = 45")).unwrap();
+    let out = printvigil(dir.path()).arg("--config").arg(&config).arg("config").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("rotation") && !err.contains("hunter2"), "{err}");
+
+    // The camera cannot be reached: the WARN line (default log level) names it, redacted.
+    std::fs::write(&config, body("")).unwrap();
+    let mut child = printvigil(dir.path())
+        .env("ORT_DYLIB_PATH", ort_path())
+        .env_remove("PRINTVIGIL_LOG")
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+        let warn = line.contains("WARN") && line.contains("no frame");
+        log.push(line);
+        if warn {
+            break;
+        }
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    log.extend(rx.iter());
+    let log = log.join("\n");
+    let warn = log.lines().find(|l| l.contains("WARN") && l.contains("no frame")).unwrap_or_else(|| panic!("no WARN line:\n{log}"));
+    assert!(warn.contains(&format!("bob:***@127.0.0.1:{closed}")), "{warn}");
+    assert!(!log.contains("hunter2"), "{log}");
+}
+
+#[test]
+fn config_shows_no_password_of_any_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("urls.toml");
+    std::fs::write(
+        &config,
+        "[server]\nurl = \"https://mirror:s3rverpass@obico.example/\"\ntoken = \"tok\"\n\
+         [[printers]]\nname = \"voron\"\nkind = \"moonraker\"\nurl = \"http://klipper:pr1nterpass@192.168.1.20:7125\"\n",
+    )
+    .unwrap();
+    let out = printvigil(dir.path()).arg("--config").arg(&config).arg("config").output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!shown.contains("s3rverpass") && !shown.contains("pr1nterpass"), "{shown}");
+    assert!(shown.contains("https://mirror:***@obico.example/") && shown.contains("http://klipper:***@192.168.1.20:7125"), "{shown}");
+}

@@ -1,5 +1,7 @@
 //! `model fetch` against a local HTTP server: a good file, a wrong hash, a truncated body,
-//! a 404, a server that dies mid-transfer (then a resume), and one that ignores ranges.
+//! a 404, a server that dies mid-transfer (then a resume), one that ignores ranges, one
+//! that sends without end or announces a file larger than any model, an endless error page,
+//! and no server at all.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,6 +12,11 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use printvigil::detector::fetch::{FetchError, Fetched, fetch, part_path};
+
+/// A body of `chunk`s repeated without end (as long as the client reads).
+fn endless(chunk: &'static [u8]) -> Body {
+    Body::from_stream(futures_util::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.to_vec())))
+}
 use sha2::Digest;
 
 #[derive(Clone)]
@@ -42,6 +49,17 @@ async fn serve(State(f): State<Files>, UrlPath(mode): UrlPath<String>, headers: 
                 .into_response()
         }
         "norange" => data.to_vec().into_response(),
+        "endless" => Response::new(endless(&[7u8; 65536])),
+        "huge-declared" => {
+            let mut r = Response::new(cut_after(vec![7u8; 1 << 20]));
+            r.headers_mut().insert(header::CONTENT_LENGTH, (300u64 << 20).into());
+            r
+        }
+        "error-page" => {
+            let mut r = Response::new(endless(b"<html><body>Service Unavailable: the mirror is down</body></html>\n"));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r
+        }
         "flaky" | "good" => {
             let start = range_start(&headers).unwrap_or(0);
             if start >= total && start > 0 {
@@ -167,4 +185,57 @@ async fn a_server_that_ignores_ranges_restarts_cleanly_and_mirrors_are_tried() {
     let got = fetch(&client(), &[dead, &format!("{}/norange", s.base)], &s.sha, &dest).await.unwrap();
     assert_eq!(got, Fetched::Downloaded { bytes: s.data.len() as u64, resumed_from: 0 });
     assert_eq!(std::fs::read(&dest).unwrap(), *s.data);
+}
+
+#[tokio::test]
+async fn a_network_failure_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{closed}/model.onnx");
+    let err = fetch(&client(), &[&url], "00", &dir.path().join("m.onnx")).await.unwrap_err().to_string();
+    println!("FIGURE refused: {err}");
+    assert!(err.to_lowercase().contains("connection refused"), "{err}");
+    let err = fetch(&client(), &["http://no-such-host.invalid/model.onnx"], "00", &dir.path().join("m.onnx"))
+        .await
+        .unwrap_err()
+        .to_string();
+    println!("FIGURE no such host: {err}");
+    assert!(err.to_lowercase().contains("dns"), "{err}");
+}
+
+#[tokio::test]
+async fn a_file_larger_than_any_model_is_refused_up_front() {
+    let s = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("m.onnx");
+    let err = fetch(&client(), &[&format!("{}/huge-declared", s.base)], &s.sha, &dest).await.unwrap_err();
+    println!("FIGURE declared 300 MiB: {err}");
+    assert!(matches!(err, FetchError::TooLarge { .. }), "{err}");
+    assert!(!dest.exists() && !part_path(&dest).exists(), "nothing written");
+}
+
+#[tokio::test]
+async fn an_endless_download_stops_at_the_cap() {
+    let s = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("m.onnx");
+    let cap = 2u64 << 20;
+    let err = printvigil::detector::fetch::fetch_at_most(&client(), &[&format!("{}/endless", s.base)], &s.sha, &dest, cap)
+        .await
+        .unwrap_err();
+    println!("FIGURE endless body, cap {cap}: {err}");
+    assert!(matches!(err, FetchError::TooLarge { limit, .. } if limit == cap), "{err}");
+    assert!(!dest.exists() && !part_path(&dest).exists(), "nothing kept");
+}
+
+#[tokio::test]
+async fn an_endless_error_page_is_read_only_in_part() {
+    let s = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let err = fetch(&client(), &[&format!("{}/error-page", s.base)], &s.sha, &dir.path().join("m.onnx"))
+        .await
+        .unwrap_err();
+    println!("FIGURE endless 503 page: {err}");
+    assert!(matches!(err, FetchError::Http { status: 503, .. }), "{err}");
+    assert!(err.to_string().contains("Service Unavailable: the mirror is down"), "{err}");
 }

@@ -171,10 +171,12 @@ async fn revoked_token_is_replaced_once_then_reported() {
         .await
         .unwrap_err();
     assert!(
-        matches!(e, ApiError::Unauthenticated { status: 403, .. }),
+        matches!(e, ApiError::StaticTokenRefused { status: 403, .. }),
         "{e}"
     );
-    assert!(e.to_string().contains("server.token"), "{e}");
+    // A configured token is never renewed: the message must not claim it was.
+    let msg = e.to_string();
+    assert!(msg.contains("server.token") && !msg.contains("fetching a new one"), "{msg}");
 }
 
 #[tokio::test]
@@ -696,6 +698,14 @@ async fn check_reports_each_link_with_a_fix() {
         state_dir: dir2.path().to_path_buf(),
         ..config.clone()
     };
+    // Two events stuck behind the refusal: the outbox line still shows them.
+    {
+        let m = Mirror::open(&cfg(&fake), dir2.path()).unwrap();
+        m.start_print(DEFAULT_PRINTER, "a", "a.gcode").unwrap();
+        m.finish_print(DEFAULT_PRINTER, "a", FinishStatus::Success).unwrap();
+        m.spawn();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let lines = server::check::run(&stock).await;
     let bad = lines.iter().find(|l| !l.ok).expect("a failing line");
     assert_eq!(bad.what, "printer API usable");
@@ -703,6 +713,10 @@ async fn check_reports_each_link_with_a_fix() {
         bad.to_string().contains("fix:") && bad.to_string().contains("printvigil login"),
         "{bad}"
     );
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let outbox = lines.iter().find(|l| l.what == "outbox").unwrap_or_else(|| panic!("no outbox line: {text:#?}"));
+    assert!(outbox.detail.contains("2 event(s) waiting") && outbox.detail.contains("permission"), "{outbox}");
+    assert!(!outbox.ok, "stuck events are a FAIL: {outbox}");
 
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -714,6 +728,10 @@ async fn check_reports_each_link_with_a_fix() {
         (lines[0].what.as_str(), lines[0].ok),
         ("server reachable", false)
     );
+    let whats: Vec<&str> = lines.iter().map(|l| l.what.as_str()).collect();
+    for what in ["token obtainable", "printer API usable", "printer registered", "outbox"] {
+        assert!(whats.contains(&what), "every line is reported: {whats:?}");
+    }
     assert!(
         lines[0].to_string().contains("check server.url"),
         "{}",
@@ -807,4 +825,45 @@ async fn tls_untrusted_certificate_is_refused_and_ca_file_fixes_it() {
     bad.ca_file = Some(dir.path().join("missing.pem"));
     let e = server::http_client(&bad).unwrap_err().to_string();
     assert!(e.contains("server.ca_file"), "{e}");
+}
+
+/// `logout` is done only when the server confirmed the revocation: otherwise an error with
+/// the reason (a non-zero exit), and the token file is kept for another try.
+#[tokio::test]
+async fn logout_fails_when_the_revocation_fails() {
+    let fake = fake_obico::start(Settings::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(&fake);
+    let api = server::client_for(&c, dir.path()).unwrap();
+    api.list_printers().await.unwrap();
+    fake.set_down(true).await.unwrap();
+    let api2 = server::client_for(&c, dir.path()).unwrap();
+    let e = api2.tokens().revoke_and_forget().await.unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("could not revoke the access_token") && msg.contains("logout"), "{msg}");
+    assert!(server::token_file(dir.path()).exists(), "kept for another try");
+    fake.set_down(false).await.unwrap();
+    let note = api2.tokens().revoke_and_forget().await.unwrap();
+    assert!(note.contains("revoked the access_token"), "{note}");
+    assert!(!server::token_file(dir.path()).exists());
+    assert_eq!(fake.live_tokens(), 0);
+}
+
+/// A corrupt outbox is reported by `check` (FAIL, with the fix) and left as it was.
+#[tokio::test]
+async fn corrupt_outbox_is_reported_and_kept() {
+    let fake = fake_obico::start(Settings::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = server::outbox_file(dir.path());
+    let junk = b"this is not a database, but the user may want it back".repeat(100);
+    std::fs::write(&path, &junk).unwrap();
+    let config = printvigil::config::Config {
+        state_dir: dir.path().to_path_buf(),
+        server: Some(cfg(&fake)),
+        ..Default::default()
+    };
+    let lines = server::check::run(&config).await;
+    let outbox = lines.iter().find(|l| l.what == "outbox").expect("an outbox line");
+    assert!(!outbox.ok && outbox.to_string().contains("mv "), "{outbox}");
+    assert_eq!(std::fs::read(&path).unwrap(), junk, "kept as it was");
 }

@@ -3,8 +3,12 @@
 use proptest::prelude::*;
 use serde_json::Value;
 
-use printvigil::server::api::{error_text, parse_prediction};
-use printvigil::server::oauth::{TokenSource, parse_token_response};
+use printvigil::server::api::{
+    classify_answer, error_text, parse_finish_answer, parse_predict_answer, parse_prediction,
+    parse_printer_answer, parse_printer_list_answer, parse_start_answer,
+};
+use printvigil::server::config::ClientAuth;
+use printvigil::server::oauth::{TokenRequest, TokenSource, parse_token_answer, parse_token_response};
 
 fn json() -> impl Strategy<Value = Value> {
     let key = prop_oneof![
@@ -50,5 +54,29 @@ proptest! {
         }
         let wrapped = serde_json::json!({ "result": v.clone(), "temporal_stats": v });
         let _ = parse_prediction(&wrapped);
+    }
+}
+
+proptest! {
+    /// Every answer a server can give, as bytes with any status: an answer or an error,
+    /// never a panic; a body that is not JSON is never a success or a definite refusal.
+    #[test]
+    fn answers_from_bytes_never_panic(v in json(), status in 100u16..600, junk in prop::collection::vec(any::<u8>(), 0..64), raw in any::<bool>()) {
+        let body = if raw { junk } else { serde_json::to_vec(&v).unwrap() };
+        let _ = classify_answer("u", status, &body);
+        let _ = parse_printer_answer("u", Some(1), status, &body);
+        let _ = parse_printer_answer("u", None, status, &body);
+        let _ = parse_printer_list_answer("u", status, &body);
+        let _ = parse_start_answer("u", 1, status, &body);
+        let _ = parse_finish_answer("u", 1, status, &body);
+        let _ = parse_predict_answer("u", 1, status, &body);
+        let req = TokenRequest { grant: "client_credentials", source: TokenSource::ClientCredentials, token_url: "u", client_auth: ClientAuth::Basic };
+        let _ = parse_token_answer(&req, status, &body, 1_700_000_000);
+        if serde_json::from_slice::<Value>(&body).is_err() {
+            match parse_start_answer("u", 1, status, &body) {
+                Ok(()) => prop_assert!(false, "not JSON, yet a success"),
+                Err(e) => prop_assert!(!e.is_definite_rejection(), "not JSON, yet a refusal: {e}"),
+            }
+        }
     }
 }

@@ -33,7 +33,7 @@ pub struct FilesCamera {
 impl FilesCamera {
     /// The camera a `kind = "files"` entry describes: its directory is listed now.
     pub fn new(cfg: &CameraConfig) -> Result<Self, CameraError> {
-        let path = local_path(&cfg.url).map_err(|why| {
+        let path = local_path(cfg.url.expose()).map_err(|why| {
             CameraError::Config(format!("camera {}: `url` = {:?} {why}", cfg.display_name(), cfg.url))
         })?;
         let files = list(&path)?;
@@ -74,16 +74,16 @@ impl FilesCamera {
         let unreadable = |e: std::io::Error| CameraError::File { path: shown.clone(), reason: e.to_string() };
         let file = tokio::fs::File::open(path).await.map_err(unreadable)?;
         if file.metadata().await.map_err(unreadable)?.len() > max as u64 {
-            return Err(CameraError::TooLarge { url: shown, max });
+            return Err(CameraError::TooLarge { url: shown.into(), max });
         }
         // The file may grow after the check: never hold more than the cap.
         let mut jpeg = Vec::new();
         file.take(max as u64 + 1).read_to_end(&mut jpeg).await.map_err(unreadable)?;
         if jpeg.len() > max {
-            return Err(CameraError::TooLarge { url: shown, max });
+            return Err(CameraError::TooLarge { url: shown.into(), max });
         }
         if !is_jpeg(&jpeg) {
-            return Err(CameraError::NotJpeg { url: shown, what: sniff(&jpeg), expected: EXPECTED });
+            return Err(CameraError::NotJpeg { url: shown.into(), what: sniff(&jpeg), expected: EXPECTED });
         }
         Ok(jpeg)
     }
@@ -107,7 +107,7 @@ impl Camera for FilesCamera {
             match tokio::time::timeout(self.timeout, Self::read(&path, self.max_bytes)).await {
                 Ok(jpeg) => Ok(Frame { jpeg: jpeg?, taken: SystemTime::now() }),
                 Err(_) => Err(CameraError::Timeout {
-                    url: path.display().to_string(),
+                    url: path.display().to_string().into(),
                     secs: self.timeout.as_secs_f64(),
                 }),
             }

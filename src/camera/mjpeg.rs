@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::{Camera, CameraConfig, CameraError, Frame, Grab, sniff};
+use super::{Camera, CameraConfig, CameraError, Frame, Grab, SecretUrl, sniff};
 
 /// What the parser found.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,7 +183,8 @@ impl MjpegParser {
                         return out;
                     }
                     Walked::Done(end) => {
-                        out.push(Event::Frame(self.buf[..end].to_vec()));
+                        // A frame that came whole in one read may end past the cap.
+                        out.push(if end > self.max { Event::TooLarge } else { Event::Frame(self.buf[..end].to_vec()) });
                         self.buf.drain(..end);
                         self.state = State::Seek;
                     }
@@ -340,7 +341,7 @@ const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 struct Link {
-    url: String,
+    url: SecretUrl,
     timeout: Duration,
     max: usize,
     client: reqwest::Client,
@@ -392,7 +393,7 @@ impl Link {
     /// One connection; returns why it ended.
     async fn connection(&self, got_frames: &mut bool) -> CameraError {
         let url = &self.url;
-        let resp = match tokio::time::timeout(self.timeout, self.client.get(url).send()).await {
+        let resp = match tokio::time::timeout(self.timeout, self.client.get(url.expose()).send()).await {
             Err(_) => return self.timeout_err(),
             Ok(Err(e)) if e.is_timeout() => return self.timeout_err(),
             Ok(Err(e)) => return CameraError::Connect { url: url.clone(), reason: super::chain(&e) },
@@ -468,7 +469,7 @@ impl Link {
 
 pub struct MjpegCamera {
     name: String,
-    url: String,
+    url: SecretUrl,
     timeout: Duration,
     max: usize,
     client: reqwest::Client,

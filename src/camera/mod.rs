@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 pub use crate::printer::CameraInfo;
+use crate::secret::SecretUrl;
 
 pub mod files;
 pub mod mjpeg;
@@ -52,23 +53,23 @@ pub enum CameraError {
     #[error(
         "no frame from {url} within {secs}s; check that the camera is on and the URL is right, or raise `timeout_secs`"
     )]
-    Timeout { url: String, secs: f64 },
+    Timeout { url: SecretUrl, secs: f64 },
     #[error("could not reach {url} ({reason}); check the address and that the camera service is running")]
-    Connect { url: String, reason: String },
+    Connect { url: SecretUrl, reason: String },
     #[error("{url} answered HTTP {status}; check the camera URL (404: wrong path, 5xx: the camera service is failing)")]
-    HttpStatus { url: String, status: u16 },
+    HttpStatus { url: SecretUrl, status: u16 },
     #[error("{url} did not send a JPEG (it sent {what}); point `url` at the camera's {expected}")]
-    NotJpeg { url: String, what: String, expected: &'static str },
+    NotJpeg { url: SecretUrl, what: String, expected: &'static str },
     #[error(
         "a frame from {url} is larger than {max} bytes; lower the camera resolution or raise `max_frame_bytes`"
     )]
-    TooLarge { url: String, max: usize },
+    TooLarge { url: SecretUrl, max: usize },
     #[error(
         "the stream at {url} sent {bytes} bytes with no JPEG frame in them: is it an MJPEG stream? point `url` at the camera's MJPEG stream URL (for a single-picture URL use kind = \"snapshot\")"
     )]
-    NoFrames { url: String, bytes: usize },
+    NoFrames { url: SecretUrl, bytes: usize },
     #[error("the stream from {url} ended; printvigil reconnects by itself, check the camera service if this repeats")]
-    StreamEnded { url: String },
+    StreamEnded { url: SecretUrl },
     #[error(
         "the picture from camera {camera} has not changed for {secs:.0}s: the camera or its streamer is frozen; restart it (for example the crowsnest or ustreamer service) or check the cable"
     )]
@@ -109,8 +110,8 @@ pub struct CameraConfig {
     pub name: Option<String>,
     pub kind: CameraKind,
     /// The snapshot or stream URL; for `v4l2` the device (`/dev/video0` or `0`); for
-    /// `files` a directory of JPEG files or one file.
-    pub url: String,
+    /// `files` a directory of JPEG files or one file. Shown with its password redacted.
+    pub url: SecretUrl,
     /// Clockwise rotation in degrees: 0, 90, 180 or 270.
     #[serde(default)]
     pub rotation: u16,
@@ -151,7 +152,7 @@ impl CameraConfig {
         Self {
             name: None,
             kind,
-            url: url.into(),
+            url: SecretUrl::new(url),
             rotation: 0,
             flip_horizontal: false,
             flip_vertical: false,
@@ -163,7 +164,7 @@ impl CameraConfig {
 
     /// The name used in logs and errors.
     pub fn display_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| self.url.clone())
+        self.name.clone().unwrap_or_else(|| self.url.to_string())
     }
 
     pub fn orientation(&self) -> Orientation {
@@ -207,7 +208,7 @@ impl CameraConfig {
         }
         match self.kind {
             CameraKind::Snapshot | CameraKind::Mjpeg => {
-                let ok = reqwest::Url::parse(&self.url)
+                let ok = reqwest::Url::parse(self.url.expose())
                     .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
                     .unwrap_or(false);
                 if !ok {
@@ -217,18 +218,18 @@ impl CameraConfig {
                         "http://127.0.0.1/webcam/?action=stream"
                     };
                     return Err(bad(format!(
-                        "`url` = {:?} is not an http:// or https:// address; give the full URL, e.g. {example}",
+                        "`url` = \"{}\" is not an http:// or https:// address; give the full URL, e.g. {example}",
                         self.url
                     )));
                 }
             }
             CameraKind::V4l2 => {
-                if self.url.trim().is_empty() {
+                if self.url.expose().trim().is_empty() {
                     return Err(bad("`url` is empty; give the video device, e.g. /dev/video0".into()));
                 }
             }
             CameraKind::Files => {
-                files::local_path(&self.url).map_err(|why| bad(format!("`url` = {:?} {why}", self.url)))?;
+                files::local_path(self.url.expose()).map_err(|why| bad(format!("`url` = {:?} {why}", self.url)))?;
             }
         }
         Ok(())
@@ -562,17 +563,17 @@ mod tests {
         };
         let c = from_info(&d, "http://127.0.0.1/").unwrap();
         assert_eq!(c.kind, CameraKind::Snapshot);
-        assert_eq!(c.url, "http://127.0.0.1/webcam/?action=snapshot");
+        assert_eq!(c.url.expose(), "http://127.0.0.1/webcam/?action=snapshot");
         assert_eq!((c.rotation, c.flip_horizontal, c.flip_vertical), (180, true, false));
         assert_eq!(c.name.as_deref(), Some("bed"));
 
         let stream_only = CameraInfo { snapshot_url: Some(" ".into()), ..d.clone() };
         let c = from_info(&stream_only, "http://printer.local:7125/").unwrap();
         assert_eq!(c.kind, CameraKind::Mjpeg);
-        assert_eq!(c.url, "http://printer.local:7125/webcam/?action=stream");
+        assert_eq!(c.url.expose(), "http://printer.local:7125/webcam/?action=stream");
 
         let absolute = CameraInfo { snapshot_url: Some("http://10.0.0.9:8080/snap.jpg".into()), ..d.clone() };
-        assert_eq!(from_info(&absolute, "http://127.0.0.1/").unwrap().url, "http://10.0.0.9:8080/snap.jpg");
+        assert_eq!(from_info(&absolute, "http://127.0.0.1/").unwrap().url.expose(), "http://10.0.0.9:8080/snap.jpg");
 
         let none = CameraInfo { snapshot_url: None, stream_url: None, ..d.clone() };
         assert!(from_info(&none, "http://127.0.0.1/").unwrap_err().to_string().contains("neither"));

@@ -7,11 +7,13 @@ use std::time::SystemTime;
 
 use futures_util::StreamExt;
 
+use crate::secret::SecretUrl;
+
 use super::{Camera, CameraConfig, CameraError, Frame, Grab, is_jpeg, sniff};
 
 pub struct SnapshotCamera {
     name: String,
-    url: String,
+    url: SecretUrl,
     timeout_secs: f64,
     max_bytes: usize,
     client: reqwest::Client,
@@ -44,7 +46,7 @@ impl SnapshotCamera {
                 CameraError::Connect { url: url.clone(), reason: super::chain(&e) }
             }
         };
-        let resp = self.client.get(url).send().await.map_err(net)?;
+        let resp = self.client.get(url.expose()).send().await.map_err(net)?;
         let status = resp.status();
         if !status.is_success() {
             return Err(CameraError::HttpStatus { url: url.clone(), status: status.as_u16() });

@@ -37,7 +37,7 @@ fn index(device: &str) -> CameraIndex {
 impl V4l2Camera {
     pub fn new(cfg: &CameraConfig) -> Result<Self, CameraError> {
         let (requests, rx) = mpsc::channel::<tokio::sync::oneshot::Sender<Result<Vec<u8>, CameraError>>>();
-        let (device, max) = (cfg.url.clone(), cfg.max_frame_bytes);
+        let (device, max) = (cfg.url.expose().to_string(), cfg.max_frame_bytes);
         std::thread::Builder::new()
             .name("printvigil-v4l2".into())
             .spawn(move || {
@@ -47,8 +47,8 @@ impl V4l2Camera {
                     let _ = reply.send(capture(&mut open, &device, max));
                 }
             })
-            .map_err(|e| CameraError::Device { device: cfg.url.clone(), reason: format!("cannot start the capture thread ({e})") })?;
-        Ok(Self { name: cfg.display_name(), device: cfg.url.clone(), timeout: cfg.timeout(), requests })
+            .map_err(|e| CameraError::Device { device: cfg.url.expose().to_string(), reason: format!("cannot start the capture thread ({e})") })?;
+        Ok(Self { name: cfg.display_name(), device: cfg.url.expose().to_string(), timeout: cfg.timeout(), requests })
     }
 }
 
@@ -82,7 +82,7 @@ fn capture(guard: &mut Option<nokhwa::Camera>, device: &str, max: usize) -> Resu
         crate::detector::annotate::encode_jpeg(&rgb, 90).map_err(|e| fail("cannot encode the frame", &e))?
     };
     if jpeg.len() > max {
-        return Err(CameraError::TooLarge { url: device.to_string(), max });
+        return Err(CameraError::TooLarge { url: device.into(), max });
     }
     Ok(jpeg)
 }
@@ -101,7 +101,7 @@ impl Camera for V4l2Camera {
             };
             self.requests.send(reply).map_err(|_| gone())?;
             match tokio::time::timeout(self.timeout, answer).await {
-                Err(_) => Err(CameraError::Timeout { url: self.device.clone(), secs: self.timeout.as_secs_f64() }),
+                Err(_) => Err(CameraError::Timeout { url: self.device.as_str().into(), secs: self.timeout.as_secs_f64() }),
                 Ok(Err(_)) => Err(gone()),
                 Ok(Ok(r)) => r.map(|jpeg| Frame { jpeg, taken: SystemTime::now() }),
             }

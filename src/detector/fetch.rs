@@ -1,6 +1,8 @@
 //! `printvigil model fetch`: downloads Obico's production model. Resumable (HTTP Range on a
 //! `.part` file kept beside the destination), size and sha256 verified, installed
-//! atomically (rename after fsync). A short or wrong file is never installed.
+//! atomically (rename after fsync). A short or wrong file is never installed. Bounded: no
+//! more than [`MODEL_MAX_BYTES`] is written (refused up front when the server says its file
+//! is larger), and an error page is read only up to [`ERROR_BODY_MAX`] bytes.
 
 use std::path::{Path, PathBuf};
 
@@ -18,10 +20,19 @@ pub const MODEL_URLS: [&str; 2] = [
     "https://www.obico.io/static_pub/ml-models/model-weights-5a6b1be1fa.onnx",
 ];
 
+/// The largest file `model fetch` accepts: Obico's model is about 200 MB.
+pub const MODEL_MAX_BYTES: u64 = 256 << 20;
+/// How much of an error answer is read (for its first line in the message).
+pub const ERROR_BODY_MAX: usize = 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("{url} answered HTTP {status}; check the URL (or try again later)")]
-    Http { url: String, status: u16 },
+    #[error("{url} answered HTTP {status}{detail}; check the URL (or try again later)")]
+    Http { url: String, status: u16, detail: String },
+    #[error(
+        "{url} sends more than {limit} bytes{declared}, larger than the model can be; nothing was kept: check the URL"
+    )]
+    TooLarge { url: String, limit: u64, declared: String },
     #[error("could not reach {url}: {reason}; check the network, then run the command again (it resumes)")]
     Network { url: String, reason: String },
     #[error("the download from {url} stopped after {received} of {expected} bytes; run the command again to resume")]
@@ -83,6 +94,17 @@ pub async fn fetch(
     sha256: &str,
     dest: &Path,
 ) -> Result<Fetched, FetchError> {
+    fetch_at_most(client, urls, sha256, dest, MODEL_MAX_BYTES).await
+}
+
+/// [`fetch`], writing no more than `max_bytes`.
+pub async fn fetch_at_most(
+    client: &reqwest::Client,
+    urls: &[&str],
+    sha256: &str,
+    dest: &Path,
+    max_bytes: u64,
+) -> Result<Fetched, FetchError> {
     if dest.exists() && sha256_file(dest).await.map_err(io_err(dest))? == sha256 {
         return Ok(Fetched::AlreadyPresent);
     }
@@ -91,7 +113,7 @@ pub async fn fetch(
     }
     let mut last = None;
     for url in urls {
-        match fetch_one(client, url, sha256, dest).await {
+        match fetch_one(client, url, sha256, dest, max_bytes).await {
             Ok(done) => return Ok(done),
             Err(e) => {
                 tracing::warn!("model fetch from {url} failed: {e}");
@@ -102,10 +124,57 @@ pub async fn fetch(
     Err(last.unwrap_or_else(|| FetchError::Network { url: String::new(), reason: "no URL given".into() }))
 }
 
-async fn fetch_one(client: &reqwest::Client, url: &str, sha256: &str, dest: &Path) -> Result<Fetched, FetchError> {
+/// An error and its causes on one line: reqwest's own message leaves out why a request
+/// failed ("connection refused", a DNS failure, a certificate problem).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let c_text = c.to_string();
+        if !s.contains(&c_text) {
+            s.push_str(": ");
+            s.push_str(&c_text);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// The start of an error answer, read up to [`ERROR_BODY_MAX`] bytes: `: <first line>`, or
+/// nothing when it is empty or not text.
+async fn error_detail(resp: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while body.len() < ERROR_BODY_MAX {
+        match stream.next().await {
+            Some(Ok(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(ERROR_BODY_MAX - body.len())]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&body);
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    if line.is_empty() || line.contains('\u{FFFD}') {
+        return String::new();
+    }
+    let shown: String = line.chars().take(200).collect();
+    format!(" ({shown})")
+}
+
+async fn fetch_one(
+    client: &reqwest::Client,
+    url: &str,
+    sha256: &str,
+    dest: &Path,
+    max_bytes: u64,
+) -> Result<Fetched, FetchError> {
     let part = part_path(dest);
     let mut offset = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0);
-    let net = |e: reqwest::Error| FetchError::Network { url: url.to_string(), reason: e.to_string() };
+    let net = |e: reqwest::Error| FetchError::Network { url: url.to_string(), reason: chain(&e) };
+    let too_large = |declared: Option<u64>| FetchError::TooLarge {
+        url: url.to_string(),
+        limit: max_bytes,
+        declared: declared.map(|n| format!(" (it says {n})")).unwrap_or_default(),
+    };
 
     let mut req = client.get(url);
     if offset > 0 {
@@ -139,8 +208,14 @@ async fn fetch_one(client: &reqwest::Client, url: &str, sha256: &str, dest: &Pat
             // Everything is already here (or the part is bad): verify it as it is.
             return finish(url, sha256, &part, dest, offset, offset).await;
         }
-        _ => return Err(FetchError::Http { url: url.into(), status }),
+        _ => return Err(FetchError::Http { url: url.into(), status, detail: error_detail(resp).await }),
     };
+    if let Some(total) = expected_total.filter(|&t| t > max_bytes) {
+        return Err(too_large(Some(total)));
+    }
+    // What is on its way beyond the offset, when the server says (its own promise: never
+    // more than it announced is written either).
+    let cap = expected_total.unwrap_or(max_bytes).min(max_bytes);
 
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
@@ -157,11 +232,16 @@ async fn fetch_one(client: &reqwest::Client, url: &str, sha256: &str, dest: &Pat
     while let Some(chunk) = stream.next().await {
         match chunk {
             Ok(bytes) => {
+                if received + bytes.len() as u64 > cap {
+                    drop(file);
+                    let _ = tokio::fs::remove_file(&part).await;
+                    return Err(too_large(expected_total));
+                }
                 file.write_all(&bytes).await.map_err(io_err(&part))?;
                 received += bytes.len() as u64;
             }
             Err(e) => {
-                failure = Some(e.to_string());
+                failure = Some(chain(&e));
                 break;
             }
         }

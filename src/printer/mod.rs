@@ -117,6 +117,29 @@ pub struct CameraInfo {
     pub target_fps: Option<u32>,
 }
 
+/// What to do when the detector decides a print is failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Pause the print (the default): a person looks and resumes or cancels.
+    #[default]
+    Pause,
+    /// Cancel the print (farms that would rather start the next job).
+    Cancel,
+    /// Only tell: log, status line, server, saved frame.
+    Notify,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pause => "pause",
+            Action::Cancel => "cancel",
+            Action::Notify => "notify",
+        }
+    }
+}
+
 /// Errors of printer links and their actions.
 #[derive(Debug, thiserror::Error)]
 pub enum PrinterError {
@@ -193,7 +216,7 @@ impl PrinterConfig {
     }
 
     /// The action on a failing print configured for this printer, if any.
-    pub fn action_on_failure(&self) -> Option<crate::watch::Action> {
+    pub fn action_on_failure(&self) -> Option<Action> {
         match self {
             PrinterConfig::Moonraker(m) => m.action_on_failure,
             PrinterConfig::Simulated(s) => s.action_on_failure,

@@ -56,7 +56,7 @@ pub struct SimConfig {
     pub camera: Option<crate::camera::CameraConfig>,
     /// What to do with a failing print on this printer (default: `watch.action_on_failure`).
     #[serde(default)]
-    pub action_on_failure: Option<crate::watch::Action>,
+    pub action_on_failure: Option<crate::printer::Action>,
 }
 
 fn default_file() -> String {

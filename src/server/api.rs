@@ -1,6 +1,18 @@
 //! The Obico REST client: printers, `start_print`, `finish_print`, `predict`; response
 //! parsing for both `predict` shapes and both validation-error shapes; the spec's meaning
 //! of each 404; 401/403 handling (drop the token, fetch a new one once, then report).
+//!
+//! Only the API's own answer counts. A success is a 2xx whose body is JSON of the shape
+//! the call expects; a refusal is a 4xx whose body is the API's JSON error (`{"detail":
+//! ...}` or field errors). Anything else - an HTML page with a 200 (captive portal, a web
+//! app at a wrong base path), a proxy's 400 page, an empty or oversized body - is
+//! [`ApiError::NotTheApi`]: retried, never taken as delivered or refused, and its message
+//! points at `server.url`.
+//!
+//! Each answer is judged by a pure function of the status and the body bytes
+//! ([`parse_printer_answer`], [`parse_printer_list_answer`], [`parse_start_answer`],
+//! [`parse_finish_answer`], [`parse_predict_answer`], and [`classify_answer`] under them),
+//! so every answer a server can give is testable and fuzzable without a network.
 
 use std::sync::Arc;
 
@@ -8,6 +20,7 @@ use serde_json::Value;
 
 use crate::secret::Secret;
 use crate::server::config::TokenHeader;
+use crate::server::http::{MAX_ANSWER_BYTES, ReadError, read_capped};
 use crate::server::oauth::{AuthError, TokenManager, describe_reqwest};
 
 pub const NOT_PRINTING: &str = "Printer is not currently printing.";
@@ -23,11 +36,28 @@ pub enum ApiError {
     #[error("the server answered HTTP {status}{detail}; will retry")]
     Unavailable { status: u16, detail: String },
     #[error(
+        "the answer from {url} is not the Obico API's ({found}, HTTP {status}); check that \
+         server.url is the server's base URL (the API lives at <server.url>/api/v1/) and that \
+         no login portal or proxy answers in its place; will retry"
+    )]
+    NotTheApi {
+        url: String,
+        status: u16,
+        found: String,
+    },
+    #[error(
         "the server refused the token even after fetching a new one (HTTP {status}: {detail}); \
-         check that server.client_id/server.client_secret (or server.token) belong to this server, \
+         check that server.client_id/server.client_secret belong to this server, \
          or run `printvigil login`"
     )]
     Unauthenticated { status: u16, detail: String },
+    #[error(
+        "the server refused server.token (HTTP {status}: {detail}): the token is wrong, expired \
+         or revoked, and a configured token cannot be renewed; put a valid token in \
+         server.token, or remove it to use client credentials (server.client_id and \
+         server.client_secret) or `printvigil login`"
+    )]
+    StaticTokenRefused { status: u16, detail: String },
     #[error(
         "the server answered \"You do not have permission to perform this action.\": a token from \
          the client-credentials grant carries no user on a stock Obico server, so it cannot manage \
@@ -57,19 +87,35 @@ impl ApiError {
     pub fn is_transient(&self) -> bool {
         match self {
             ApiError::Auth(a) => a.is_transient(),
-            ApiError::Network(_) | ApiError::Unavailable { .. } | ApiError::Local(_) => true,
+            ApiError::Network(_)
+            | ApiError::Unavailable { .. }
+            | ApiError::Local(_)
+            | ApiError::NotTheApi { .. } => true,
             _ => false,
         }
     }
 
-    /// A definite refusal of this one request: the event can be dropped (with the reason
-    /// logged). Authentication, permission and unknown-printer errors are not: they are
-    /// fixed by configuration, and the events wait for it.
+    /// A definite refusal of this one request, in the API's own JSON: the event can be
+    /// dropped (with the reason logged). Authentication, permission and unknown-printer
+    /// errors are not: they are fixed by configuration, and the events wait for it. Nor is
+    /// an answer that is not the API's ([`ApiError::NotTheApi`]).
     pub fn is_definite_rejection(&self) -> bool {
         matches!(
             self,
             ApiError::Validation(_) | ApiError::Rejected { .. } | ApiError::BadResponse(_)
         )
+    }
+
+    /// An error that configuration (or `printvigil login`) must fix: every call fails the
+    /// same way until then, so the mirror stops trying and probes slowly.
+    pub fn needs_config(&self) -> bool {
+        match self {
+            ApiError::Auth(a) => !a.is_transient(),
+            ApiError::NoPermission
+            | ApiError::Unauthenticated { .. }
+            | ApiError::StaticTokenRefused { .. } => true,
+            _ => false,
+        }
     }
 }
 
@@ -191,14 +237,14 @@ pub fn error_text(body: &Value) -> String {
     parts.join("; ").chars().take(500).collect()
 }
 
-fn parse_printer(v: &Value) -> Result<Printer, ApiError> {
+fn parse_printer(v: &Value) -> Result<Printer, ()> {
     let id = v
         .get("id")
         .and_then(|x| {
             x.as_i64()
                 .or_else(|| x.as_str().and_then(|s| s.parse().ok()))
         })
-        .ok_or_else(|| ApiError::BadResponse("printer without an integer `id`".into()))?;
+        .ok_or(())?;
     Ok(Printer {
         id,
         name: v
@@ -212,6 +258,186 @@ fn parse_printer(v: &Value) -> Result<Printer, ApiError> {
             .and_then(|c| c.get("filename"))
             .and_then(Value::as_str)
             .map(str::to_string),
+    })
+}
+
+/// What a body that is not the API's looks like, in a few words (for the error message).
+fn describe_body(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    let t = text.trim_start();
+    if t.is_empty() {
+        return "an empty body".into();
+    }
+    let lower = t.to_ascii_lowercase();
+    if lower.starts_with("<!doctype html") || lower.starts_with("<html") || lower.starts_with('<') {
+        let title = lower
+            .find("<title>")
+            .map(|i| {
+                let rest = &t[i + 7..];
+                rest[..rest.find('<').unwrap_or(rest.len())].trim().to_string()
+            })
+            .filter(|s| !s.is_empty());
+        return match title {
+            Some(title) => format!(
+                "an HTML page titled {:?}",
+                title.chars().filter(|c| !c.is_control()).take(60).collect::<String>()
+            ),
+            None => "an HTML page".into(),
+        };
+    }
+    if serde_json::from_slice::<Value>(body).is_ok() {
+        return "JSON of another shape".into();
+    }
+    format!("{} bytes that are not JSON", body.len())
+}
+
+/// The API's error body: `{"detail": "..."}` or field errors (`{"f": "msg"}` or
+/// `{"f": ["msg", ...]}`). Anything else is not an answer of the API's.
+fn api_error_json(body: &[u8]) -> Option<Value> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object()?;
+    if obj.is_empty() {
+        return None;
+    }
+    if obj.get("detail").is_some_and(Value::is_string) {
+        return Some(v);
+    }
+    let fields_ok = obj.values().all(|x| match x {
+        Value::String(_) => true,
+        Value::Array(a) => !a.is_empty() && a.iter().all(Value::is_string),
+        _ => false,
+    });
+    fields_ok.then_some(v)
+}
+
+/// Classifies an answer by its status and body bytes: `Ok` with the JSON for a 2xx whose
+/// body is JSON (the caller checks its shape), else the error it means. Only the API's
+/// own JSON error is a refusal; any other body is [`ApiError::NotTheApi`] (retried).
+/// `url` is only used in messages. Pure: no network, never panics.
+pub fn classify_answer(url: &str, status: u16, body: &[u8]) -> Result<Value, ApiError> {
+    let not_api = || ApiError::NotTheApi {
+        url: url.to_string(),
+        status,
+        found: describe_body(body),
+    };
+    if (200..=299).contains(&status) {
+        return serde_json::from_slice(body).map_err(|_| not_api());
+    }
+    let json = api_error_json(body);
+    let detail = json.as_ref().map(error_text).unwrap_or_default();
+    let dd = if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    };
+    match status {
+        408 | 425 | 429 | 500..=599 => Err(ApiError::Unavailable { status, detail: dd }),
+        _ if json.is_none() => Err(not_api()),
+        401 | 403 if detail == NO_PERMISSION => Err(ApiError::NoPermission),
+        401 | 403 => Err(ApiError::Unauthenticated { status, detail }),
+        404 if detail == NOT_PRINTING => Err(ApiError::NotPrinting),
+        400 | 422 => Err(ApiError::Validation(detail)),
+        400..=499 => Err(ApiError::Rejected { status, detail: dd }),
+        _ => Err(not_api()),
+    }
+}
+
+fn shape_error(url: &str, status: u16, what: &str) -> ApiError {
+    ApiError::NotTheApi {
+        url: url.to_string(),
+        status,
+        found: format!("JSON without {what}"),
+    }
+}
+
+/// A 404 the API means as "no such printer" (or another user's): [`ApiError::PrinterNotFound`].
+fn printer_404<T>(r: Result<T, ApiError>, id: i64) -> Result<T, ApiError> {
+    match r {
+        Err(ApiError::Rejected { status: 404, .. }) => Err(ApiError::PrinterNotFound(id)),
+        other => other,
+    }
+}
+
+/// The answer to `GET /api/v1/printers/{id}/` or `POST /api/v1/printers/`: a printer object.
+/// `id`: the printer asked for (`None` for a create). Pure, never panics.
+pub fn parse_printer_answer(
+    url: &str,
+    id: Option<i64>,
+    status: u16,
+    body: &[u8],
+) -> Result<Printer, ApiError> {
+    let r = classify_answer(url, status, body);
+    let v = match id {
+        Some(id) => printer_404(r, id)?,
+        None => r?,
+    };
+    parse_printer(&v).map_err(|()| shape_error(url, status, "a printer's integer `id`"))
+}
+
+/// The answer to `GET /api/v1/printers/`: a list, or a paginated `{"results": [...]}`.
+/// Pure, never panics.
+pub fn parse_printer_list_answer(
+    url: &str,
+    status: u16,
+    body: &[u8],
+) -> Result<Vec<Printer>, ApiError> {
+    let v = classify_answer(url, status, body)?;
+    let list = v
+        .as_array()
+        .or_else(|| v.get("results").and_then(Value::as_array))
+        .ok_or_else(|| shape_error(url, status, "a list of printers"))?;
+    list.iter()
+        .map(|p| parse_printer(p).map_err(|()| shape_error(url, status, "a printer's integer `id`")))
+        .collect()
+}
+
+/// `start_print`/`finish_print` succeeded: `{"succeeded": true, "printer": {...}}` (the
+/// real server), or at least a printer object with its id.
+fn print_call_ok(url: &str, status: u16, v: &Value) -> Result<(), ApiError> {
+    match v.get("succeeded") {
+        Some(Value::Bool(true)) => Ok(()),
+        Some(Value::Bool(false)) => Err(ApiError::Rejected {
+            status,
+            detail: ": the server answered \"succeeded\": false".into(),
+        }),
+        _ if v.get("printer").is_some_and(|p| p.get("id").is_some()) => Ok(()),
+        _ => Err(shape_error(url, status, "`succeeded` or `printer`")),
+    }
+}
+
+/// The answer to `POST /api/v1/printers/{id}/start_print/`. Pure, never panics.
+pub fn parse_start_answer(url: &str, id: i64, status: u16, body: &[u8]) -> Result<(), ApiError> {
+    let v = printer_404(classify_answer(url, status, body), id)?;
+    print_call_ok(url, status, &v)
+}
+
+/// The answer to `POST /api/v1/printers/{id}/finish_print/`: `Ok(true)` closed the print,
+/// `Ok(false)` when the server had none open (404 "not currently printing": already
+/// finished, not an error). Pure, never panics.
+pub fn parse_finish_answer(url: &str, id: i64, status: u16, body: &[u8]) -> Result<bool, ApiError> {
+    match printer_404(classify_answer(url, status, body), id) {
+        Ok(v) => print_call_ok(url, status, &v).map(|()| true),
+        Err(ApiError::NotPrinting) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The answer to `POST /api/v1/printers/{id}/predict/`, either shape; `Err(NotPrinting)`
+/// when the server has no open print. Pure, never panics.
+pub fn parse_predict_answer(
+    url: &str,
+    id: i64,
+    status: u16,
+    body: &[u8],
+) -> Result<Prediction, ApiError> {
+    let v = printer_404(classify_answer(url, status, body), id)?;
+    parse_prediction(&v).map_err(|e| match e {
+        ApiError::BadResponse(what) => ApiError::NotTheApi {
+            url: url.to_string(),
+            status,
+            found: what,
+        },
+        other => other,
     })
 }
 
@@ -252,16 +478,12 @@ impl ApiClient {
     async fn send_once(
         &self,
         method: &reqwest::Method,
-        path: &str,
+        url: &url::Url,
         body: &Body,
         token: &Secret,
         event_key: Option<&str>,
-    ) -> Result<(u16, Value), ApiError> {
-        let url = self
-            .base
-            .join(path)
-            .map_err(|e| ApiError::BadResponse(e.to_string()))?;
-        let mut req = self.http.request(method.clone(), url);
+    ) -> Result<(u16, Vec<u8>), ApiError> {
+        let mut req = self.http.request(method.clone(), url.clone());
         req = match self.header {
             TokenHeader::Bearer => {
                 req.header("Authorization", format!("Bearer {}", token.expose()))
@@ -289,69 +511,76 @@ impl ApiClient {
             .await
             .map_err(|e| ApiError::Network(describe_reqwest(&e)))?;
         let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ApiError::Network(describe_reqwest(&e)))?;
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok((status, json))
+        match read_capped(resp, MAX_ANSWER_BYTES).await {
+            Ok(bytes) => Ok((status, bytes)),
+            Err(ReadError::Network(e)) => Err(ApiError::Network(e)),
+            Err(e @ ReadError::TooLarge { .. }) => Err(ApiError::NotTheApi {
+                url: self.shown(url),
+                status,
+                found: e.to_string(),
+            }),
+        }
     }
 
-    /// Sends with the current token; on 401/403 for authentication, drops the token,
-    /// fetches a new one once and retries once.
+    /// The URL for messages: the base and path, no query.
+    fn shown(&self, url: &url::Url) -> String {
+        let mut u = url.clone();
+        u.set_query(None);
+        u.to_string()
+    }
+
+    /// Sends with the current token; on 401/403 for authentication (the API's own JSON),
+    /// drops the token, fetches a new one once and retries once. Returns the URL (for
+    /// messages), the status and the body, for one of the `parse_*_answer` functions.
     async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Body,
         event_key: Option<&str>,
-    ) -> Result<(u16, Value), ApiError> {
+    ) -> Result<(String, u16, Vec<u8>), ApiError> {
+        let url = self
+            .base
+            .join(path)
+            .map_err(|e| ApiError::BadResponse(e.to_string()))?;
+        let shown = self.shown(&url);
         let token = self.tokens.access_token().await?;
-        let (status, json) = self
-            .send_once(&method, path, &body, &token, event_key)
+        let (status, bytes) = self
+            .send_once(&method, &url, &body, &token, event_key)
             .await?;
-        if status != 401 && status != 403 {
-            return classify(status, json);
-        }
-        if error_text(&json) == NO_PERMISSION {
-            return Err(ApiError::NoPermission);
-        }
-        if !self.tokens.invalidate(&token).await {
-            return Err(ApiError::Unauthenticated {
-                status,
-                detail: error_text(&json),
-            });
-        }
-        let token = self.tokens.access_token().await?;
-        let (status, json) = self
-            .send_once(&method, path, &body, &token, event_key)
-            .await?;
-        if status == 401 || status == 403 {
-            if error_text(&json) == NO_PERMISSION {
-                return Err(ApiError::NoPermission);
+        let refused = |status: u16, bytes: &[u8]| -> Option<ApiError> {
+            match classify_answer(&shown, status, bytes) {
+                Err(e @ ApiError::Unauthenticated { .. }) => Some(e),
+                _ => None,
             }
-            return Err(ApiError::Unauthenticated {
-                status,
-                detail: error_text(&json),
+        };
+        let Some(first) = refused(status, &bytes) else {
+            return Ok((shown, status, bytes));
+        };
+        if !self.tokens.invalidate(&token).await {
+            return Err(match first {
+                ApiError::Unauthenticated { status, detail } => {
+                    ApiError::StaticTokenRefused { status, detail }
+                }
+                other => other,
             });
         }
-        classify(status, json)
+        let token = self.tokens.access_token().await?;
+        let (status, bytes) = self
+            .send_once(&method, &url, &body, &token, event_key)
+            .await?;
+        Ok((shown, status, bytes))
     }
 
     pub async fn list_printers(&self) -> Result<Vec<Printer>, ApiError> {
-        let (_, v) = self
+        let (url, status, body) = self
             .call(reqwest::Method::GET, "api/v1/printers/", Body::None, None)
             .await?;
-        // A plain list, or a paginated `{"results": [...]}`.
-        let list = v
-            .as_array()
-            .or_else(|| v.get("results").and_then(Value::as_array))
-            .ok_or_else(|| ApiError::BadResponse("printer list is not a list".into()))?;
-        list.iter().map(parse_printer).collect()
+        parse_printer_list_answer(&url, status, &body)
     }
 
     pub async fn create_printer(&self, name: &str) -> Result<Printer, ApiError> {
-        let (_, v) = self
+        let (url, status, body) = self
             .call(
                 reqwest::Method::POST,
                 "api/v1/printers/",
@@ -359,20 +588,19 @@ impl ApiClient {
                 None,
             )
             .await?;
-        parse_printer(&v)
+        parse_printer_answer(&url, None, status, &body)
     }
 
     pub async fn get_printer(&self, id: i64) -> Result<Printer, ApiError> {
-        let r = self
+        let (url, status, body) = self
             .call(
                 reqwest::Method::GET,
                 &format!("api/v1/printers/{id}/"),
                 Body::None,
                 None,
             )
-            .await;
-        let (_, v) = printer_404(r, id)?;
-        parse_printer(&v)
+            .await?;
+        parse_printer_answer(&url, Some(id), status, &body)
     }
 
     pub async fn start_print(
@@ -381,15 +609,15 @@ impl ApiClient {
         filename: &str,
         event_key: Option<&str>,
     ) -> Result<(), ApiError> {
-        let r = self
+        let (url, status, body) = self
             .call(
                 reqwest::Method::POST,
                 &format!("api/v1/printers/{id}/start_print/"),
                 Body::Json(serde_json::json!({ "filename": filename })),
                 event_key,
             )
-            .await;
-        printer_404(r, id).map(|_| ())
+            .await?;
+        parse_start_answer(&url, id, status, &body)
     }
 
     /// `Ok(false)` when the server had no open print (already finished: not an error).
@@ -399,60 +627,28 @@ impl ApiClient {
         status: &str,
         event_key: Option<&str>,
     ) -> Result<bool, ApiError> {
-        let r = self
+        let (url, code, body) = self
             .call(
                 reqwest::Method::POST,
                 &format!("api/v1/printers/{id}/finish_print/"),
                 Body::Json(serde_json::json!({ "status": status })),
                 event_key,
             )
-            .await;
-        match printer_404(r, id) {
-            Ok(_) => Ok(true),
-            Err(ApiError::NotPrinting) => Ok(false),
-            Err(e) => Err(e),
-        }
+            .await?;
+        parse_finish_answer(&url, id, code, &body)
     }
 
     /// Uploads one JPEG. `Err(NotPrinting)` when the server has no open print.
     pub async fn predict(&self, id: i64, jpeg: Vec<u8>) -> Result<Prediction, ApiError> {
-        let r = self
+        let (url, status, body) = self
             .call(
                 reqwest::Method::POST,
                 &format!("api/v1/printers/{id}/predict/"),
                 Body::Jpeg(jpeg),
                 None,
             )
-            .await;
-        let (_, v) = printer_404(r, id)?;
-        parse_prediction(&v)
-    }
-}
-
-fn printer_404(r: Result<(u16, Value), ApiError>, id: i64) -> Result<(u16, Value), ApiError> {
-    match r {
-        Err(ApiError::Rejected { status: 404, .. }) => Err(ApiError::PrinterNotFound(id)),
-        other => other,
-    }
-}
-
-fn classify(status: u16, json: Value) -> Result<(u16, Value), ApiError> {
-    let detail = error_text(&json);
-    let dd = if detail.is_empty() {
-        String::new()
-    } else {
-        format!(": {detail}")
-    };
-    match status {
-        200..=299 => Ok((status, json)),
-        404 if detail == NOT_PRINTING => Err(ApiError::NotPrinting),
-        400 | 422 => Err(ApiError::Validation(if detail.is_empty() {
-            format!("HTTP {status}")
-        } else {
-            detail
-        })),
-        408 | 425 | 429 | 500..=599 => Err(ApiError::Unavailable { status, detail: dd }),
-        _ => Err(ApiError::Rejected { status, detail: dd }),
+            .await?;
+        parse_predict_answer(&url, id, status, &body)
     }
 }
 
@@ -504,23 +700,64 @@ mod tests {
         assert_eq!(error_text(&Value::Null), "");
     }
 
+    fn c(status: u16, v: Value) -> Result<Value, ApiError> {
+        classify_answer("http://x/api/v1/", status, v.to_string().as_bytes())
+    }
+
     #[test]
     fn classification() {
         assert!(matches!(
-            classify(404, json!({"detail": NOT_PRINTING})),
+            c(404, json!({"detail": NOT_PRINTING})),
             Err(ApiError::NotPrinting)
         ));
         assert!(matches!(
-            classify(404, json!({"detail": NO_PRINTER})),
+            c(404, json!({"detail": NO_PRINTER})),
             Err(ApiError::Rejected { status: 404, .. })
         ));
-        assert!(classify(503, Value::Null).unwrap_err().is_transient());
-        assert!(classify(429, Value::Null).unwrap_err().is_transient());
-        assert!(
-            classify(400, json!({"filename": ["x"]}))
-                .unwrap_err()
-                .is_definite_rejection()
-        );
+        assert!(c(503, Value::Null).unwrap_err().is_transient());
+        assert!(c(429, Value::Null).unwrap_err().is_transient());
+        assert!(c(400, json!({"filename": ["x"]})).unwrap_err().is_definite_rejection());
+        assert!(c(400, json!({"filename": "This field is required."})).unwrap_err().is_definite_rejection());
         assert!(!ApiError::NoPermission.is_definite_rejection());
+        assert!(matches!(c(403, json!({"detail": NO_PERMISSION})), Err(ApiError::NoPermission)));
+    }
+
+    /// Answers that are not the API's are retried, whatever their status, and say where
+    /// to look.
+    #[test]
+    fn answers_that_are_not_the_api() {
+        let page = b"<!DOCTYPE html><html><head><title>Hotel WiFi</title></head></html>";
+        for status in [200u16, 201, 400, 401, 403, 404, 405, 302] {
+            let e = classify_answer("http://x/api/v1/printers/", status, page).unwrap_err();
+            assert!(matches!(e, ApiError::NotTheApi { .. }), "{status}: {e:?}");
+            assert!(e.is_transient() && !e.is_definite_rejection(), "{status}");
+            let msg = e.to_string();
+            assert!(msg.contains("server.url") && msg.contains("Hotel WiFi"), "{msg}");
+        }
+        for body in [&b""[..], b"null", b"[1]", b"{\"a\": {\"b\": 1}}", b"{}"] {
+            assert!(matches!(
+                classify_answer("u", 400, body),
+                Err(ApiError::NotTheApi { .. })
+            ));
+        }
+        assert!(matches!(parse_start_answer("u", 1, 200, page), Err(ApiError::NotTheApi { .. })));
+        assert!(matches!(parse_start_answer("u", 1, 200, b"{}"), Err(ApiError::NotTheApi { .. })));
+        assert!(matches!(parse_finish_answer("u", 1, 200, b"[]"), Err(ApiError::NotTheApi { .. })));
+        assert!(matches!(parse_predict_answer("u", 1, 200, b"{\"x\": 1}"), Err(ApiError::NotTheApi { .. })));
+        assert!(matches!(parse_printer_answer("u", Some(1), 200, b"{\"name\": \"x\"}"), Err(ApiError::NotTheApi { .. })));
+        assert!(matches!(parse_printer_list_answer("u", 200, b"{\"x\": 1}"), Err(ApiError::NotTheApi { .. })));
+        // The API's own answers.
+        let ok = br#"{"succeeded": true, "printer": {"id": 3, "current_print": null}}"#;
+        assert!(parse_start_answer("u", 3, 200, ok).is_ok());
+        assert!(parse_finish_answer("u", 3, 200, ok).unwrap());
+        let np = format!("{{\"detail\": \"{NOT_PRINTING}\"}}");
+        assert!(!parse_finish_answer("u", 3, 404, np.as_bytes()).unwrap());
+        let nf = format!("{{\"detail\": \"{NO_PRINTER}\"}}");
+        assert!(matches!(parse_start_answer("u", 3, 404, nf.as_bytes()), Err(ApiError::PrinterNotFound(3))));
+        assert!(matches!(parse_start_answer("u", 3, 404, page), Err(ApiError::NotTheApi { .. })));
+        assert!(matches!(
+            parse_start_answer("u", 3, 200, br#"{"succeeded": false}"#),
+            Err(ApiError::Rejected { .. })
+        ));
     }
 }

@@ -50,7 +50,13 @@ impl fmt::Display for Line {
     }
 }
 
-/// Runs the server checks for a loaded (hence valid) configuration.
+/// A line that could not be checked because an earlier one failed.
+fn not_checked(what: &str, because: &str) -> Line {
+    Line::fail(what, format!("not checked: {because}"), "fix the FAIL above first")
+}
+
+/// Runs the server checks for a loaded (hence valid) configuration. Every line is
+/// reported, whatever fails before it: a line that depends on a failed one says so.
 pub async fn run(config: &Config) -> Vec<Line> {
     let mut out = Vec::new();
     let Some(scfg) = &config.server else {
@@ -60,6 +66,25 @@ pub async fn run(config: &Config) -> Vec<Line> {
         ));
         return out;
     };
+    out.extend(links(config, scfg).await);
+    out.push(outbox_line(&config.state_dir));
+    out
+}
+
+/// The lines that need the network: reachable, token, printer API, registration.
+async fn links(config: &Config, scfg: &server::ServerConfig) -> Vec<Line> {
+    const LINKS: [&str; 4] = [
+        "server reachable",
+        "token obtainable",
+        "printer API usable",
+        "printer registered",
+    ];
+    let mut out = Vec::new();
+    let rest = |out: &mut Vec<Line>, from: usize, because: &str| {
+        for what in &LINKS[from..] {
+            out.push(not_checked(what, because));
+        }
+    };
     let api = match server::client_for(scfg, &config.state_dir) {
         Ok(a) => a,
         Err(e) => {
@@ -68,6 +93,7 @@ pub async fn run(config: &Config) -> Vec<Line> {
                 e.to_string(),
                 "fix the [server] key named above",
             ));
+            rest(&mut out, 0, "the server settings are not usable");
             return out;
         }
     };
@@ -80,6 +106,7 @@ pub async fn run(config: &Config) -> Vec<Line> {
                 e.to_string(),
                 "report this as a bug",
             ));
+            rest(&mut out, 0, "no HTTP client");
             return out;
         }
     };
@@ -105,10 +132,12 @@ pub async fn run(config: &Config) -> Vec<Line> {
                 "check server.url (scheme, host, port), that the server runs, and this host's network and DNS"
             };
             out.push(Line::fail("server reachable", msg, fix));
+            rest(&mut out, 1, "the server is not reachable");
+            token_file_line(&api, &mut out);
             return out;
         }
     }
-    match api.tokens().access_token().await {
+    let token_ok = match api.tokens().access_token().await {
         Ok(_) => {
             let how = if api.tokens().is_static() {
                 "configured server.token".to_string()
@@ -119,12 +148,59 @@ pub async fn run(config: &Config) -> Vec<Line> {
                 }
             };
             out.push(Line::ok("token obtainable", how));
+            true
         }
         Err(e) => {
             out.push(Line::fail("token obtainable", e.to_string(), "see above"));
+            false
+        }
+    };
+    token_file_line(&api, &mut out);
+    if !token_ok {
+        rest(&mut out, 2, "no token");
+        return out;
+    }
+    match api.list_printers().await {
+        Ok(list) => out.push(Line::ok(
+            "printer API usable",
+            format!("{} printer(s) visible to this token", list.len()),
+        )),
+        Err(e @ ApiError::NoPermission) => {
+            out.push(Line::fail(
+                "printer API usable",
+                "the server answered \"You do not have permission to perform this action.\"",
+                e.to_string(),
+            ));
+            rest(&mut out, 3, "the printer API refuses this token");
+            return out;
+        }
+        Err(e) => {
+            out.push(Line::fail("printer API usable", e.to_string(), "see above"));
+            rest(&mut out, 3, "the printer API is not usable");
             return out;
         }
     }
+    let registered = match scfg.printer_id {
+        Some(id) => Some(id),
+        None => server::outbox::Outbox::open_read_only_registration(
+            &server::outbox_file(&config.state_dir),
+            DEFAULT_PRINTER,
+        ),
+    };
+    match registered {
+        Some(id) => match api.get_printer(id).await {
+            Ok(p) => out.push(Line::ok("printer registered", format!("id {id} ({:?}){}", p.name, if p.printing { ", printing" } else { "" }))),
+            Err(e) => out.push(Line::fail("printer registered", e.to_string(), "set server.printer_id to an id of yours, or remove it to register anew")),
+        },
+        None => out.push(Line::ok(
+            "printer registered",
+            "not yet: it is created (or found by name) when the first print is mirrored; set server.printer_id to use an existing one",
+        )),
+    }
+    out
+}
+
+fn token_file_line(api: &server::api::ApiClient, out: &mut Vec<Line>) {
     if let Some(store) = api.tokens().store()
         && let Ok(m) = std::fs::metadata(store.path())
     {
@@ -142,54 +218,88 @@ pub async fn run(config: &Config) -> Vec<Line> {
             ));
         }
     }
-    match api.list_printers().await {
-        Ok(list) => out.push(Line::ok(
-            "printer API usable",
-            format!("{} printer(s) visible to this token", list.len()),
-        )),
-        Err(e @ ApiError::NoPermission) => {
-            out.push(Line::fail(
-                "printer API usable",
-                "the server answered \"You do not have permission to perform this action.\"",
-                e.to_string(),
-            ));
-            return out;
-        }
+}
+
+/// Free bytes for an unprivileged writer on the file system of `dir`.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` is valid for writing one statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast, reason = "the field types are 32-bit on 32-bit ARM")]
+    let (avail, frsize) = (st.f_bavail as u64, st.f_frsize as u64);
+    Some(avail.saturating_mul(frsize))
+}
+
+/// Below this, the outbox cannot be relied on to take new events.
+const LOW_SPACE: u64 = 1 << 20;
+
+/// The outbox, read without changing it: events waiting and why they wait, a corrupt
+/// file, a full disk.
+fn outbox_line(state_dir: &std::path::Path) -> Line {
+    let path = server::outbox_file(state_dir);
+    let summary = match server::outbox::Outbox::inspect(&path) {
+        Ok(s) => s,
         Err(e) => {
-            out.push(Line::fail("printer API usable", e.to_string(), "see above"));
-            return out;
+            return Line::fail(
+                "outbox",
+                format!("{e}; the daemon watches prints without the server mirror while it is so"),
+                format!(
+                    "the file is kept for you: move it aside (mv {0} {0}.broken) and printvigil starts a new, empty one (print events still in it are not sent)",
+                    path.display()
+                ),
+            );
         }
-    }
-    let registered = match scfg.printer_id {
-        Some(id) => Some(id),
-        None => server::outbox::Outbox::open(&server::outbox_file(&config.state_dir))
-            .ok()
-            .and_then(|o| o.registration(DEFAULT_PRINTER).ok().flatten())
-            .and_then(|(_, id)| id),
     };
-    match registered {
-        Some(id) => match api.get_printer(id).await {
-            Ok(p) => out.push(Line::ok("printer registered", format!("id {id} ({:?}){}", p.name, if p.printing { ", printing" } else { "" }))),
-            Err(e) => out.push(Line::fail("printer registered", e.to_string(), "set server.printer_id to an id of yours, or remove it to register anew")),
-        },
-        None => out.push(Line::ok(
-            "printer registered",
-            "not yet: it is created (or found by name) when the first print is mirrored; set server.printer_id to use an existing one",
-        )),
-    }
-    if let Ok(o) = server::outbox::Outbox::open(&server::outbox_file(&config.state_dir)) {
-        match o.pending() {
-            Ok(0) => out.push(Line::ok("outbox", "nothing waiting to be sent")),
-            Ok(n) => out.push(Line::ok(
+    let full = free_bytes(state_dir).filter(|&b| b < LOW_SPACE);
+    let Some(s) = summary else {
+        return match full {
+            Some(b) => Line::fail(
                 "outbox",
-                format!("{n} event(s) waiting; they are sent in order when the daemon runs"),
-            )),
-            Err(e) => out.push(Line::fail(
-                "outbox",
-                e.to_string(),
-                "check that state_dir is writable",
-            )),
-        }
+                format!("no outbox yet, and the disk holding {} has {} KiB free: print events could not be queued", state_dir.display(), b / 1024),
+                "free some space there (the daemon keeps events in memory until there is room)",
+            ),
+            None => Line::ok("outbox", "nothing waiting to be sent (no outbox yet)"),
+        };
+    };
+    let age = s
+        .oldest_ms
+        .map(|t| {
+            let secs = ((server::outbox::now_ms() - t).max(0) / 1000) as u64;
+            format!(", the oldest queued {} ago", humantime::format_duration(std::time::Duration::from_secs(secs)))
+        })
+        .unwrap_or_default();
+    if let Some(b) = full {
+        return Line::fail(
+            "outbox",
+            format!(
+                "stuck: the disk holding {} has {} KiB free, so new print events cannot be written ({} event(s) waiting{age})",
+                state_dir.display(),
+                b / 1024,
+                s.pending
+            ),
+            "free some space there; the daemon keeps the events it could not write in memory and writes them as soon as there is room",
+        );
     }
-    out
+    match (s.pending, s.last_error) {
+        (0, _) => Line::ok("outbox", "nothing waiting to be sent"),
+        (n, Some(err)) => Line::fail(
+            "outbox",
+            format!(
+                "{n} event(s) waiting{age}, not sent{}: {err}",
+                if s.attempts > 0 { format!(" after {} attempt(s)", s.attempts) } else { String::new() }
+            ),
+            "fix what the error names; the daemon sends them, in order, as soon as the server takes them",
+        ),
+        (n, _) => Line::ok(
+            "outbox",
+            format!("{n} event(s) waiting{age}; they are sent in order when the daemon runs"),
+        ),
+    }
 }

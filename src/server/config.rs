@@ -82,7 +82,8 @@ pub struct ServerConfig {
     pub request_timeout_secs: f64,
     /// First retry delay after a failed send, milliseconds.
     pub backoff_initial_ms: u64,
-    /// Longest retry delay, seconds.
+    /// Longest retry delay, seconds; also how often a server that refuses the credentials
+    /// (e.g. a token without a user) is asked again.
     pub backoff_cap_secs: f64,
     /// Loopback port for `printvigil login`'s redirect; 0 = any free port.
     pub login_port: u16,

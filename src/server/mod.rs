@@ -21,6 +21,7 @@
 pub mod api;
 pub mod check;
 pub mod config;
+pub mod http;
 pub mod login;
 pub mod oauth;
 pub mod outbox;
@@ -34,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub use config::ServerConfig;
+pub use http::http_client;
 
 use api::{ApiClient, ApiError};
 use outbox::{EventKind, Outbox, OutboxError, backoff, now_ms};
@@ -78,33 +80,6 @@ pub fn token_file(state_dir: &Path) -> PathBuf {
 
 pub fn outbox_file(state_dir: &Path) -> PathBuf {
     state_dir.join("server-outbox.sqlite3")
-}
-
-/// The HTTP client every server call uses: rustls, the configured timeout.
-pub fn http_client(cfg: &ServerConfig) -> Result<reqwest::Client, MirrorError> {
-    let timeout = Duration::from_secs_f64(cfg.request_timeout_secs);
-    let mut builder = reqwest::Client::builder();
-    if let Some(path) = &cfg.ca_file {
-        let pem = std::fs::read(path).map_err(|e| {
-            MirrorError::Http(format!(
-                "server.ca_file = {:?} cannot be read ({e}): fix the path or remove the key",
-                path.display().to_string()
-            ))
-        })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            MirrorError::Http(format!(
-                "server.ca_file = {:?} holds no usable PEM certificate ({e}): give the CA certificate in PEM form",
-                path.display().to_string()
-            ))
-        })?;
-        builder = builder.tls_certs_merge(certs);
-    }
-    builder
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .user_agent(concat!("printvigil/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| MirrorError::Http(e.to_string()))
 }
 
 /// Builds the token manager and API client for a config (also used by `login`, `check`).
@@ -153,6 +128,42 @@ pub struct Stats {
     pub frames_replaced: AtomicU64,
     pub frames_uploaded: AtomicU64,
     pub frames_discarded: AtomicU64,
+    /// Events that could not be written to the outbox (full disk) and wait in memory.
+    pub events_held: AtomicU64,
+}
+
+/// The most events kept in memory while the outbox cannot be written (a full disk). A
+/// print makes two; this is hundreds of prints.
+const MAX_HELD: usize = 1000;
+
+/// An event that could not be written to the outbox yet.
+#[derive(Debug, Clone, PartialEq)]
+struct HeldEvent {
+    printer: String,
+    kind: EventKind,
+    job: String,
+    arg: String,
+}
+
+/// Events waiting in memory for the outbox to take them, in order, and why.
+#[derive(Debug, Default)]
+struct Held {
+    events: std::collections::VecDeque<HeldEvent>,
+    error: String,
+}
+
+/// A frame waiting for upload, and when it was offered.
+struct HeldFrame {
+    jpeg: Vec<u8>,
+    offered_ms: i64,
+}
+
+/// The server refuses every call until the configuration is fixed (a token without a
+/// user, refused credentials): the mirror stops sending and probes slowly.
+#[derive(Debug, Clone)]
+struct Blocked {
+    message: String,
+    short: String,
 }
 
 struct Inner {
@@ -160,11 +171,18 @@ struct Inner {
     api: ApiClient,
     outbox: Outbox,
     notify: tokio::sync::Notify,
-    frames: std::sync::Mutex<HashMap<String, Vec<u8>>>,
+    frames: std::sync::Mutex<HashMap<String, HeldFrame>>,
     gates: std::sync::Mutex<HashMap<String, UploadGate>>,
     ids: tokio::sync::Mutex<HashMap<String, i64>>,
+    held: std::sync::Mutex<Held>,
+    blocked: std::sync::Mutex<Option<Blocked>>,
+    labels: std::sync::Mutex<HashMap<String, String>>,
     stats: Stats,
     printer_name: String,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The server mirror. Create with [`Mirror::open`], then [`Mirror::spawn`] inside a Tokio
@@ -176,7 +194,7 @@ pub struct Mirror {
 
 impl Drop for Mirror {
     fn drop(&mut self) {
-        if let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(t) = lock(&self.task).take() {
             t.abort();
         }
     }
@@ -208,18 +226,28 @@ impl Mirror {
                 frames: Default::default(),
                 gates: Default::default(),
                 ids: Default::default(),
+                held: Default::default(),
+                blocked: Default::default(),
+                labels: Default::default(),
                 stats: Stats::default(),
             }),
             task: std::sync::Mutex::new(None),
         })
     }
 
-    /// Starts the background sender (idempotent).
+    /// Starts the background sender (idempotent). It first probes the server once, so a
+    /// configuration the server refuses is reported at start, not at the first print.
     pub fn spawn(&self) {
-        let mut t = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = lock(&self.task);
         if t.is_none() {
             *t = Some(tokio::spawn(run(self.inner.clone())));
         }
+    }
+
+    /// Names a local printer key in log lines (the watch's printer name for the key
+    /// [`DEFAULT_PRINTER`]).
+    pub fn set_label(&self, key: &str, name: &str) {
+        lock(&self.inner.labels).insert(key.to_string(), name.to_string());
     }
 
     pub fn api(&self) -> &ApiClient {
@@ -239,9 +267,30 @@ impl Mirror {
         &self.inner.stats
     }
 
-    /// Queues a print start (durably: committed when this returns). A repeated call for
-    /// the same `job` is a no-op.
-    /// Returns whether the event is new.
+    /// What is wrong with the mirror now, in a few words for the service's STATUS line
+    /// (`None` when nothing is): events held in memory because the outbox cannot be
+    /// written, or a server that refuses the configuration.
+    pub fn health(&self) -> Option<String> {
+        let mut out = Vec::new();
+        {
+            let held = lock(&self.inner.held);
+            if !held.events.is_empty() {
+                out.push(format!(
+                    "server outbox stuck, {} event(s) held in memory: {}",
+                    held.events.len(),
+                    held.error
+                ));
+            }
+        }
+        if let Some(b) = lock(&self.inner.blocked).as_ref() {
+            out.push(b.short.clone());
+        }
+        (!out.is_empty()).then(|| out.join("; "))
+    }
+
+    /// Queues a print start (durably: committed when this returns, or held in memory in
+    /// order while the outbox cannot be written). A repeated call for the same `job` is a
+    /// no-op. Returns whether the event is new.
     pub fn start_print(
         &self,
         printer: &str,
@@ -268,38 +317,77 @@ impl Mirror {
         job: &str,
         arg: &str,
     ) -> Result<bool, MirrorError> {
-        let new = self
-            .inner
-            .outbox
-            .enqueue(printer, kind, job, arg)?
-            .is_some();
-        if new {
-            tracing::debug!(printer, job, "queued {} for the server", kind.as_str());
-            self.inner.notify.notify_one();
+        let inner = &self.inner;
+        let ev = HeldEvent {
+            printer: printer.into(),
+            kind,
+            job: job.into(),
+            arg: arg.into(),
+        };
+        // Held events go first: a new one waits behind them to keep the order.
+        let mut held = lock(&inner.held);
+        if held.events.is_empty() {
+            match inner.outbox.enqueue(printer, kind, job, arg) {
+                Ok(id) => {
+                    let new = id.is_some();
+                    if new {
+                        tracing::debug!(printer = %inner.label(printer), job, "queued {} for the server", kind.as_str());
+                        inner.notify.notify_one();
+                    }
+                    return Ok(new);
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "print events cannot be written to the outbox ({e}); they are kept in memory \
+                         (up to {MAX_HELD}) and written, in order, as soon as there is room"
+                    );
+                    held.error = e.to_string();
+                }
+            }
+        } else if held
+            .events
+            .iter()
+            .any(|h| h.printer == ev.printer && h.kind == kind && h.job == ev.job)
+        {
+            return Ok(false);
         }
-        Ok(new)
+        if held.events.len() >= MAX_HELD {
+            tracing::error!(
+                printer = %inner.label(printer), job,
+                "{}_print lost: {MAX_HELD} events already wait in memory for the outbox ({})",
+                kind.as_str(),
+                held.error
+            );
+            return Err(MirrorError::Outbox(OutboxError::Full(MAX_HELD)));
+        }
+        held.events.push_back(ev);
+        inner.stats.events_held.fetch_add(1, Ordering::Relaxed);
+        inner.notify.notify_one();
+        Ok(true)
     }
 
     /// Offers a scored frame (a JPEG). Returns whether the upload policy took it; it is then
-    /// sent when the printer's queue is empty, unless a newer frame replaces it first.
+    /// sent when the printer's queue is empty, unless a newer frame replaces it first. A
+    /// frame offered before a finish is sent before it (or dropped with a log line).
     /// Never blocks on the network.
     pub fn offer_frame(&self, printer: &str, jpeg: Vec<u8>, score: &FrameScore) -> bool {
         let s = &self.inner.stats;
         s.frames_offered.fetch_add(1, Ordering::Relaxed);
         let go = {
-            let mut gates = self.inner.gates.lock().unwrap_or_else(|p| p.into_inner());
+            let mut gates = lock(&self.inner.gates);
             gates
                 .entry(printer.to_string())
                 .or_insert_with(|| UploadGate::new(&self.inner.cfg))
                 .decide(score, Instant::now())
         };
         if go {
-            let old = self
-                .inner
-                .frames
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(printer.to_string(), jpeg);
+            let old = lock(&self.inner.frames).insert(
+                printer.to_string(),
+                HeldFrame {
+                    jpeg,
+                    offered_ms: now_ms(),
+                },
+            );
             if old.is_some() {
                 s.frames_replaced.fetch_add(1, Ordering::Relaxed);
             }
@@ -312,8 +400,9 @@ impl Mirror {
     pub async fn flush(&self, timeout: Duration) -> bool {
         let end = Instant::now() + timeout;
         loop {
+            let held = lock(&self.inner.held).events.len();
             match self.inner.outbox.pending() {
-                Ok(0) => return true,
+                Ok(0) if held == 0 => return true,
                 Ok(_) => {}
                 Err(e) => tracing::error!("{e}"),
             }
@@ -324,10 +413,25 @@ impl Mirror {
         }
     }
 
+    /// Events not yet sent: in the outbox, and held in memory.
+    pub fn pending(&self) -> Result<u64, MirrorError> {
+        let held = lock(&self.inner.held).events.len() as u64;
+        Ok(self.inner.outbox.pending()? + held)
+    }
+
     /// The server's id of a local printer, registering it when needed.
     pub async fn server_id(&self, printer: &str) -> Result<i64, ApiError> {
         self.inner.server_id(printer).await
     }
+}
+
+/// Why a frame did not reach the server.
+enum FrameError {
+    /// The frame itself cannot be sent (not a usable JPEG): dropped.
+    Unusable(String),
+    /// The server has no open print for it: dropped.
+    NotPrinting,
+    Api(ApiError),
 }
 
 impl Inner {
@@ -337,6 +441,99 @@ impl Inner {
             Duration::from_millis(self.cfg.backoff_initial_ms),
             Duration::from_secs_f64(self.cfg.backoff_cap_secs),
         )
+    }
+
+    /// How often a refusing server is probed again (the backoff cap: 5 min by default).
+    fn probe_every(&self) -> Duration {
+        Duration::from_secs_f64(self.cfg.backoff_cap_secs.max(0.05))
+    }
+
+    /// The printer's name for log lines.
+    fn label(&self, key: &str) -> String {
+        lock(&self.labels)
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| key.to_string())
+    }
+
+    fn is_blocked(&self) -> bool {
+        lock(&self.blocked).is_some()
+    }
+
+    /// Records that the server refuses the configuration: one ERROR per change of reason.
+    fn block(&self, e: &ApiError) {
+        let message = e.to_string();
+        let mut b = lock(&self.blocked);
+        if b.as_ref().is_some_and(|b| b.message == message) {
+            return;
+        }
+        let short = match e {
+            ApiError::NoPermission => {
+                "server refuses the token: it has no user (run `printvigil login`)".to_string()
+            }
+            _ => "server refuses the credentials (see the log)".to_string(),
+        };
+        tracing::error!(
+            "{message}. Print events are kept and sent once this is fixed (the server is asked again every {:.0} s)",
+            self.probe_every().as_secs_f64()
+        );
+        *b = Some(Blocked { message, short });
+    }
+
+    fn unblock(&self) {
+        if lock(&self.blocked).take().is_some() {
+            tracing::info!("the server accepts the credentials now; sending the queued events");
+            if let Err(e) = self.outbox.retry_now() {
+                tracing::error!("{e}");
+            }
+        }
+    }
+
+    /// Asks the server once whether it accepts the configuration (a read-only call).
+    /// Returns whether it does.
+    async fn probe(&self, first: bool) -> bool {
+        match self.api.list_printers().await {
+            Ok(_) => {
+                self.unblock();
+                true
+            }
+            Err(e) if e.needs_config() => {
+                self.block(&e);
+                false
+            }
+            Err(e) => {
+                if first {
+                    tracing::warn!("the server could not be checked at start: {e}");
+                }
+                // Says nothing about the configuration: the state stays as it was.
+                !self.is_blocked()
+            }
+        }
+    }
+
+    /// Writes the events held in memory to the outbox, in order, while it takes them.
+    fn write_held(&self) {
+        let mut held = lock(&self.held);
+        if held.events.is_empty() {
+            return;
+        }
+        let mut written = 0;
+        while let Some(ev) = held.events.front() {
+            match self.outbox.enqueue(&ev.printer, ev.kind, &ev.job, &ev.arg) {
+                Ok(_) => {
+                    held.events.pop_front();
+                    written += 1;
+                }
+                Err(e) => {
+                    held.error = e.to_string();
+                    break;
+                }
+            }
+        }
+        if held.events.is_empty() {
+            tracing::info!("the outbox can be written again: {written} held event(s) are queued for the server");
+            held.error.clear();
+        }
     }
 
     async fn server_id(&self, key: &str) -> Result<i64, ApiError> {
@@ -395,7 +592,7 @@ impl Inner {
     /// auto-registered printer is registered again on the next attempt.
     async fn forget(&self, key: &str) {
         tracing::warn!(
-            printer = key,
+            printer = %self.label(key),
             "the server no longer knows this printer; it will be registered again"
         );
         self.ids.lock().await.remove(key);
@@ -442,36 +639,48 @@ impl Inner {
         };
         let kind = ev.kind.as_str();
         let stats = &self.stats;
+        let printer = self.label(&ev.printer);
         let r = match result {
             Ok(what) => {
                 stats.events_sent.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(printer = %ev.printer, job = %ev.job, "{kind}_print {what}");
+                tracing::info!(printer = %printer, job = %ev.job, "{kind}_print {what}");
                 self.outbox.mark_sent(ev.id)
             }
             Err(e) if e.is_definite_rejection() => {
                 stats.events_dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(printer = %ev.printer, job = %ev.job, "dropped {kind}_print: {e}");
+                tracing::warn!(printer = %printer, job = %ev.job, "dropped {kind}_print: the server refused it ({e})");
                 self.outbox.mark_dropped(ev.id, &e.to_string())
             }
             Err(e) => {
-                stats.send_failures.fetch_add(1, Ordering::Relaxed);
                 if let ApiError::PrinterNotFound(_) = e {
                     self.forget(&ev.printer).await;
                 }
-                let attempts = ev.attempts.saturating_add(1);
-                let wait = self.backoff(attempts);
-                if attempts == 1 || attempts.is_multiple_of(10) || !e.is_transient() {
-                    tracing::warn!(printer = %ev.printer, job = %ev.job, attempts, "{kind}_print not sent, retrying in {:.1}s: {e}", wait.as_secs_f64());
-                }
-                self.outbox.mark_retry(
-                    ev.id,
-                    attempts,
-                    now_ms() + wait.as_millis() as i64,
-                    &e.to_string(),
-                )
+                return self.failed(&ev, e);
             }
         };
         if let Err(e) = r {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// An event could not be sent this time: it waits (backoff), with the reason kept.
+    fn failed(&self, ev: &outbox::Event, e: ApiError) {
+        self.stats.send_failures.fetch_add(1, Ordering::Relaxed);
+        let attempts = ev.attempts.saturating_add(1);
+        let wait = self.backoff(attempts);
+        if e.needs_config() {
+            // Said once, by `block`; the probe decides when to try again.
+            self.block(&e);
+        } else if attempts == 1 || attempts.is_multiple_of(10) || !e.is_transient() {
+            let kind = ev.kind.as_str();
+            tracing::warn!(printer = %self.label(&ev.printer), job = %ev.job, attempts, "{kind}_print not sent, retrying in {:.1}s: {e}", wait.as_secs_f64());
+        }
+        if let Err(e) = self.outbox.mark_retry(
+            ev.id,
+            attempts,
+            now_ms() + wait.as_millis() as i64,
+            &e.to_string(),
+        ) {
             tracing::error!("{e}");
         }
     }
@@ -496,64 +705,137 @@ impl Inner {
         Ok(false)
     }
 
-    /// Uploads one frame; on a transient failure the frame goes back to its slot unless a
-    /// newer one arrived. Returns the retry delay when there was a failure.
-    async fn upload(&self, printer: &str, jpeg: Vec<u8>, attempts: u32) -> Option<Duration> {
+    /// Shrinks (when needed) and posts one frame.
+    async fn post_frame(&self, printer: &str, jpeg: &[u8]) -> Result<(), FrameError> {
         let quality = self.cfg.jpeg_quality;
-        let raw = jpeg.clone();
+        let raw = jpeg.to_vec();
         let shrunk =
             tokio::task::spawn_blocking(move || upload::shrink_to_fit(&raw, quality)).await;
         let body = match shrunk {
             Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                tracing::warn!(printer, "frame not uploaded: {e}");
-                self.stats.frames_discarded.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-            Err(e) => {
-                tracing::error!("frame resize task failed: {e}");
-                return None;
-            }
+            Ok(Err(e)) => return Err(FrameError::Unusable(e.to_string())),
+            Err(e) => return Err(FrameError::Unusable(format!("frame resize task failed: {e}"))),
         };
-        let id = match self.server_id(printer).await {
-            Ok(id) => id,
-            Err(e) => return Some(self.frame_failed(printer, jpeg, attempts, e)),
-        };
+        let id = self.server_id(printer).await.map_err(FrameError::Api)?;
         match self.api.predict(id, body).await {
             Ok(pred) => {
                 self.stats.frames_uploaded.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(printer, p = pred.p, "frame uploaded");
-                None
+                tracing::debug!(printer = %self.label(printer), p = pred.p, "frame uploaded");
+                Ok(())
             }
-            Err(ApiError::NotPrinting) => {
-                self.stats.frames_discarded.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(printer, "frame not scored: the server has no open print");
-                None
-            }
-            Err(e) => Some(self.frame_failed(printer, jpeg, attempts, e)),
+            Err(ApiError::NotPrinting) => Err(FrameError::NotPrinting),
+            Err(e) => Err(FrameError::Api(e)),
         }
     }
 
-    fn frame_failed(&self, printer: &str, jpeg: Vec<u8>, attempts: u32, e: ApiError) -> Duration {
-        if e.is_transient() {
-            let mut frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
-            frames.entry(printer.to_string()).or_insert(jpeg);
+    /// Uploads one frame; on a transient failure the frame goes back to its slot unless a
+    /// newer one arrived. Returns the retry delay when there was a failure.
+    async fn upload(&self, printer: &str, frame: HeldFrame, attempts: u32) -> Option<Duration> {
+        match self.post_frame(printer, &frame.jpeg).await {
+            Ok(()) => None,
+            Err(FrameError::Unusable(e)) => {
+                tracing::warn!(printer = %self.label(printer), "frame not uploaded: {e}");
+                self.stats.frames_discarded.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(FrameError::NotPrinting) => {
+                self.stats.frames_discarded.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(printer = %self.label(printer), "frame not scored: the server has no open print");
+                None
+            }
+            Err(FrameError::Api(e)) => Some(self.frame_failed(printer, frame, attempts, e)),
+        }
+    }
+
+    fn frame_failed(&self, printer: &str, frame: HeldFrame, attempts: u32, e: ApiError) -> Duration {
+        if e.needs_config() {
+            self.block(&e);
+            self.stats.frames_discarded.fetch_add(1, Ordering::Relaxed);
+        } else if e.is_transient() {
+            lock(&self.frames).entry(printer.to_string()).or_insert(frame);
         } else {
             self.stats.frames_discarded.fetch_add(1, Ordering::Relaxed);
         }
-        if attempts <= 1 {
-            tracing::warn!(printer, "frame upload failed: {e}");
+        if attempts == 0 && !e.needs_config() {
+            tracing::warn!(printer = %self.label(printer), "frame upload failed: {e}");
         }
         self.backoff(attempts.saturating_add(1))
+    }
+
+    /// Before a finish is sent: the frame of its print still waiting goes first. Returns
+    /// the error that makes the finish wait too (the server cannot be reached, or the
+    /// answer is not the API's: the finish would fail the same way).
+    async fn frame_before_finish(&self, ev: &outbox::Event) -> Result<(), ApiError> {
+        let frame = {
+            let mut frames = lock(&self.frames);
+            match frames.get(&ev.printer) {
+                Some(f) if f.offered_ms <= ev.created_ms => frames.remove(&ev.printer),
+                _ => None,
+            }
+        };
+        let Some(frame) = frame else { return Ok(()) };
+        let printer = self.label(&ev.printer);
+        let why = match self.post_frame(&ev.printer, &frame.jpeg).await {
+            Ok(()) => return Ok(()),
+            Err(FrameError::NotPrinting) => "the server has no open print".to_string(),
+            Err(FrameError::Unusable(e)) => e,
+            Err(FrameError::Api(e))
+                if e.needs_config()
+                    || matches!(e, ApiError::Network(_) | ApiError::NotTheApi { .. }) =>
+            {
+                // Put back (unless a newer frame came): it goes when the finish can.
+                lock(&self.frames).entry(ev.printer.clone()).or_insert(frame);
+                return Err(e);
+            }
+            Err(FrameError::Api(e)) => e.to_string(),
+        };
+        self.stats.frames_discarded.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(printer = %printer, job = %ev.job, "the last frame of the print was dropped ({why}); sending its finish_print");
+        Ok(())
     }
 }
 
 async fn run(inner: Arc<Inner>) {
     let mut frame_retry: HashMap<String, (Instant, u32)> = HashMap::new();
+    inner.probe(true).await;
+    let mut last_probe = Instant::now();
     loop {
         let notified = inner.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        inner.write_held();
+        let mut wake_ms: i64 = 60_000;
+        let held_printers: HashSet<String> = {
+            let held = lock(&inner.held);
+            if !held.events.is_empty() {
+                wake_ms = 1000;
+            }
+            held.events.iter().map(|e| e.printer.clone()).collect()
+        };
+        if inner.is_blocked() {
+            let every = inner.probe_every();
+            if last_probe.elapsed() >= every {
+                inner.probe(false).await;
+                last_probe = Instant::now();
+            }
+            let reason = lock(&inner.blocked).as_ref().map(|b| b.message.clone());
+            if let Some(reason) = reason {
+                // Said where `check` can see it.
+                if let Err(e) = inner.outbox.note_waiting(&reason) {
+                    tracing::debug!("{e}");
+                }
+                // Frames cannot be scored meanwhile; events wait in the outbox.
+                let n = lock(&inner.frames).drain().count();
+                inner.stats.frames_discarded.fetch_add(n as u64, Ordering::Relaxed);
+                let left = every.saturating_sub(last_probe.elapsed());
+                wake_ms = wake_ms.min(left.as_millis() as i64 + 1);
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(Duration::from_millis(wake_ms.max(1) as u64)) => {}
+                }
+                continue;
+            }
+        }
         let heads = match inner.outbox.heads() {
             Ok(h) => h,
             Err(e) => {
@@ -563,19 +845,28 @@ async fn run(inner: Arc<Inner>) {
             }
         };
         let now = now_ms();
-        let mut wake_ms: i64 = 60_000;
         let mut worked = false;
-        let busy: HashSet<String> = heads.iter().map(|e| e.printer.clone()).collect();
+        let mut busy: HashSet<String> = heads.iter().map(|e| e.printer.clone()).collect();
+        busy.extend(held_printers);
         for ev in heads {
             if ev.next_attempt_ms > now {
                 wake_ms = wake_ms.min(ev.next_attempt_ms - now);
                 continue;
             }
             worked = true;
+            if ev.kind == EventKind::Finish
+                && let Err(e) = inner.frame_before_finish(&ev).await
+            {
+                inner.failed(&ev, e);
+                continue;
+            }
             inner.deliver(ev).await;
         }
-        let ready: Vec<(String, Vec<u8>, u32)> = {
-            let mut frames = inner.frames.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.is_blocked() {
+            continue;
+        }
+        let ready: Vec<(String, HeldFrame, u32)> = {
+            let mut frames = lock(&inner.frames);
             let t = Instant::now();
             let keys: Vec<String> = frames
                 .keys()
@@ -598,9 +889,9 @@ async fn run(inner: Arc<Inner>) {
             }
             out
         };
-        for (printer, jpeg, attempts) in ready {
+        for (printer, frame, attempts) in ready {
             worked = true;
-            match inner.upload(&printer, jpeg, attempts).await {
+            match inner.upload(&printer, frame, attempts).await {
                 None => {
                     frame_retry.remove(&printer);
                 }

@@ -23,6 +23,7 @@ use tokio::sync::Mutex;
 
 use crate::secret::Secret;
 use crate::server::config::{ClientAuth, ServerConfig};
+use crate::server::http::{MAX_ANSWER_BYTES, ReadError, read_capped};
 
 /// Renew this long before expiry at most (seconds)...
 pub const REFRESH_AHEAD_MAX: u64 = 300;
@@ -77,6 +78,16 @@ pub enum AuthError {
          `printvigil login` again"
     )]
     LoginExpired,
+    #[error(
+        "logout is not complete: {notes}; the token stays valid on the server until it is \
+         revoked, so the token file{} is kept: run `printvigil logout` again once the server \
+         answers (or delete the file to forget the token without revoking it)",
+        path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default()
+    )]
+    RevokeFailed {
+        notes: String,
+        path: Option<PathBuf>,
+    },
 }
 
 impl AuthError {
@@ -274,8 +285,8 @@ pub fn now_secs() -> u64 {
         .as_secs()
 }
 
-/// Parses a token endpoint answer (RFC 6749 5.1, plus `expiry` as absolute time and
-/// numbers sent as strings). Never panics.
+/// Parses a token endpoint answer's JSON (RFC 6749 5.1, plus `expiry` as absolute time and
+/// numbers sent as strings; a negative `expires_in` means expired now). Never panics.
 pub fn parse_token_response(
     body: &serde_json::Value,
     now: u64,
@@ -296,9 +307,16 @@ pub fn parse_token_response(
             _ => None,
         }
     };
-    let expires_at = match body.get("expires_in").and_then(num) {
-        Some(secs) => Some(now.saturating_add(secs)),
-        None => body.get("expiry").and_then(num),
+    // A negative lifetime ("already expired") must not read as "never expires".
+    let negative = |v: &serde_json::Value| match v {
+        serde_json::Value::Number(n) => n.as_f64().is_some_and(|f| f < 0.0),
+        serde_json::Value::String(s) => s.trim().parse::<f64>().is_ok_and(|f| f < 0.0),
+        _ => false,
+    };
+    let expires_at = match body.get("expires_in") {
+        Some(v) if negative(v) => Some(now),
+        Some(v) if num(v).is_some() => num(v).map(|secs| now.saturating_add(secs)),
+        _ => body.get("expiry").and_then(num),
     };
     let refresh = body
         .get("refresh_token")
@@ -537,7 +555,8 @@ impl TokenManager {
         true
     }
 
-    /// Revokes the kept token at the server (best effort) and deletes it. Returns what was done.
+    /// Revokes the kept token at the server, then deletes it. Returns what was done; an
+    /// error when the server did not confirm the revocation (the token file is then kept).
     pub async fn revoke_and_forget(&self) -> Result<String, AuthError> {
         let mut cur = self.current.lock().await;
         self.load_once(&mut cur);
@@ -553,6 +572,7 @@ impl TokenManager {
             });
         };
         let mut notes = Vec::new();
+        let mut failed = Vec::new();
         for (tok, hint) in [
             (Some(&t.access), "access_token"),
             (t.refresh.as_ref(), "refresh_token"),
@@ -563,14 +583,29 @@ impl TokenManager {
                 ("token_type_hint", hint.to_string()),
             ];
             match self.post_form(&self.revoke_url, form).await {
-                Ok((status, _)) if status.is_success() => notes.push(format!("revoked the {hint}")),
-                Ok((status, body)) => notes.push(format!(
-                    "the server answered HTTP {} to revoking the {hint} ({})",
-                    status.as_u16(),
-                    oauth_error_detail(&body)
-                )),
-                Err(e) => notes.push(format!("could not revoke the {hint}: {e}")),
+                Ok((status, _)) if (200..=299).contains(&status) => {
+                    notes.push(format!("revoked the {hint}"))
+                }
+                Ok((status, body)) => {
+                    let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                    let detail = oauth_error_detail(&body);
+                    failed.push(format!(
+                        "the server answered HTTP {status} to revoking the {hint}{}",
+                        if detail.is_empty() { String::new() } else { format!(" ({detail})") }
+                    ))
+                }
+                Err(e) => failed.push(format!("could not revoke the {hint}: {e}")),
             }
+        }
+        if !failed.is_empty() {
+            // Kept, so that `logout` can be run again: deleting it would leave a live token
+            // on the server that nothing here knows about any more.
+            *cur = Some(t);
+            notes.extend(failed);
+            return Err(AuthError::RevokeFailed {
+                notes: notes.join("; "),
+                path: self.store.as_ref().map(|s| s.path().to_path_buf()),
+            });
         }
         if let Some(s) = &self.store {
             s.delete()?;
@@ -583,7 +618,7 @@ impl TokenManager {
         &self,
         url: &url::Url,
         mut form: Vec<(&'static str, String)>,
-    ) -> Result<(reqwest::StatusCode, serde_json::Value), AuthError> {
+    ) -> Result<(u16, Vec<u8>), AuthError> {
         let mut req = self
             .http
             .post(url.clone())
@@ -618,12 +653,18 @@ impl TokenManager {
                 msg: describe_reqwest(&e),
             })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| AuthError::Network {
-            url: url.to_string(),
-            msg: describe_reqwest(&e),
-        })?;
-        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        Ok((status, json))
+        match read_capped(resp, MAX_ANSWER_BYTES).await {
+            Ok(bytes) => Ok((status.as_u16(), bytes)),
+            Err(ReadError::Network(msg)) => Err(AuthError::Network {
+                url: url.to_string(),
+                msg,
+            }),
+            Err(e @ ReadError::TooLarge { .. }) => Err(AuthError::Server {
+                url: url.to_string(),
+                status: status.as_u16(),
+                detail: format!(" with {e}, which no token endpoint sends"),
+            }),
+        }
     }
 
     async fn grant(
@@ -637,62 +678,95 @@ impl TokenManager {
             return Err(AuthError::NoCredentials);
         }
         let (status, body) = self.post_form(&self.token_url, form).await?;
-        if status.is_success() {
-            return parse_token_response(&body, now, source).ok_or_else(|| AuthError::Server {
-                url: self.token_url.to_string(),
-                status: status.as_u16(),
-                detail: " but no access_token in the answer".into(),
-            });
-        }
-        let code = body
-            .get("error")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string();
-        let detail = oauth_error_detail(&body);
-        let detail = if detail.is_empty() {
-            String::new()
-        } else {
-            format!(": {detail}")
-        };
-        let other = match self.client_auth {
-            ClientAuth::Basic => "form",
-            ClientAuth::Form => "basic",
-        };
-        Err(match code.as_str() {
-            "invalid_client" => AuthError::InvalidClient { detail, other },
-            "invalid_grant" => AuthError::InvalidGrant {
+        parse_token_answer(
+            &TokenRequest {
                 grant,
-                detail,
-                fix: match grant {
-                    "authorization_code" => {
-                        "the code was used, expired, or the redirect URI differs: run `printvigil login` again"
-                    }
-                    "refresh_token" => {
-                        "the refresh token expired or was revoked: a new token is needed"
-                    }
-                    _ => "check server.client_id, server.client_secret and server.scope",
-                },
+                source,
+                token_url: self.token_url.as_str(),
+                client_auth: self.client_auth,
             },
-            "unsupported_grant_type" | "unauthorized_client" => AuthError::GrantNotAllowed {
-                grant,
-                code,
-                detail,
-            },
-            _ if status.is_server_error() || status.as_u16() == 429 || code.is_empty() => {
-                AuthError::Server {
-                    url: self.token_url.to_string(),
-                    status: status.as_u16(),
-                    detail,
-                }
-            }
-            _ => AuthError::Server {
-                url: self.token_url.to_string(),
-                status: status.as_u16(),
-                detail: format!(" ({code}){detail}"),
-            },
-        })
+            status,
+            &body,
+            now,
+        )
     }
+}
+
+/// What a token request was, for [`parse_token_answer`].
+#[derive(Debug, Clone, Copy)]
+pub struct TokenRequest<'a> {
+    /// `client_credentials`, `refresh_token` or `authorization_code`.
+    pub grant: &'static str,
+    /// Where the token comes from (decides how it is renewed).
+    pub source: TokenSource,
+    /// The token endpoint, for messages.
+    pub token_url: &'a str,
+    /// The client authentication used (the message suggests the other one).
+    pub client_auth: ClientAuth,
+}
+
+/// Judges a token endpoint's answer from its status and body bytes: the token, or the
+/// error that says what to fix. A 2xx without an `access_token` (an HTML page, a portal)
+/// is a [`AuthError::Server`] that points at `server.url`. Pure: no network, never panics.
+pub fn parse_token_answer(
+    req: &TokenRequest<'_>,
+    status: u16,
+    body: &[u8],
+    now: u64,
+) -> Result<Token, AuthError> {
+    let body: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+    let grant = req.grant;
+    if (200..=299).contains(&status) {
+        return parse_token_response(&body, now, req.source).ok_or_else(|| AuthError::Server {
+            url: req.token_url.to_string(),
+            status,
+            detail: " but no access_token in the answer".into(),
+        });
+    }
+    let code = body
+        .get("error")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    let detail = oauth_error_detail(&body);
+    let detail = if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    };
+    let other = match req.client_auth {
+        ClientAuth::Basic => "form",
+        ClientAuth::Form => "basic",
+    };
+    Err(match code.as_str() {
+        "invalid_client" => AuthError::InvalidClient { detail, other },
+        "invalid_grant" => AuthError::InvalidGrant {
+            grant,
+            detail,
+            fix: match grant {
+                "authorization_code" => {
+                    "the code was used, expired, or the redirect URI differs: run `printvigil login` again"
+                }
+                "refresh_token" => "the refresh token expired or was revoked: a new token is needed",
+                _ => "check server.client_id, server.client_secret and server.scope",
+            },
+        },
+        "unsupported_grant_type" | "unauthorized_client" => AuthError::GrantNotAllowed {
+            grant,
+            code,
+            detail,
+        },
+        _ if status >= 500 || status == 429 || code.is_empty() => AuthError::Server {
+            url: req.token_url.to_string(),
+            status,
+            detail,
+        },
+        _ => AuthError::Server {
+            url: req.token_url.to_string(),
+            status,
+            detail: format!(" ({code}){detail}"),
+        },
+    })
 }
 
 fn oauth_error_detail(body: &serde_json::Value) -> String {
@@ -758,6 +832,22 @@ mod tests {
         )
         .unwrap();
         assert!(!f.needs_renewal(now));
+    }
+
+    /// A negative lifetime is "already expired", not "never expires".
+    #[test]
+    fn negative_expires_in_is_expired_now() {
+        let now = 1_700_000_000;
+        for v in [json!(-1), json!(-3600.5), json!("-60"), json!(i64::MIN)] {
+            let t = parse_token_response(
+                &json!({"access_token": "a", "expires_in": v}),
+                now,
+                TokenSource::ClientCredentials,
+            )
+            .unwrap();
+            assert_eq!(t.expires_at, Some(now), "{v}");
+            assert!(t.needs_renewal(now) && t.is_expired(now), "{v}");
+        }
     }
 
     #[test]

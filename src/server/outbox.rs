@@ -22,6 +22,10 @@ pub enum OutboxError {
     },
     #[error("outbox database: {0}; check that state_dir is writable and the disk is not full")]
     Sql(#[from] rusqlite::Error),
+    #[error(
+        "the outbox cannot be written and {0} events already wait in memory; free space where state_dir is"
+    )]
+    Full(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +53,8 @@ pub struct Event {
     pub arg: String,
     pub attempts: u32,
     pub next_attempt_ms: i64,
+    /// When it was queued (Unix ms): frames offered before a finish belong to its print.
+    pub created_ms: i64,
     /// A send was started and its outcome is unknown (crash, timeout): the server's state
     /// must be checked before sending again.
     pub in_flight: bool,
@@ -111,6 +117,18 @@ CREATE TABLE IF NOT EXISTS printers(
 );
 ";
 
+/// What `check` shows of an outbox: read without changing anything.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Events not sent yet.
+    pub pending: u64,
+    /// When the oldest of them was queued (Unix ms).
+    pub oldest_ms: Option<i64>,
+    /// The most attempts of any of them, and the last error of that one.
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
 /// Sent and dropped events are kept this long (they make a repeated call for the same job
 /// a no-op across restarts), then pruned.
 const KEEP_DONE_MS: i64 = 14 * 24 * 3600 * 1000;
@@ -146,6 +164,64 @@ impl Outbox {
         })
     }
 
+    /// Reads an outbox without changing it (read-only; nothing is created): `None` when
+    /// there is no outbox file. An unreadable or corrupt file is an error.
+    pub fn inspect(path: &Path) -> Result<Option<Summary>, OutboxError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let open_err = |source| OutboxError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
+        let has_table: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'outbox'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(open_err)?;
+        if has_table == 0 {
+            return Ok(Some(Summary { pending: 0, oldest_ms: None, attempts: 0, last_error: None }));
+        }
+        let (pending, oldest_ms): (i64, Option<i64>) = conn
+            .query_row(
+                "SELECT COUNT(*), MIN(created_ms) FROM outbox WHERE state = 'pending'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(open_err)?;
+        let worst: Option<(i64, Option<String>)> = conn
+            .query_row(
+                "SELECT attempts, last_error FROM outbox WHERE state = 'pending' ORDER BY last_error IS NULL, attempts DESC, id LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(open_err)?;
+        let (attempts, last_error) = worst.unwrap_or((0, None));
+        Ok(Some(Summary {
+            pending: pending.max(0) as u64,
+            oldest_ms,
+            attempts: attempts.clamp(0, u32::MAX as i64) as u32,
+            last_error,
+        }))
+    }
+
+    /// The server id recorded for a local printer, read without changing anything.
+    pub fn open_read_only_registration(path: &Path, key: &str) -> Option<i64> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+        conn.query_row("SELECT server_id FROM printers WHERE key = ?1", params![key], |r| r.get::<_, Option<i64>>(0))
+            .ok()
+            .flatten()
+    }
+
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -175,7 +251,7 @@ impl Outbox {
     pub fn heads(&self) -> Result<Vec<Event>, OutboxError> {
         let c = self.conn();
         let mut st = c.prepare_cached(
-            "SELECT id, printer, kind, job, arg, attempts, next_attempt_ms, in_flight FROM outbox o
+            "SELECT id, printer, kind, job, arg, attempts, next_attempt_ms, in_flight, created_ms FROM outbox o
              WHERE state = 'pending' AND id = (SELECT MIN(id) FROM outbox WHERE state = 'pending' AND printer = o.printer)
              ORDER BY id",
         )?;
@@ -192,6 +268,7 @@ impl Outbox {
                     attempts: r.get::<_, i64>(5)?.clamp(0, u32::MAX as i64) as u32,
                     next_attempt_ms: r.get(6)?,
                     in_flight: r.get::<_, i64>(7)? != 0,
+                    created_ms: r.get(8)?,
                 },
             ))
         })?;
@@ -251,6 +328,16 @@ impl Outbox {
         Ok(())
     }
 
+    /// Records why every pending event waits (shown by `check`), without counting an
+    /// attempt: the server refuses the configuration, so none is tried.
+    pub fn note_waiting(&self, reason: &str) -> Result<(), OutboxError> {
+        self.conn().execute(
+            "UPDATE outbox SET last_error = ?1 WHERE state = 'pending' AND last_error IS NOT ?1",
+            params![reason],
+        )?;
+        Ok(())
+    }
+
     /// Makes every pending event due now (e.g. after a config fix or for `check`).
     pub fn retry_now(&self) -> Result<(), OutboxError> {
         self.conn().execute(
@@ -258,6 +345,18 @@ impl Outbox {
             [],
         )?;
         Ok(())
+    }
+
+    /// Caps the database at `pages` pages (SQLite's `max_page_count`; never below its
+    /// current size, so 0 means "no growth at all"): a write that needs more fails with
+    /// SQLITE_FULL, as on a full disk. Returns the cap now in force. Lets tests reproduce a
+    /// full disk without filling one; `u32::MAX` lifts the cap.
+    pub fn set_page_limit(&self, pages: u64) -> Result<u64, OutboxError> {
+        let c = self.conn();
+        let size: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let want = pages.clamp(size.max(1) as u64, u32::MAX as u64 - 1);
+        let n: i64 = c.query_row(&format!("PRAGMA max_page_count = {want}"), [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
     }
 
     pub fn pending(&self) -> Result<u64, OutboxError> {

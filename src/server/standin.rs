@@ -159,6 +159,12 @@ pub struct Faults {
     /// Process API requests, then hold the answer this long (the client times out after
     /// the server acted: the case that makes naive retries duplicate).
     pub late: Option<Duration>,
+    /// Answer API requests with an HTML page and this status, without acting on them (a
+    /// captive portal, a wrong base path served by a web app, a proxy's error page).
+    pub html: Option<u16>,
+    /// Answer every request (API and token endpoint) with a 200 whose body is this many
+    /// bytes of HTML, streamed (the stand-in itself holds only one chunk).
+    pub huge: Option<u64>,
 }
 
 #[derive(Default)]
@@ -455,7 +461,7 @@ fn router(state: Shared) -> Router {
 }
 
 async fn faults(State(st): State<Shared>, req: Request, next: Next) -> Response {
-    let (down, slow, fail, late) = {
+    let (down, slow, fail, late, html, huge) = {
         let mut s = lock(&st);
         let is_api = req.uri().path().starts_with("/api/");
         if is_api {
@@ -472,10 +478,12 @@ async fn faults(State(st): State<Shared>, req: Request, next: Next) -> Response 
         }
         let (down, slow, late) =
             (s.faults.down, s.faults.slow.filter(|_| is_api), s.faults.late.filter(|_| is_api));
-        if down || slow.is_some() || fail || late.is_some() {
+        let html = s.faults.html.filter(|_| is_api);
+        let huge = s.faults.huge;
+        if down || slow.is_some() || fail || late.is_some() || html.is_some() || huge.is_some() {
             s.counters.faults_served += 1;
         }
-        (down, slow, fail, late)
+        (down, slow, fail, late, html, huge)
     };
     if down {
         return detail(StatusCode::SERVICE_UNAVAILABLE, "down");
@@ -486,6 +494,25 @@ async fn faults(State(st): State<Shared>, req: Request, next: Next) -> Response 
     }
     if fail {
         return (StatusCode::INTERNAL_SERVER_ERROR, "<h1>Server Error (500)</h1>").into_response();
+    }
+    if let Some(status) = html {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        let page = "<!DOCTYPE html><html><head><title>Welcome</title></head><body><p>Sign in to use this network.</p></body></html>";
+        return (status, [("content-type", "text/html; charset=utf-8")], page).into_response();
+    }
+    if let Some(total) = huge {
+        const CHUNK: usize = 64 * 1024;
+        let chunk = axum::body::Bytes::from(vec![b' '; CHUNK]);
+        let mut left = total;
+        let stream = futures_util::stream::iter(std::iter::from_fn(move || {
+            if left == 0 {
+                return None;
+            }
+            let n = left.min(CHUNK as u64) as usize;
+            left -= n as u64;
+            Some(Ok::<_, std::io::Error>(chunk.slice(..n)))
+        }));
+        return (StatusCode::OK, [("content-type", "text/html")], axum::body::Body::from_stream(stream)).into_response();
     }
     let resp = next.run(req).await;
     if let Some(d) = late {

@@ -36,20 +36,46 @@ pub async fn run(config: &Config) -> Vec<Line> {
     out
 }
 
+/// The state directory, looked at without changing anything: `check` creates nothing (a
+/// directory made by root here would be root's, 755, and the service could not write it).
 fn state_dir(config: &Config) -> Line {
     let dir = &config.state_dir;
     let what = "state directory";
-    let probe = dir.join(".check-write");
-    let result = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&probe, b"ok"));
-    let _ = std::fs::remove_file(&probe);
-    match result {
-        Ok(()) => Line::ok(what, format!("{} is writable", dir.display())),
-        Err(e) => Line::fail(
-            what,
-            format!("{}: {e}", dir.display()),
-            "create it, owned by the user printvigil runs as (the systemd unit's StateDirectory does this), or set `state_dir`",
-        ),
+    let fix = "create it, owned by the user printvigil runs as (the systemd unit's StateDirectory does this), or set `state_dir`";
+    match std::fs::metadata(dir) {
+        Ok(md) if !md.is_dir() => Line::fail(what, format!("{} is not a directory", dir.display()), fix),
+        Ok(_) if writable(dir) => Line::ok(what, format!("{} is writable", dir.display())),
+        Ok(_) => Line::fail(what, format!("{} is not writable by this user", dir.display()), fix),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match dir.ancestors().skip(1).find(|a| a.is_dir()) {
+                Some(parent) if writable(parent) => Line::ok(
+                    what,
+                    format!(
+                        "{} does not exist yet; `printvigil run` creates it (for the service, the systemd unit's StateDirectory does)",
+                        dir.display()
+                    ),
+                ),
+                parent => Line::fail(
+                    what,
+                    format!(
+                        "{} does not exist and {} is not writable by this user",
+                        dir.display(),
+                        parent.map(|p| p.display().to_string()).unwrap_or_default()
+                    ),
+                    fix,
+                ),
+            }
+        }
+        Err(e) => Line::fail(what, format!("{}: {e}", dir.display()), fix),
     }
+}
+
+/// Whether this process may create files in `dir` (access(2): asks, writes nothing).
+fn writable(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
 
 async fn detector(config: &Config) -> Line {

@@ -23,28 +23,9 @@ pub mod state;
 pub mod supervisor;
 pub mod watcher;
 
-/// What to do when the detector decides a print is failing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// Pause the print (the default): a person looks and resumes or cancels.
-    #[default]
-    Pause,
-    /// Cancel the print (farms that would rather start the next job).
-    Cancel,
-    /// Only tell: log, status line, server, saved frame.
-    Notify,
-}
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Pause => "pause",
-            Action::Cancel => "cancel",
-            Action::Notify => "notify",
-        }
-    }
-}
+/// What to do when the detector decides a print is failing (defined with the printer links,
+/// whose per-printer settings name it too).
+pub use crate::printer::Action;
 
 /// The `[watch]` settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

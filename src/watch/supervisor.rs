@@ -89,15 +89,47 @@ impl Parts {
         let detector = load_detector(config).await?;
         let store = Arc::new(StateStore::open(&state_file(&config.state_dir))?);
         let mirror = match &config.server {
-            Some(s) => {
-                let m = Arc::new(Mirror::open(s, &config.state_dir)?);
-                m.spawn();
-                Some(m)
-            }
+            Some(s) => open_mirror(s, &config.state_dir)?,
             None => None,
         };
         Ok(Self { detector, mirror, store })
     }
+}
+
+/// Opens and starts the server mirror. An outbox that cannot be opened (a corrupt file,
+/// a disk error) does not stop the watches: they run without the mirror, the file is left
+/// as it is for the user, and one ERROR says what to do (`check` shows it too). Settings
+/// the server section cannot work with are still an error.
+pub fn open_mirror(cfg: &crate::server::ServerConfig, state_dir: &std::path::Path) -> Result<Option<Arc<Mirror>>, RunError> {
+    match Mirror::open(cfg, state_dir) {
+        Ok(m) => {
+            let m = Arc::new(m);
+            m.spawn();
+            Ok(Some(m))
+        }
+        Err(crate::server::MirrorError::Outbox(e)) => {
+            let path = crate::server::outbox_file(state_dir);
+            tracing::error!(
+                "the server mirror is off: {e}. Prints are watched and acted on as usual, but \
+                 nothing is sent to the server. The file is kept for you: move it aside (mv {0} \
+                 {0}.broken) and restart printvigil to start a new, empty outbox",
+                path.display()
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The service's STATUS line: each watch's, then what is wrong with the server mirror.
+fn status_line(watches: &[String], config: &Config, mirror: Option<&Mirror>) -> String {
+    let mut parts = watches.to_vec();
+    match mirror {
+        Some(m) => parts.extend(m.health()),
+        None if config.server.is_some() => parts.push("server mirror off (outbox unusable, see the log)".into()),
+        None => {}
+    }
+    parts.join("; ")
 }
 
 /// Runs the watches until `stop` completes, then stops them gracefully.
@@ -131,6 +163,10 @@ pub async fn supervise(
     let mut loops = Vec::new();
     let mut links: Vec<Arc<dyn PrinterLink>> = Vec::new();
     for spec in specs {
+        if let Some(m) = &parts.mirror {
+            // The mirror's log lines name the printer, not its key (`default` for one printer).
+            m.set_label(&spec.mirror_key, &spec.name);
+        }
         let vitals = Arc::new(Vitals::default());
         links.push(spec.link.clone());
         let name = spec.name.clone();
@@ -161,7 +197,7 @@ pub async fn supervise(
         }
         let status: Vec<String> =
             loops.iter().map(|l| l.1.status.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect();
-        let status = status.join("; ");
+        let status = status_line(&status, config, parts.mirror.as_deref());
         if status != last_status {
             notify(&[sd_notify::NotifyState::Status(&status)]);
             last_status = status;
@@ -214,6 +250,10 @@ pub async fn supervise(
         if !m.flush(left).await {
             let n = m.outbox().pending().unwrap_or(0);
             tracing::info!("{n} event(s) for the server stay queued on disk; they are sent after the next start");
+            let held = m.pending().unwrap_or(n).saturating_sub(n);
+            if held > 0 {
+                tracing::error!("{held} event(s) for the server could not be written to the outbox (no room on the disk) and are lost with this stop");
+            }
         }
     }
     for link in links {
