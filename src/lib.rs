@@ -12,6 +12,8 @@
 //! - [`detector`]: Obico's failure detector on the device.
 //!   - [`detector::runtime`]: finds and loads the ONNX Runtime library.
 //!   - [`detector::model`]: the ONNX session, its I/O signature check, inference.
+//!   - [`detector::cache`]: the optimised copy of a model, made by a short-lived helper
+//!     process (`printvigil model prepare`) so the daemon's memory never spikes.
 //!   - [`detector::fetch`]: downloads the production model (resumable, sha256-verified).
 //!   - [`detector::preprocess`]: JPEG decode, OpenCV-exact bilinear resize, NCHW; a frame
 //!     split into bands on several cores when the session has several threads.
