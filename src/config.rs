@@ -463,7 +463,7 @@ mod tests {
         let crate::printer::PrinterConfig::Moonraker(m) = &c.printers[0] else {
             panic!("not a moonraker entry: {:?}", c.printers[0]);
         };
-        assert_eq!(m.url, "http://127.0.0.1:7125");
+        assert_eq!(m.url.expose(), "http://127.0.0.1:7125");
         assert_eq!(m.api_key.as_ref().unwrap().expose(), "abc123");
         assert!(!format!("{c:?}").contains("abc123"), "the key must not show in Debug output");
         let crate::printer::PrinterConfig::Moonraker(m) = &c.printers[1] else {

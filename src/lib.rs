@@ -12,6 +12,8 @@
 //! - [`detector`]: Obico's failure detector on the device.
 //!   - [`detector::runtime`]: finds and loads the ONNX Runtime library.
 //!   - [`detector::model`]: the ONNX session, its I/O signature check, inference.
+//!   - [`detector::cache`]: the optimised copy of a model, made by a short-lived helper
+//!     process (`printvigil model prepare`) so the daemon's memory never spikes.
 //!   - [`detector::fetch`]: downloads the production model (resumable, sha256-verified).
 //!   - [`detector::preprocess`]: JPEG decode, OpenCV-exact bilinear resize, NCHW; a frame
 //!     split into bands on several cores when the session has several threads.
@@ -56,6 +58,7 @@
 //!   - [`server::outbox`]: the durable SQLite outbox and printer registration record.
 //!   - [`server::upload`]: upload policy and shrink-to-fit of frames.
 //!   - [`server::standin`]: a stand-in Obico server: the demo's, and the tests' fake.
+//! - `fuzzing` (hidden): what the fuzz targets (`fuzz/`) and their regression test run.
 //! - [`watch`]: one watch loop per printer (frames at the cadence, detect, smooth, decide,
 //!   act; start/finish/predict to the mirror) and the supervisor that runs them.
 //!   - [`watch::watcher`]: the loop; it sees only [`printer::PrinterLink`] and [`camera::Camera`].
@@ -70,6 +73,8 @@ pub mod config;
 pub mod demo;
 pub mod detector;
 pub mod frameguard;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod printer;
 pub mod secret;

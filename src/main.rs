@@ -119,6 +119,10 @@ struct BenchArgs {
     /// Also run the passes pipelined (decode and resize of the next frame beside the model).
     #[arg(long)]
     pipelined: bool,
+    /// Also time `session.run` against a plain ONNX Runtime session of the same `.onnx`
+    /// (the library's defaults, the same thread count), frames alternating between the two.
+    #[arg(long)]
+    compare: bool,
 }
 
 #[derive(Subcommand)]
@@ -153,6 +157,18 @@ enum ModelCommand {
         #[arg(long, default_value = fetch::MODEL_SHA256)]
         sha256: String,
     },
+    /// Make the optimised copy of a model and exit (the helper a loading process runs, so
+    /// that its own memory does not spike; see the detector's cache module).
+    #[command(hide = true)]
+    Prepare {
+        #[arg(long)]
+        model: PathBuf,
+        /// The ONNX Runtime library the loading process uses.
+        #[arg(long)]
+        onnxruntime: Option<PathBuf>,
+        #[arg(long, value_delimiter = ',')]
+        tune: Vec<String>,
+    },
 }
 
 /// `println!` that returns the error instead of panicking: a reader that went away
@@ -167,6 +183,10 @@ macro_rules! out {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     printvigil::logging::init();
+    // Optimised model copies are made by this binary run as a helper (`model prepare`).
+    if let Ok(exe) = std::env::current_exe() {
+        printvigil::detector::cache::use_helper(exe);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // Whoever read the output stopped reading (`| head`, `| true`): nothing to report.
@@ -183,6 +203,12 @@ fn main() -> ExitCode {
 type AnyError = Box<dyn std::error::Error>;
 
 fn run(cli: Cli) -> Result<(), AnyError> {
+    if let Command::Model(ModelCommand::Prepare { model, onnxruntime, tune }) = &cli.command {
+        // The helper needs no config: its parent passes everything.
+        let settings = SessionSettings { threads: 1, memory: tuning(tune) };
+        println!("{}", printvigil::detector::cache::helper_main(model, onnxruntime.as_deref(), &settings)?);
+        return Ok(());
+    }
     if let Command::Check = cli.command {
         let lines = match Config::load(cli.config.as_deref()) {
             Ok(config) => {
@@ -265,7 +291,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             out!("{}", api.tokens().revoke_and_forget().await?);
             Ok(())
         }),
-        Command::Check | Command::Setup(_) => unreachable!(),
+        Command::Check | Command::Setup(_) | Command::Model(ModelCommand::Prepare { .. }) => unreachable!(),
         Command::SimMirror { prints, frames, frame_ms } => runtime()?.block_on(sim_mirror(&config, prints, frames, frame_ms)),
     }
 }
@@ -283,16 +309,18 @@ fn redact_urls(v: &mut serde_json::Value) {
 fn load_detector(config: &Config, args: &ModelArgs) -> Result<Detector, AnyError> {
     let path = args.model.clone().unwrap_or_else(|| config.detector.model_path(&config.state_dir));
     let threads = args.threads.unwrap_or_else(|| config.detector.threads());
-    let model = Model::load(&path, config.detector.onnxruntime.as_deref(), SessionSettings {
-        threads,
-        memory: printvigil::detector::model::MemoryTuning {
-            arena: !args.tune.iter().any(|t| t == "no-arena"),
-            prepack: args.tune.iter().any(|t| t == "prepack"),
-            full_optimization: !args.tune.iter().any(|t| t == "no-full-opt"),
-            spin: args.tune.iter().any(|t| t == "spin"),
-        },
-    })?;
+    let model =
+        Model::load(&path, config.detector.onnxruntime.as_deref(), SessionSettings { threads, memory: tuning(&args.tune) })?;
     Ok(Detector::new(model))
+}
+
+fn tuning(tune: &[String]) -> printvigil::detector::model::MemoryTuning {
+    printvigil::detector::model::MemoryTuning {
+        arena: !tune.iter().any(|t| t == "no-arena"),
+        prepack: tune.iter().any(|t| t == "prepack"),
+        full_optimization: !tune.iter().any(|t| t == "no-full-opt"),
+        spin: tune.iter().any(|t| t == "spin"),
+    }
 }
 
 fn read_frame(path: &Path) -> Result<Vec<u8>, AnyError> {
@@ -393,6 +421,12 @@ fn bench(config: &Config, args: BenchArgs) -> Result<(), AnyError> {
         "memory (MiB): before load RSS {:.0}; after load RSS {:.0}, peak {:.0}; after run RSS {:.0} (steady), peak {:.0}",
         before.rss_mib, loaded.rss_mib, loaded.peak_rss_mib, after.rss_mib, after.peak_rss_mib
     );
+    if args.compare {
+        let threads = detector.model().threads();
+        let mut plain = Detector::new(Model::load_plain(detector.model().path(), config.detector.onnxruntime.as_deref(), threads)?);
+        let comparison = printvigil::bench::compare(&mut detector, &mut plain, &frames, args.runs.max(1))?;
+        print!("{}", comparison.render());
+    }
     if let Some((piped, per_frame)) = pipelined {
         let sequential_run = report.stage(|t| t.infer).0.as_secs_f64();
         out!(
