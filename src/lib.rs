@@ -42,6 +42,10 @@
 //!     `session` (one connection's sequence), `tracker` (what the link remembers, the
 //!     events; [`printer::moonraker::MessageReplay`] for fuzzing), `reconnect` (the task,
 //!     backoff that resets only on health, one log line per state change), `webcams`.
+//!   - [`printer::octoprint`]: a printer driven by OctoPrint (REST + its push socket), a
+//!     folder: `config` (the entry), `rest` (X-Api-Key, capped answers, 401/403/409),
+//!     `push` (passive login, `/sockjs/websocket`), `tracker` (snapshots, print identity
+//!     from file + origin + start time, the events), `webcams` (`/api/settings`).
 //!   - [`printer::sim`]: a simulated printer (the demo's, the tests', `kind = "simulated"`).
 //! - [`secret`]: a string type that redacts itself (tokens, keys, passwords).
 //! - [`server`]: the mirror to an Obico-compatible server (a sink).

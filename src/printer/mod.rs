@@ -15,6 +15,7 @@ use tokio::sync::{broadcast, watch};
 use crate::secret::Secret;
 
 pub mod moonraker;
+pub mod octoprint;
 pub mod sim;
 
 /// Identifies one print, stable across restarts of printvigil and of the printer's host
@@ -187,13 +188,16 @@ pub trait PrinterLink: Send + Sync {
 }
 
 /// One `[[printers]]` entry of the configuration; `kind = "..."` picks the firmware path
-/// (`moonraker` today, `simulated` to try printvigil without a printer; OctoPrint, serial
+/// (`moonraker`, `octoprint`, `simulated` to try printvigil without a printer; OctoPrint, serial
 /// and Bambu links add variants).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PrinterConfig {
     /// Klipper through Moonraker.
     Moonraker(moonraker::MoonrakerConfig),
+    /// A printer driven by OctoPrint.
+    #[serde(rename = "octoprint")]
+    OctoPrint(octoprint::OctoPrintConfig),
     /// A simulated printer running a scripted print (demo, trying printvigil out).
     Simulated(sim::SimConfig),
 }
@@ -203,6 +207,7 @@ impl PrinterConfig {
     pub fn name(&self) -> &str {
         match self {
             PrinterConfig::Moonraker(m) => &m.name,
+            PrinterConfig::OctoPrint(o) => &o.name,
             PrinterConfig::Simulated(s) => &s.name,
         }
     }
@@ -211,6 +216,7 @@ impl PrinterConfig {
     pub fn camera(&self) -> Option<&crate::camera::CameraConfig> {
         match self {
             PrinterConfig::Moonraker(m) => m.camera.as_ref(),
+            PrinterConfig::OctoPrint(o) => o.camera.as_ref(),
             PrinterConfig::Simulated(s) => s.camera.as_ref(),
         }
     }
@@ -219,6 +225,7 @@ impl PrinterConfig {
     pub fn action_on_failure(&self) -> Option<Action> {
         match self {
             PrinterConfig::Moonraker(m) => m.action_on_failure,
+            PrinterConfig::OctoPrint(o) => o.action_on_failure,
             PrinterConfig::Simulated(s) => s.action_on_failure,
         }
     }
@@ -240,6 +247,7 @@ impl PrinterConfig {
         }
         match self {
             PrinterConfig::Moonraker(m) => m.validate(key),
+            PrinterConfig::OctoPrint(o) => o.validate(key),
             PrinterConfig::Simulated(s) => s.validate(key),
         }
     }
@@ -249,6 +257,7 @@ impl PrinterConfig {
     pub fn connect(&self, instance: &str) -> std::sync::Arc<dyn PrinterLink> {
         match self {
             PrinterConfig::Moonraker(m) => moonraker::MoonrakerLink::start(m.clone(), instance),
+            PrinterConfig::OctoPrint(o) => octoprint::OctoPrintLink::start(o.clone()),
             PrinterConfig::Simulated(s) => sim::SimPrinter::start(s),
         }
     }

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod fake_obico;
 pub mod klipper;
 pub mod notify;
+pub mod octoprint;
 pub mod proxy;
 pub mod snapcam;
 
