@@ -1,9 +1,11 @@
 //! `printvigil bench`: runs frames through the whole detection pipeline and prints per-stage
 //! figures (median, min, max), the ratio total / `session.run`, and the process's memory.
+//! `--compare` times printvigil's session against a plain ONNX Runtime session of the same
+//! model, frame by frame, in one process.
 
 use std::time::Duration;
 
-use crate::detector::{DetectError, Detector, StageTimes};
+use crate::detector::{DetectError, Detector, Prepared, StageTimes};
 
 /// Per-stage statistics over a benchmark run.
 #[derive(Debug, Clone)]
@@ -80,6 +82,84 @@ pub fn run_pipelined(
     })?;
     let per_frame = start.elapsed() / times.len().max(1) as u32;
     Ok((BenchReport { frames: frames.len(), times }, per_frame))
+}
+
+/// `session.run` times of two sessions over the same frames (`printvigil bench --compare`).
+#[derive(Debug, Clone, Default)]
+pub struct Comparison {
+    /// printvigil's session.
+    pub ours: Vec<Duration>,
+    /// The plain session (ONNX Runtime's defaults, from the `.onnx`).
+    pub plain: Vec<Duration>,
+}
+
+/// Runs `runs` passes over `frames` through both detectors, alternating frame by frame and
+/// which of the two goes first, so that both see the same load from the rest of the machine
+/// and neither always finds the caches as the other left them. Frames are prepared once,
+/// before timing.
+pub fn compare(ours: &mut Detector, plain: &mut Detector, frames: &[Vec<u8>], runs: usize) -> Result<Comparison, DetectError> {
+    let size = ours.model().input_size();
+    let prepared: Vec<Prepared> =
+        frames.iter().map(|f| crate::detector::prepare(f, size)).collect::<Result<_, _>>()?;
+    if let Some(first) = prepared.first() {
+        ours.infer(first)?;
+        plain.infer(first)?;
+    }
+    let mut c = Comparison::default();
+    for (i, p) in std::iter::repeat_n(&prepared, runs).flatten().enumerate() {
+        if i % 2 == 0 {
+            c.ours.push(ours.infer(p)?.times.infer);
+            c.plain.push(plain.infer(p)?.times.infer);
+        } else {
+            c.plain.push(plain.infer(p)?.times.infer);
+            c.ours.push(ours.infer(p)?.times.infer);
+        }
+    }
+    Ok(c)
+}
+
+impl Comparison {
+    /// Median printvigil / median plain.
+    pub fn ratio(&self) -> f64 {
+        let (ours, plain) = (stats(self.ours.clone()).0.as_secs_f64(), stats(self.plain.clone()).0.as_secs_f64());
+        if plain > 0.0 { ours / plain } else { f64::NAN }
+    }
+
+    /// Median over frames of printvigil / plain on that frame.
+    pub fn per_frame_ratio(&self) -> f64 {
+        let mut r: Vec<f64> = self
+            .ours
+            .iter()
+            .zip(&self.plain)
+            .filter(|(_, p)| !p.is_zero())
+            .map(|(o, p)| o.as_secs_f64() / p.as_secs_f64())
+            .collect();
+        if r.is_empty() {
+            return f64::NAN;
+        }
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2]
+    }
+
+    /// The comparison as text.
+    pub fn render(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let mut out = format!(
+            "compare: session.run, frames alternating between the two sessions ({} each)\n{:<32} {:>10} {:>10} {:>10}\n",
+            self.ours.len(),
+            "session (ms)",
+            "median",
+            "min",
+            "max"
+        );
+        for (name, v) in [("printvigil", &self.ours), ("plain ONNX Runtime (defaults)", &self.plain)] {
+            let (med, min, max) = stats(v.clone());
+            out += &format!("{name:<32} {:>10.3} {:>10.3} {:>10.3}\n", ms(med), ms(min), ms(max));
+        }
+        out += &format!("printvigil / plain (ratio of medians): {:.4}\n", self.ratio());
+        out += &format!("per-frame printvigil / plain (median): {:.4}\n", self.per_frame_ratio());
+        out
+    }
 }
 
 fn stats(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
@@ -212,5 +292,16 @@ mod tests {
         assert!((r.ratio() - 202.0 / 200.0).abs() < 1e-12, "median total is 202, median run 200");
         assert!((r.per_frame_ratio() - 202.0 / 200.0).abs() < 1e-12, "per frame: 1.5, 1.01, 1.0067");
         assert!(BenchReport { frames: 0, times: vec![] }.per_frame_ratio().is_nan());
+    }
+
+    #[test]
+    fn comparison_ratios() {
+        let ms = Duration::from_millis;
+        let c = Comparison { ours: vec![ms(110), ms(90), ms(200)], plain: vec![ms(100), ms(100), ms(100)] };
+        assert!((c.ratio() - 1.1).abs() < 1e-12, "median 110 / median 100");
+        assert!((c.per_frame_ratio() - 1.1).abs() < 1e-12, "per frame 1.1, 0.9, 2.0");
+        let text = c.render();
+        assert!(text.contains("printvigil / plain (ratio of medians): 1.1000"), "{text}");
+        assert!(Comparison::default().ratio().is_nan());
     }
 }

@@ -266,6 +266,7 @@ fn refine(fig: &Figment, e: figment::Error) -> figment::Error {
     let entry = Figment::from(Serialized::defaults(entry));
     let inner = match kind.as_deref() {
         Some("moonraker") => entry.extract::<MoonrakerConfig>().err(),
+        Some("octoprint") => entry.extract::<crate::printer::octoprint::OctoPrintConfig>().err(),
         Some("simulated") => entry.extract::<SimConfig>().err(),
         _ => None,
     };
@@ -401,9 +402,10 @@ mod tests {
 
     #[test]
     fn a_typo_inside_a_printers_camera_names_the_full_key() {
-        for kind in ["moonraker", "simulated"] {
+        for kind in ["moonraker", "simulated", "octoprint"] {
+            let key = if kind == "octoprint" { "\napi_key = \"k\"" } else { "" };
             let e = Config::from_toml_str(&format!(
-                "[[printers]]\nname = \"a\"\nkind = \"simulated\"\n[[printers]]\nname = \"b\"\nkind = \"{kind}\"\ncamera = {{ kind = \"snapshot\", url = \"http://x/\", rotaton = 90 }}\n"
+                "[[printers]]\nname = \"a\"\nkind = \"simulated\"\n[[printers]]\nname = \"b\"\nkind = \"{kind}\"{key}\ncamera = {{ kind = \"snapshot\", url = \"http://x/\", rotaton = 90 }}\n"
             ))
             .unwrap_err()
             .to_string();
@@ -461,7 +463,7 @@ mod tests {
         let crate::printer::PrinterConfig::Moonraker(m) = &c.printers[0] else {
             panic!("not a moonraker entry: {:?}", c.printers[0]);
         };
-        assert_eq!(m.url, "http://127.0.0.1:7125");
+        assert_eq!(m.url.expose(), "http://127.0.0.1:7125");
         assert_eq!(m.api_key.as_ref().unwrap().expose(), "abc123");
         assert!(!format!("{c:?}").contains("abc123"), "the key must not show in Debug output");
         let crate::printer::PrinterConfig::Moonraker(m) = &c.printers[1] else {
@@ -497,7 +499,11 @@ mod tests {
             ("name = \"a\"\nkind = \"moonraker\"\nurl = \"not a url\"", "printers[0].url"),
             ("name = \"\"\nkind = \"moonraker\"", "printers[0].name"),
             ("name = \"a\"\nkind = \"moonraker\"\nportt = 1", "portt"),
-            ("name = \"a\"\nkind = \"octoprint\"", "octoprint"),
+            ("name = \"a\"\nkind = \"octoprint\"", "printers[0].api_key"),
+            ("name = \"a\"\nkind = \"octoprint\"\napi_key = \" \"", "printers[0].api_key"),
+            ("name = \"a\"\nkind = \"octoprint\"\napi_key = \"k\"\nurl = \"ftp://x\"", "printers[0].url"),
+            ("name = \"a\"\nkind = \"octoprint\"\napi_key = \"k\"\npoll_secs = 0", "printers[0].poll_secs"),
+            ("name = \"a\"\nkind = \"octoprint\"\napi_key = \"k\"\napikey = 1", "apikey"),
             ("name = \"a\"\nkind = \"moonraker\"\nrequest_timeout_secs = 0", "request_timeout_secs"),
             ("name = \"a\"\nkind = \"simulated\"\nprint_secs = 0", "printers[0].print_secs"),
             ("name = \"a\"\nkind = \"simulated\"\nstart_after_secs = -2", "printers[0].start_after_secs"),

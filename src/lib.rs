@@ -12,6 +12,8 @@
 //! - [`detector`]: Obico's failure detector on the device.
 //!   - [`detector::runtime`]: finds and loads the ONNX Runtime library.
 //!   - [`detector::model`]: the ONNX session, its I/O signature check, inference.
+//!   - [`detector::cache`]: the optimised copy of a model, made by a short-lived helper
+//!     process (`printvigil model prepare`) so the daemon's memory never spikes.
 //!   - [`detector::fetch`]: downloads the production model (resumable, sha256-verified).
 //!   - [`detector::preprocess`]: JPEG decode, OpenCV-exact bilinear resize, NCHW; a frame
 //!     split into bands on several cores when the session has several threads.
@@ -44,6 +46,10 @@
 //!     `config` (port, baud), `port` (exclusive open, busy refusal, candidate ports), `line`
 //!     ([`printer::marlin::parse_line`]), `protocol` (line numbers, checksums, `Resend:`),
 //!     `tracker` (SD print state -> events), `session` (the serial thread, reconnects).
+//!   - [`printer::octoprint`]: a printer driven by OctoPrint (REST + its push socket), a
+//!     folder: `config` (the entry), `rest` (X-Api-Key, capped answers, 401/403/409),
+//!     `push` (passive login, `/sockjs/websocket`), `tracker` (snapshots, print identity
+//!     from file + origin + start time, the events), `webcams` (`/api/settings`).
 //!   - [`printer::sim`]: a simulated printer (the demo's, the tests', `kind = "simulated"`).
 //! - [`secret`]: a string type that redacts itself (tokens, keys, passwords).
 //! - [`server`]: the mirror to an Obico-compatible server (a sink).
@@ -56,6 +62,7 @@
 //!   - [`server::outbox`]: the durable SQLite outbox and printer registration record.
 //!   - [`server::upload`]: upload policy and shrink-to-fit of frames.
 //!   - [`server::standin`]: a stand-in Obico server: the demo's, and the tests' fake.
+//! - `fuzzing` (hidden): what the fuzz targets (`fuzz/`) and their regression test run.
 //! - [`watch`]: one watch loop per printer (frames at the cadence, detect, smooth, decide,
 //!   act; start/finish/predict to the mirror) and the supervisor that runs them.
 //!   - [`watch::watcher`]: the loop; it sees only [`printer::PrinterLink`] and [`camera::Camera`].
@@ -70,6 +77,8 @@ pub mod config;
 pub mod demo;
 pub mod detector;
 pub mod frameguard;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod printer;
 pub mod secret;

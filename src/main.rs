@@ -56,6 +56,9 @@ enum Command {
     Logout,
     /// Check the setup line by line, with a fix for each failure.
     Check,
+    /// Connect printvigil to a printer's host and write what it needs into the config file.
+    #[command(subcommand)]
+    Setup(SetupCommand),
     /// Drive simulated prints through the server mirror (used by the fault tests).
     #[command(hide = true)]
     SimMirror {
@@ -116,6 +119,28 @@ struct BenchArgs {
     /// Also run the passes pipelined (decode and resize of the next frame beside the model).
     #[arg(long)]
     pipelined: bool,
+    /// Also time `session.run` against a plain ONNX Runtime session of the same `.onnx`
+    /// (the library's defaults, the same thread count), frames alternating between the two.
+    #[arg(long)]
+    compare: bool,
+}
+
+#[derive(Subcommand)]
+enum SetupCommand {
+    /// Ask OctoPrint for an API key (its Application Keys workflow: you click Allow in
+    /// OctoPrint) and write it as `api_key` of the printer's entry (added when missing) in
+    /// the config file (`--config`, default /etc/printvigil/config.toml).
+    Octoprint {
+        /// The printer's name in the config file.
+        #[arg(long, default_value = "octoprint")]
+        name: String,
+        /// OctoPrint's address.
+        #[arg(long, default_value = "http://127.0.0.1:5000")]
+        url: String,
+        /// Seconds to wait for the decision in OctoPrint.
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -132,6 +157,18 @@ enum ModelCommand {
         #[arg(long, default_value = fetch::MODEL_SHA256)]
         sha256: String,
     },
+    /// Make the optimised copy of a model and exit (the helper a loading process runs, so
+    /// that its own memory does not spike; see the detector's cache module).
+    #[command(hide = true)]
+    Prepare {
+        #[arg(long)]
+        model: PathBuf,
+        /// The ONNX Runtime library the loading process uses.
+        #[arg(long)]
+        onnxruntime: Option<PathBuf>,
+        #[arg(long, value_delimiter = ',')]
+        tune: Vec<String>,
+    },
 }
 
 /// `println!` that returns the error instead of panicking: a reader that went away
@@ -146,6 +183,10 @@ macro_rules! out {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     printvigil::logging::init();
+    // Optimised model copies are made by this binary run as a helper (`model prepare`).
+    if let Ok(exe) = std::env::current_exe() {
+        printvigil::detector::cache::use_helper(exe);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // Whoever read the output stopped reading (`| head`, `| true`): nothing to report.
@@ -162,6 +203,12 @@ fn main() -> ExitCode {
 type AnyError = Box<dyn std::error::Error>;
 
 fn run(cli: Cli) -> Result<(), AnyError> {
+    if let Command::Model(ModelCommand::Prepare { model, onnxruntime, tune }) = &cli.command {
+        // The helper needs no config: its parent passes everything.
+        let settings = SessionSettings { threads: 1, memory: tuning(tune) };
+        println!("{}", printvigil::detector::cache::helper_main(model, onnxruntime.as_deref(), &settings)?);
+        return Ok(());
+    }
     if let Command::Check = cli.command {
         let lines = match Config::load(cli.config.as_deref()) {
             Ok(config) => {
@@ -180,6 +227,11 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             failed |= !l.ok;
         }
         return if failed { Err("some checks failed; each FAIL line says how to fix it".into()) } else { Ok(()) };
+    }
+    // Before loading: the entry may still lack the key this writes.
+    if let Command::Setup(SetupCommand::Octoprint { name, url, wait }) = &cli.command {
+        let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(printvigil::config::SYSTEM_CONFIG));
+        return runtime()?.block_on(setup_octoprint(&path, name, url, *wait));
     }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
@@ -239,7 +291,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             out!("{}", api.tokens().revoke_and_forget().await?);
             Ok(())
         }),
-        Command::Check => unreachable!(),
+        Command::Check | Command::Setup(_) | Command::Model(ModelCommand::Prepare { .. }) => unreachable!(),
         Command::SimMirror { prints, frames, frame_ms } => runtime()?.block_on(sim_mirror(&config, prints, frames, frame_ms)),
     }
 }
@@ -257,16 +309,18 @@ fn redact_urls(v: &mut serde_json::Value) {
 fn load_detector(config: &Config, args: &ModelArgs) -> Result<Detector, AnyError> {
     let path = args.model.clone().unwrap_or_else(|| config.detector.model_path(&config.state_dir));
     let threads = args.threads.unwrap_or_else(|| config.detector.threads());
-    let model = Model::load(&path, config.detector.onnxruntime.as_deref(), SessionSettings {
-        threads,
-        memory: printvigil::detector::model::MemoryTuning {
-            arena: !args.tune.iter().any(|t| t == "no-arena"),
-            prepack: args.tune.iter().any(|t| t == "prepack"),
-            full_optimization: !args.tune.iter().any(|t| t == "no-full-opt"),
-            spin: args.tune.iter().any(|t| t == "spin"),
-        },
-    })?;
+    let model =
+        Model::load(&path, config.detector.onnxruntime.as_deref(), SessionSettings { threads, memory: tuning(&args.tune) })?;
     Ok(Detector::new(model))
+}
+
+fn tuning(tune: &[String]) -> printvigil::detector::model::MemoryTuning {
+    printvigil::detector::model::MemoryTuning {
+        arena: !tune.iter().any(|t| t == "no-arena"),
+        prepack: tune.iter().any(|t| t == "prepack"),
+        full_optimization: !tune.iter().any(|t| t == "no-full-opt"),
+        spin: tune.iter().any(|t| t == "spin"),
+    }
 }
 
 fn read_frame(path: &Path) -> Result<Vec<u8>, AnyError> {
@@ -367,6 +421,12 @@ fn bench(config: &Config, args: BenchArgs) -> Result<(), AnyError> {
         "memory (MiB): before load RSS {:.0}; after load RSS {:.0}, peak {:.0}; after run RSS {:.0} (steady), peak {:.0}",
         before.rss_mib, loaded.rss_mib, loaded.peak_rss_mib, after.rss_mib, after.peak_rss_mib
     );
+    if args.compare {
+        let threads = detector.model().threads();
+        let mut plain = Detector::new(Model::load_plain(detector.model().path(), config.detector.onnxruntime.as_deref(), threads)?);
+        let comparison = printvigil::bench::compare(&mut detector, &mut plain, &frames, args.runs.max(1))?;
+        print!("{}", comparison.render());
+    }
     if let Some((piped, per_frame)) = pipelined {
         let sequential_run = report.stage(|t| t.infer).0.as_secs_f64();
         out!(
@@ -376,6 +436,54 @@ fn bench(config: &Config, args: BenchArgs) -> Result<(), AnyError> {
             piped.stage(|t| t.infer).0.as_secs_f64() * 1000.0
         );
     }
+    Ok(())
+}
+
+/// `printvigil setup octoprint`: OctoPrint's Application Keys workflow, then the key into
+/// the config file (rewritten whole, with its permissions), then the file checked.
+async fn setup_octoprint(path: &Path, name: &str, url: &str, wait: u64) -> Result<(), AnyError> {
+    use printvigil::printer::octoprint::{appkeys, set_api_key};
+    let base = url::Url::parse(url).map_err(|e| format!("--url {url:?}: {e}; write it like http://octopi.local:5000"))?;
+    let base = if base.path().ends_with('/') { base } else { url::Url::parse(&format!("{base}/"))? };
+    let old = match std::fs::read_to_string(path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display()).into()),
+    };
+    out!("Asking OctoPrint at {base} for an application key for printvigil ...");
+    let pending = appkeys::request(&base, "printvigil").await?;
+    out!("Now approve it in OctoPrint: open {base} in a browser, log in as an administrator;");
+    out!("a dialog \"Access Request\" asks whether \"printvigil\" may access OctoPrint: click \"Allow\".");
+    if let Some(d) = &pending.auth_dialog {
+        out!("(Or open {d} and click \"Allow\".)");
+    }
+    out!("Waiting up to {wait} s ...");
+    let key = pending.key(std::time::Duration::from_secs(wait)).await?;
+    let text = set_api_key(old.as_deref().unwrap_or(""), name, base.as_str().trim_end_matches('/'), key.expose());
+    let tmp = path.with_extension("toml.new");
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| format!("cannot write {}: {e} (run as the user who may edit the config, e.g. with sudo)", tmp.display()))?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            use std::os::unix::fs::MetadataExt as _;
+            // Keep owner, group (the service's group reads it) and mode.
+            let _ = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()));
+            f.set_permissions(meta.permissions())?;
+        }
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    out!("Wrote api_key of printer `{name}` to {}.", path.display());
+    Config::load(Some(path)).map_err(|e| format!("{} no longer loads: {e}", path.display()))?;
+    out!("The config loads; `printvigil check` tests the connection.");
     Ok(())
 }
 

@@ -89,7 +89,7 @@ fn the_ort_cache_gives_the_same_outputs_as_the_plain_model() {
     let frame = &frames()[0].1;
     let first = Detector::new(load(&path).unwrap()).detect(frame).unwrap().detections; // makes the cache
     let cache = printvigil::detector::model::cache_path(&path, &SessionSettings::new(1));
-    assert!(cache.exists(), "ORT-format cache written beside the model");
+    assert!(cache.exists(), "the optimised copy is written beside the model");
     let second = Detector::new(load(&path).unwrap()).detect(frame).unwrap().detections; // loads it
     assert_eq!(first, second);
     // A corrupt cache is removed and the model still loads.

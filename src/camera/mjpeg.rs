@@ -183,7 +183,8 @@ impl MjpegParser {
                         return out;
                     }
                     Walked::Done(end) => {
-                        out.push(Event::Frame(self.buf[..end].to_vec()));
+                        // A frame that came whole in one read may end past the cap.
+                        out.push(if end > self.max { Event::TooLarge } else { Event::Frame(self.buf[..end].to_vec()) });
                         self.buf.drain(..end);
                         self.state = State::Seek;
                     }

@@ -2,6 +2,7 @@
 //! decision. See the module map in `lib.rs`.
 
 pub mod annotate;
+pub mod cache;
 pub mod fetch;
 pub mod jpeg;
 pub mod model;

@@ -10,6 +10,8 @@ use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::{TensorRef, ValueType};
 
+use super::cache;
+pub use super::cache::cache_path;
 use super::runtime::{self, RuntimeError};
 
 /// Obico's detector: one input and two outputs, by name, type and shape.
@@ -74,10 +76,7 @@ impl SessionSettings {
 
 /// A loaded detector model.
 pub struct Model {
-    // Declared before `_bytes`: the session borrows the mapped model and must drop first.
     session: Session,
-    /// The memory-mapped ORT-format model the session's weights live in, when loaded so.
-    _bytes: Option<memmap2::Mmap>,
     path: PathBuf,
     width: usize,
     height: usize,
@@ -136,28 +135,7 @@ fn shape_matches(found: &Option<Vec<i64>>, expected: &[i64]) -> bool {
     }
 }
 
-/// The optimised ORT-format copy of `model`, kept beside it. Its name carries a
-/// fingerprint of this machine's CPU features and ONNX Runtime library, because the
-/// optimised graph is specific to both: a state directory copied to another host (a farm
-/// image) gets a fresh copy there instead of a wrong one.
-pub fn cache_path(model: &Path, settings: &SessionSettings) -> PathBuf {
-    use sha2::Digest;
-    let level = if settings.memory.full_optimization { "all" } else { "ext" };
-    let mut h = sha2::Sha256::new();
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let features = cpuinfo.lines().find(|l| l.starts_with("flags") || l.starts_with("Features")).unwrap_or("");
-    h.update(features.as_bytes());
-    h.update(std::env::consts::ARCH.as_bytes());
-    if let Some(lib) = runtime::loaded().and_then(|p| std::fs::metadata(p).ok()) {
-        h.update(lib.len().to_le_bytes());
-    }
-    let fingerprint = &hex::encode(h.finalize())[..12];
-    let mut name = model.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".{level}-{fingerprint}.ort"));
-    model.with_file_name(name)
-}
-
-fn builder(env: &ort::environment::Environment, settings: &SessionSettings) -> ort::Result<SessionBuilder> {
+pub(super) fn builder(env: &ort::environment::Environment, settings: &SessionSettings) -> ort::Result<SessionBuilder> {
     let b = Session::builder(env)?
         .with_intra_threads(settings.threads.max(1))?
         .with_inter_threads(1)?
@@ -173,76 +151,73 @@ fn builder(env: &ort::environment::Environment, settings: &SessionSettings) -> o
     Ok(b)
 }
 
-/// Loads the model through its ORT-format copy, memory-mapped so that the weights are
-/// used in place (one copy, paged from the file) instead of parsed and copied. The copy is
-/// made (once, or again when the model is newer) by letting ONNX Runtime save its
-/// optimised graph.
-fn load_cached(
-    env: &ort::environment::Environment,
-    path: &Path,
-    settings: &SessionSettings,
-) -> Result<(Session, Option<memmap2::Mmap>), String> {
-    let cache = cache_path(path, settings);
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let fresh = matches!((mtime(&cache), mtime(path)), (Some(c), Some(m)) if c >= m);
-    if !fresh {
-        // A name of its own, so that two processes preparing the same cache never share a file.
-        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = cache.with_extension(format!("ort.{}-{seq}.tmp", std::process::id()));
-        let made = builder(env, settings)
-            .and_then(|b| b.with_optimized_model_path(&tmp).map_err(Into::into))
-            .and_then(|b| b.with_config_entry("session.save_model_format", "ORT").map_err(Into::into))
-            .and_then(|mut b| b.commit_from_file(path));
-        match made {
-            Ok(session) => drop(session),
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(format!("could not prepare {}: {e}", cache.display()));
-            }
-        }
-        std::fs::rename(&tmp, &cache).map_err(|e| format!("could not write {}: {e}", cache.display()))?;
+/// Loads the model through its optimised copy (see [`super::cache`]), whose weights ONNX
+/// Runtime memory-maps from their file and uses in place (one copy, paged from disk)
+/// instead of parsing and copying them. The copy is made first when missing or older
+/// than the model.
+fn load_cached(env: &ort::environment::Environment, path: &Path, settings: &SessionSettings) -> Result<Session, String> {
+    let (cache, helper) = cache::ensure(path, settings)?;
+    if let Some(h) = helper {
+        tracing::info!(
+            "prepared the optimised copy {} in a helper process (pid {}) in {:.1} s; its peak RSS {:.0} MiB",
+            cache.display(),
+            h.pid,
+            h.took.as_secs_f64(),
+            h.peak_rss_mib
+        );
     }
-    let file = std::fs::File::open(&cache).map_err(|e| format!("cannot open {}: {e}", cache.display()))?;
-    // SAFETY: the file is printvigil's own cache; it is not modified while mapped (a new
-    // copy is written to a temporary file and renamed over it).
-    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("cannot map {}: {e}", cache.display()))?;
-    let session = builder(env, settings)
-        .and_then(|b| b.with_config_entry("session.use_ort_model_bytes_directly", "1").map_err(Into::into))
-        .and_then(|b| b.with_config_entry("session.use_ort_model_bytes_for_initializers", "1").map_err(Into::into))
-        .and_then(|mut b| b.commit_from_memory(&bytes));
-    match session {
-        Ok(session) => Ok((session, Some(bytes))),
-        Err(e) => {
-            let _ = std::fs::remove_file(&cache);
-            Err(format!("the cached model {} could not be loaded ({e}); it was removed", cache.display()))
-        }
-    }
+    builder(env, settings).and_then(|mut b| b.commit_from_file(&cache)).map_err(|e| {
+        let _ = std::fs::remove_file(&cache);
+        format!("the optimised copy {} could not be loaded ({e}); it was removed", cache.display())
+    })
 }
 
 impl Model {
     /// Loads a model (loading ONNX Runtime first, from `onnxruntime` or the usual places).
     pub fn load(path: &Path, onnxruntime: Option<&Path>, settings: SessionSettings) -> Result<Self, ModelError> {
+        let env = Self::environment(path, onnxruntime)?;
+        let session = match load_cached(env, path, &settings) {
+            Ok(session) => session,
+            Err(e) => {
+                tracing::warn!(
+                    "{e}; loading {} directly instead (uses more memory; tried again at the next start)",
+                    path.display()
+                );
+                builder(env, &settings)
+                    .and_then(|mut b| b.commit_from_file(path))
+                    .map_err(|e| ModelError::Load { path: path.to_path_buf(), reason: e.to_string() })?
+            }
+        };
+        Self::checked(session, path, settings.threads)
+    }
+
+    /// Loads a model as plain ONNX Runtime would, from the `.onnx` with the library's
+    /// default session options but the thread count (`printvigil bench --compare`'s
+    /// reference).
+    pub fn load_plain(path: &Path, onnxruntime: Option<&Path>, threads: usize) -> Result<Self, ModelError> {
+        let env = Self::environment(path, onnxruntime)?;
+        let session = Session::builder(env)
+            .and_then(|b| b.with_intra_threads(threads.max(1)).map_err(Into::into))
+            .and_then(|mut b| b.commit_from_file(path))
+            .map_err(|e| ModelError::Load { path: path.to_path_buf(), reason: e.to_string() })?;
+        Self::checked(session, path, threads)
+    }
+
+    fn environment(path: &Path, onnxruntime: Option<&Path>) -> Result<&'static ort::environment::Environment, ModelError> {
         match std::fs::metadata(path) {
             Err(_) => return Err(ModelError::Missing(path.to_path_buf())),
             Ok(m) if m.len() == 0 => return Err(ModelError::Empty(path.to_path_buf())),
             Ok(_) => {}
         }
         runtime::init(onnxruntime)?;
-        let env = runtime::environment().ok_or_else(|| ModelError::Load {
+        runtime::environment().ok_or_else(|| ModelError::Load {
             path: path.to_path_buf(),
             reason: "the ONNX Runtime environment is not available".into(),
-        })?;
-        let (session, bytes) = match load_cached(env, path, &settings) {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                tracing::warn!("{e}; loading {} directly (uses more memory)", path.display());
-                let session = builder(env, &settings)
-                    .and_then(|mut b| b.commit_from_file(path))
-                    .map_err(|e| ModelError::Load { path: path.to_path_buf(), reason: e.to_string() })?;
-                (session, None)
-            }
-        };
+        })
+    }
+
+    /// Checks the session's signature against the detector's.
+    fn checked(session: Session, path: &Path, threads: usize) -> Result<Self, ModelError> {
         let inputs = outlets(session.inputs());
         let outputs = outlets(session.outputs());
         let find = |v: &[Outlet], name: &str| v.iter().position(|o| o.name == name);
@@ -265,12 +240,11 @@ impl Model {
         let boxes = &outputs[find(&outputs, BOXES.0).expect("checked above")];
         Ok(Model {
             session,
-            _bytes: bytes,
             path: path.to_path_buf(),
             height: shape[2] as usize,
             width: shape[3] as usize,
             boxes_len: boxes.shape.as_ref().expect("checked above")[1] as usize,
-            threads: settings.threads.max(1),
+            threads: threads.max(1),
         })
     }
 

@@ -16,6 +16,7 @@ use crate::secret::Secret;
 
 pub mod marlin;
 pub mod moonraker;
+pub mod octoprint;
 pub mod sim;
 
 /// Identifies one print, stable across restarts of printvigil and of the printer's host
@@ -188,7 +189,7 @@ pub trait PrinterLink: Send + Sync {
 }
 
 /// One `[[printers]]` entry of the configuration; `kind = "..."` picks the firmware path
-/// (`moonraker` today, `simulated` to try printvigil without a printer; OctoPrint, serial
+/// (`moonraker`, `octoprint`, `simulated` to try printvigil without a printer; OctoPrint, serial
 /// and Bambu links add variants).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -197,6 +198,9 @@ pub enum PrinterConfig {
     Moonraker(moonraker::MoonrakerConfig),
     /// Marlin over USB serial, printvigil as the host.
     Marlin(marlin::MarlinConfig),
+    /// A printer driven by OctoPrint.
+    #[serde(rename = "octoprint")]
+    OctoPrint(octoprint::OctoPrintConfig),
     /// A simulated printer running a scripted print (demo, trying printvigil out).
     Simulated(sim::SimConfig),
 }
@@ -207,6 +211,7 @@ impl PrinterConfig {
         match self {
             PrinterConfig::Moonraker(m) => &m.name,
             PrinterConfig::Marlin(m) => &m.name,
+            PrinterConfig::OctoPrint(o) => &o.name,
             PrinterConfig::Simulated(s) => &s.name,
         }
     }
@@ -216,6 +221,7 @@ impl PrinterConfig {
         match self {
             PrinterConfig::Moonraker(m) => m.camera.as_ref(),
             PrinterConfig::Marlin(m) => m.camera.as_ref(),
+            PrinterConfig::OctoPrint(o) => o.camera.as_ref(),
             PrinterConfig::Simulated(s) => s.camera.as_ref(),
         }
     }
@@ -225,6 +231,7 @@ impl PrinterConfig {
         match self {
             PrinterConfig::Moonraker(m) => m.action_on_failure,
             PrinterConfig::Marlin(m) => m.action_on_failure,
+            PrinterConfig::OctoPrint(o) => o.action_on_failure,
             PrinterConfig::Simulated(s) => s.action_on_failure,
         }
     }
@@ -247,6 +254,7 @@ impl PrinterConfig {
         match self {
             PrinterConfig::Moonraker(m) => m.validate(key),
             PrinterConfig::Marlin(m) => m.validate(key),
+            PrinterConfig::OctoPrint(o) => o.validate(key),
             PrinterConfig::Simulated(s) => s.validate(key),
         }
     }
@@ -257,6 +265,7 @@ impl PrinterConfig {
         match self {
             PrinterConfig::Moonraker(m) => moonraker::MoonrakerLink::start(m.clone(), instance),
             PrinterConfig::Marlin(m) => marlin::MarlinLink::start(m.clone()),
+            PrinterConfig::OctoPrint(o) => octoprint::OctoPrintLink::start(o.clone()),
             PrinterConfig::Simulated(s) => sim::SimPrinter::start(s),
         }
     }

@@ -95,6 +95,9 @@ fn offline_fix(p: &crate::printer::PrinterConfig) -> &'static str {
         crate::printer::PrinterConfig::Marlin(_) => {
             "check the printer's `port` (`ls -l /dev/serial/by-id/`) and `baud`, that it is switched on, and that no other program (OctoPrint, Klipper, a running printvigil) holds the port"
         }
+        crate::printer::PrinterConfig::OctoPrint(_) => {
+            "check the printer's `url` and `api_key`, and that OctoPrint is running and connected to the printer"
+        }
         _ => "check the printer's `url` and API key, and that Moonraker and Klipper are running",
     }
 }

@@ -7,6 +7,7 @@ pub mod fake_obico;
 pub mod klipper;
 pub mod marlin;
 pub mod notify;
+pub mod octoprint;
 pub mod proxy;
 pub mod snapcam;
 

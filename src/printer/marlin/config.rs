@@ -198,7 +198,7 @@ mod tests {
     #[test]
     fn the_example_entry_parses_and_validates() {
         let text = include_str!("../../../config/printvigil.toml");
-        let start = text.find("# name = \"ender\"").expect("the example has a Marlin entry");
+        let start = text.find("# name = \"mk3\"").expect("the example has a Marlin entry");
         let block: String = std::iter::once("[[printers]]")
             .chain(text[start..].lines().take_while(|l| l.starts_with("# ") && !l.starts_with("# camera")).map(|l| &l[2..]))
             .map(|l| format!("{l}\n"))

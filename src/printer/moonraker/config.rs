@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, invalid};
-use crate::secret::Secret;
+use crate::secret::{Secret, SecretUrl};
 
 /// `kind = "moonraker"`: a Klipper printer behind Moonraker.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -18,7 +18,7 @@ pub struct MoonrakerConfig {
     pub name: String,
     /// Moonraker's address.
     #[serde(default = "default_url")]
-    pub url: String,
+    pub url: SecretUrl,
     /// Moonraker's API key, when Moonraker does not trust printvigil's address.
     #[serde(default)]
     pub api_key: Option<Secret>,
@@ -49,7 +49,7 @@ pub enum ApiKeyVia {
     OneshotToken,
 }
 
-fn default_url() -> String {
+fn default_url() -> SecretUrl {
     "http://127.0.0.1:7125".into()
 }
 fn default_request_timeout() -> u64 {
@@ -75,7 +75,7 @@ impl MoonrakerConfig {
     }
 
     pub(crate) fn validate(&self, key: &str) -> Result<(), ConfigError> {
-        let url = url::Url::parse(&self.url).map_err(|e| {
+        let url = url::Url::parse(self.url.expose()).map_err(|e| {
             invalid(
                 &format!("{key}.url"),
                 &format!("{:?}", self.url),
@@ -108,6 +108,20 @@ impl MoonrakerConfig {
     }
 
     pub(super) fn base(&self) -> url::Url {
-        url::Url::parse(&self.url).unwrap_or_else(|_| url::Url::parse(&default_url()).unwrap())
+        url::Url::parse(self.url.expose()).unwrap_or_else(|_| url::Url::parse(default_url().expose()).unwrap())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_in_moonrakers_address_never_shows() {
+        let cfg = MoonrakerConfig::new("voron", "http://pi:hunter2@192.0.2.7:7125");
+        cfg.validate("printers[0]").unwrap();
+        let shown = format!("{} {:?} {}", cfg.url, cfg, serde_json::to_string(&cfg).unwrap());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(cfg.base().password(), Some("hunter2"), "the request still gets it");
     }
 }
