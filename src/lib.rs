@@ -42,6 +42,10 @@
 //!     `session` (one connection's sequence), `tracker` (what the link remembers, the
 //!     events; [`printer::moonraker::MessageReplay`] for fuzzing), `reconnect` (the task,
 //!     backoff that resets only on health, one log line per state change), `webcams`.
+//!   - [`printer::marlin`]: Marlin over USB serial (printvigil is the host), a folder:
+//!     `config` (port, baud), `port` (exclusive open, busy refusal, candidate ports), `line`
+//!     ([`printer::marlin::parse_line`]), `protocol` (line numbers, checksums, `Resend:`),
+//!     `tracker` (SD print state -> events), `session` (the serial thread, reconnects).
 //!   - [`printer::octoprint`]: a printer driven by OctoPrint (REST + its push socket), a
 //!     folder: `config` (the entry), `rest` (X-Api-Key, capped answers, 401/403/409),
 //!     `push` (passive login, `/sockjs/websocket`), `tracker` (snapshots, print identity

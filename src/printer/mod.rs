@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::secret::Secret;
 
+pub mod marlin;
 pub mod moonraker;
 pub mod octoprint;
 pub mod sim;
@@ -195,6 +196,8 @@ pub trait PrinterLink: Send + Sync {
 pub enum PrinterConfig {
     /// Klipper through Moonraker.
     Moonraker(moonraker::MoonrakerConfig),
+    /// Marlin over USB serial, printvigil as the host.
+    Marlin(marlin::MarlinConfig),
     /// A printer driven by OctoPrint.
     #[serde(rename = "octoprint")]
     OctoPrint(octoprint::OctoPrintConfig),
@@ -207,6 +210,7 @@ impl PrinterConfig {
     pub fn name(&self) -> &str {
         match self {
             PrinterConfig::Moonraker(m) => &m.name,
+            PrinterConfig::Marlin(m) => &m.name,
             PrinterConfig::OctoPrint(o) => &o.name,
             PrinterConfig::Simulated(s) => &s.name,
         }
@@ -216,6 +220,7 @@ impl PrinterConfig {
     pub fn camera(&self) -> Option<&crate::camera::CameraConfig> {
         match self {
             PrinterConfig::Moonraker(m) => m.camera.as_ref(),
+            PrinterConfig::Marlin(m) => m.camera.as_ref(),
             PrinterConfig::OctoPrint(o) => o.camera.as_ref(),
             PrinterConfig::Simulated(s) => s.camera.as_ref(),
         }
@@ -225,6 +230,7 @@ impl PrinterConfig {
     pub fn action_on_failure(&self) -> Option<Action> {
         match self {
             PrinterConfig::Moonraker(m) => m.action_on_failure,
+            PrinterConfig::Marlin(m) => m.action_on_failure,
             PrinterConfig::OctoPrint(o) => o.action_on_failure,
             PrinterConfig::Simulated(s) => s.action_on_failure,
         }
@@ -247,6 +253,7 @@ impl PrinterConfig {
         }
         match self {
             PrinterConfig::Moonraker(m) => m.validate(key),
+            PrinterConfig::Marlin(m) => m.validate(key),
             PrinterConfig::OctoPrint(o) => o.validate(key),
             PrinterConfig::Simulated(s) => s.validate(key),
         }
@@ -257,6 +264,7 @@ impl PrinterConfig {
     pub fn connect(&self, instance: &str) -> std::sync::Arc<dyn PrinterLink> {
         match self {
             PrinterConfig::Moonraker(m) => moonraker::MoonrakerLink::start(m.clone(), instance),
+            PrinterConfig::Marlin(m) => marlin::MarlinLink::start(m.clone()),
             PrinterConfig::OctoPrint(o) => octoprint::OctoPrintLink::start(o.clone()),
             PrinterConfig::Simulated(s) => sim::SimPrinter::start(s),
         }

@@ -25,7 +25,7 @@ pub async fn run(config: &Config) -> Vec<Line> {
     }
     for p in &config.printers {
         let link = p.connect(&format!("{}-check", crate::server::hostname()));
-        let online = printer_line(p.name(), link.as_ref()).await;
+        let online = printer_line(p.name(), link.as_ref(), offline_fix(p)).await;
         let ok = online.ok;
         out.push(online);
         if ok || p.camera().is_some() {
@@ -89,7 +89,20 @@ async fn detector(config: &Config) -> Line {
     }
 }
 
-async fn printer_line(name: &str, link: &dyn PrinterLink) -> Line {
+/// What to check when a printer's link does not come online.
+fn offline_fix(p: &crate::printer::PrinterConfig) -> &'static str {
+    match p {
+        crate::printer::PrinterConfig::Marlin(_) => {
+            "check the printer's `port` (`ls -l /dev/serial/by-id/`) and `baud`, that it is switched on, and that no other program (OctoPrint, Klipper, a running printvigil) holds the port"
+        }
+        crate::printer::PrinterConfig::OctoPrint(_) => {
+            "check the printer's `url` and `api_key`, and that OctoPrint is running and connected to the printer"
+        }
+        _ => "check the printer's `url` and API key, and that Moonraker and Klipper are running",
+    }
+}
+
+async fn printer_line(name: &str, link: &dyn PrinterLink, fix: &str) -> Line {
     let what = format!("printer {name}");
     let mut status = link.status();
     let reached = tokio::time::timeout(LINK_WAIT, async {
@@ -111,7 +124,7 @@ async fn printer_line(name: &str, link: &dyn PrinterLink) -> Line {
                 "not reachable or not ready within {LINK_WAIT:?}{}",
                 s.message.map(|m| format!(": {m}")).unwrap_or_default()
             ),
-            "check the printer's `url` and API key, and that Moonraker and Klipper are running",
+            fix,
         ),
         (Ok(()), state) => Line::ok(
             &what,

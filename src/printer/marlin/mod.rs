@@ -1,0 +1,227 @@
+//! Marlin over USB serial: printvigil itself is the printer's host.
+//!
+//! Many printers run stock Marlin and print from their SD card, with only a USB cable to
+//! the computer next to them. This link opens that serial port (exclusively: never shared
+//! with OctoPrint or Klipper), follows the SD print from Marlin's status lines, and pauses,
+//! resumes or cancels it when asked, each action confirmed by the printer's own state.
+//!
+//! The serial port is blocking I/O: each printer gets a plain thread ([`session`]), which
+//! publishes to the same event broadcast and status watch as every other link, and takes
+//! actions from the async side through a channel. The watch loop sees only
+//! [`PrinterLink`].
+//!
+//! The files, one concept each:
+//! - [`config`]: the `[[printers]]` entry (`kind = "marlin"`): port, baud, intervals.
+//! - [`port`]: opening the port exclusively; the busy-port refusal; candidate ports.
+//! - [`line`]: Marlin's output lines, parsed ([`parse_line`], pure, for fuzzing too).
+//! - [`protocol`]: line numbers, checksums, `Resend:`, one command in flight.
+//! - [`tracker`]: the print as Marlin reports it, and the events derived from it.
+//! - [`session`]: the thread: boot wait, handshake, auto-reports or polls, actions,
+//!   faults and reconnects.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tracing::{info, warn};
+
+use super::{CameraInfo, PrinterError, PrinterEvent, PrinterLink, PrinterState, PrinterStatus};
+
+mod config;
+pub mod line;
+mod port;
+pub mod protocol;
+mod session;
+mod tracker;
+
+pub use config::{Baud, MarlinConfig};
+pub use line::{HostAction, Line, LineBuffer, MAX_LINE, parse_line};
+pub use port::{OpenError, candidates};
+
+/// An action the async side asks the thread for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Act {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+pub(crate) struct Request {
+    act: Act,
+    reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Counts for tests and figures.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// `Resend:` requests honoured or refused.
+    pub resends: AtomicU64,
+    /// Garbled lines dropped.
+    pub garbage: AtomicU64,
+    /// Commands that got no `ok` in time.
+    pub timeouts: AtomicU64,
+}
+
+/// What the thread and the handle share.
+pub(crate) struct Shared {
+    cfg: MarlinConfig,
+    events: broadcast::Sender<PrinterEvent>,
+    status: watch::Sender<PrinterStatus>,
+    cameras: watch::Sender<Vec<CameraInfo>>,
+    stop: AtomicBool,
+    counters: Counters,
+}
+
+impl Shared {
+    fn emit(&self, ev: PrinterEvent) {
+        info!(printer = %self.cfg.name, event = ?ev, "printer event");
+        let _ = self.events.send(ev);
+    }
+
+    fn publish(&self, tracker: &tracker::Tracker) {
+        let s = tracker.status();
+        self.status.send_if_modified(|cur| {
+            if *cur == s {
+                false
+            } else {
+                *cur = s;
+                true
+            }
+        });
+    }
+}
+
+/// The Marlin link; see the module documentation.
+pub struct MarlinLink {
+    shared: Arc<Shared>,
+    first_events: Mutex<Option<broadcast::Receiver<PrinterEvent>>>,
+    requests: Mutex<mpsc::Sender<Request>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl MarlinLink {
+    /// Starts the link's thread.
+    pub fn start(cfg: MarlinConfig) -> Arc<dyn PrinterLink> {
+        Self::start_concrete(cfg)
+    }
+
+    /// Like [`MarlinLink::start`], returning the concrete type.
+    pub fn start_concrete(cfg: MarlinConfig) -> Arc<MarlinLink> {
+        let (events, first) = broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            cfg,
+            events,
+            status: watch::channel(PrinterStatus::default()).0,
+            cameras: watch::channel(Vec::new()).0,
+            stop: AtomicBool::new(false),
+            counters: Counters::default(),
+        });
+        let (tx, rx) = mpsc::channel();
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("marlin-{}", shared.cfg.name.chars().take(8).collect::<String>()))
+            .spawn(move || session::run(s, rx))
+            .map_err(|e| warn!("cannot start the serial thread: {e}"))
+            .ok();
+        Arc::new(MarlinLink {
+            shared,
+            first_events: Mutex::new(Some(first)),
+            requests: Mutex::new(tx),
+            thread: Mutex::new(thread),
+        })
+    }
+
+    /// Counts of resends, garbled lines and timeouts so far.
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    fn printer(&self) -> String {
+        self.shared.cfg.name.clone()
+    }
+
+    async fn action(&self, act: Act, action: &str, allowed: &[PrinterState], done: fn(PrinterState) -> bool) -> Result<(), PrinterError> {
+        let state = self.shared.status.borrow().state;
+        if state == PrinterState::Offline {
+            return Err(PrinterError::NotConnected { printer: self.printer() });
+        }
+        if !allowed.contains(&state) {
+            return Err(PrinterError::WrongState { printer: self.printer(), action: action.into(), state });
+        }
+        let timeout = Duration::from_secs(self.shared.cfg.action_timeout_secs);
+        let mut rx = self.shared.status.subscribe();
+        let (tx, reply) = tokio::sync::oneshot::channel();
+        let sent = self.requests.lock().map(|r| r.send(Request { act, reply: tx }).is_ok()).unwrap_or(false);
+        if !sent {
+            return Err(PrinterError::NotConnected { printer: self.printer() });
+        }
+        match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(message))) => {
+                return Err(PrinterError::Refused { printer: self.printer(), action: action.into(), message });
+            }
+            Ok(Err(_)) => return Err(PrinterError::Closed { printer: self.printer(), method: action.into() }),
+            Err(_) => {
+                return Err(PrinterError::Timeout { printer: self.printer(), method: action.into(), timeout });
+            }
+        }
+        match tokio::time::timeout(timeout, rx.wait_for(|s| done(s.state))).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(PrinterError::NotConfirmed {
+                printer: self.printer(),
+                action: action.into(),
+                timeout,
+                state: self.shared.status.borrow().state,
+            }),
+        }
+    }
+}
+
+impl Drop for MarlinLink {
+    fn drop(&mut self) {
+        // The thread sees the flag within one read timeout and closes the port.
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[async_trait::async_trait]
+impl PrinterLink for MarlinLink {
+    fn name(&self) -> &str {
+        &self.shared.cfg.name
+    }
+    fn events(&self) -> broadcast::Receiver<PrinterEvent> {
+        match self.first_events.lock().ok().and_then(|mut g| g.take()) {
+            Some(rx) => rx,
+            None => self.shared.events.subscribe(),
+        }
+    }
+    fn status(&self) -> watch::Receiver<PrinterStatus> {
+        self.shared.status.subscribe()
+    }
+    fn cameras(&self) -> watch::Receiver<Vec<CameraInfo>> {
+        self.shared.cameras.subscribe()
+    }
+    async fn pause(&self) -> Result<(), PrinterError> {
+        self.action(Act::Pause, "pause", &[PrinterState::Printing], |s| s == PrinterState::Paused).await
+    }
+    async fn resume(&self) -> Result<(), PrinterError> {
+        self.action(Act::Resume, "resume", &[PrinterState::Paused], |s| s == PrinterState::Printing).await
+    }
+    async fn cancel(&self) -> Result<(), PrinterError> {
+        self.action(Act::Cancel, "cancel", &[PrinterState::Printing, PrinterState::Paused], |s| {
+            !matches!(s, PrinterState::Printing | PrinterState::Paused)
+        })
+        .await
+    }
+    async fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.lock().ok().and_then(|mut g| g.take());
+        if let Some(t) = thread {
+            let joined = tokio::task::spawn_blocking(move || t.join());
+            if tokio::time::timeout(Duration::from_secs(5), joined).await.is_err() {
+                warn!(printer = %self.shared.cfg.name, "serial thread did not stop in 5 s");
+            }
+        }
+    }
+}
