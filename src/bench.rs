@@ -127,18 +127,7 @@ impl Comparison {
 
     /// Median over frames of printvigil / plain on that frame.
     pub fn per_frame_ratio(&self) -> f64 {
-        let mut r: Vec<f64> = self
-            .ours
-            .iter()
-            .zip(&self.plain)
-            .filter(|(_, p)| !p.is_zero())
-            .map(|(o, p)| o.as_secs_f64() / p.as_secs_f64())
-            .collect();
-        if r.is_empty() {
-            return f64::NAN;
-        }
-        r.sort_by(f64::total_cmp);
-        r[r.len() / 2]
+        median_ratio(self.ours.iter().copied().zip(self.plain.iter().copied()))
     }
 
     /// The comparison as text.
@@ -160,6 +149,17 @@ impl Comparison {
         out += &format!("per-frame printvigil / plain (median): {:.4}\n", self.per_frame_ratio());
         out
     }
+}
+
+/// The median of `num / den` over the pairs whose `den` is not zero; NaN when none is.
+fn median_ratio(pairs: impl Iterator<Item = (Duration, Duration)>) -> f64 {
+    let mut r: Vec<f64> =
+        pairs.filter(|(_, d)| !d.is_zero()).map(|(n, d)| n.as_secs_f64() / d.as_secs_f64()).collect();
+    if r.is_empty() {
+        return f64::NAN;
+    }
+    r.sort_by(f64::total_cmp);
+    r[r.len() / 2]
 }
 
 fn stats(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
@@ -186,17 +186,7 @@ impl BenchReport {
     /// Median over frames of that frame's total / its `session.run` (less sensitive to
     /// `session.run`'s own jitter than the ratio of medians).
     pub fn per_frame_ratio(&self) -> f64 {
-        let mut r: Vec<f64> = self
-            .times
-            .iter()
-            .filter(|t| !t.infer.is_zero())
-            .map(|t| t.total().as_secs_f64() / t.infer.as_secs_f64())
-            .collect();
-        if r.is_empty() {
-            return f64::NAN;
-        }
-        r.sort_by(f64::total_cmp);
-        r[r.len() / 2]
+        median_ratio(self.times.iter().map(|t| (t.total(), t.infer)))
     }
 
     /// The report as text.
