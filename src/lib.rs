@@ -62,6 +62,8 @@
 //!   - [`server::outbox`]: the durable SQLite outbox and printer registration record.
 //!   - [`server::upload`]: upload policy and shrink-to-fit of frames.
 //!   - [`server::standin`]: a stand-in Obico server: the demo's, and the tests' fake.
+//! - [`setup`]: `printvigil setup`: finds a printer, asks it for keys, writes the config
+//!   (comments kept, [`setup::edit`]); one file per printer kind.
 //! - `fuzzing` (hidden): what the fuzz targets (`fuzz/`) and their regression test run.
 //! - [`watch`]: one watch loop per printer (frames at the cadence, detect, smooth, decide,
 //!   act; start/finish/predict to the mirror) and the supervisor that runs them.
@@ -83,4 +85,5 @@ pub mod logging;
 pub mod printer;
 pub mod secret;
 pub mod server;
+pub mod setup;
 pub mod watch;

@@ -231,7 +231,8 @@ fn run(cli: Cli) -> Result<(), AnyError> {
     // Before loading: the entry may still lack the key this writes.
     if let Command::Setup(SetupCommand::Octoprint { name, url, wait }) = &cli.command {
         let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(printvigil::config::SYSTEM_CONFIG));
-        return runtime()?.block_on(setup_octoprint(&path, name, url, *wait));
+        let wait = std::time::Duration::from_secs(*wait);
+        return Ok(runtime()?.block_on(printvigil::setup::octoprint::run(&path, name, url, wait, &mut std::io::stdout()))?);
     }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
@@ -436,54 +437,6 @@ fn bench(config: &Config, args: BenchArgs) -> Result<(), AnyError> {
             piped.stage(|t| t.infer).0.as_secs_f64() * 1000.0
         );
     }
-    Ok(())
-}
-
-/// `printvigil setup octoprint`: OctoPrint's Application Keys workflow, then the key into
-/// the config file (rewritten whole, with its permissions), then the file checked.
-async fn setup_octoprint(path: &Path, name: &str, url: &str, wait: u64) -> Result<(), AnyError> {
-    use printvigil::printer::octoprint::{appkeys, set_api_key};
-    let base = url::Url::parse(url).map_err(|e| format!("--url {url:?}: {e}; write it like http://octopi.local:5000"))?;
-    let base = if base.path().ends_with('/') { base } else { url::Url::parse(&format!("{base}/"))? };
-    let old = match std::fs::read_to_string(path) {
-        Ok(t) => Some(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display()).into()),
-    };
-    out!("Asking OctoPrint at {base} for an application key for printvigil ...");
-    let pending = appkeys::request(&base, "printvigil").await?;
-    out!("Now approve it in OctoPrint: open {base} in a browser, log in as an administrator;");
-    out!("a dialog \"Access Request\" asks whether \"printvigil\" may access OctoPrint: click \"Allow\".");
-    if let Some(d) = &pending.auth_dialog {
-        out!("(Or open {d} and click \"Allow\".)");
-    }
-    out!("Waiting up to {wait} s ...");
-    let key = pending.key(std::time::Duration::from_secs(wait)).await?;
-    let text = set_api_key(old.as_deref().unwrap_or(""), name, base.as_str().trim_end_matches('/'), key.expose());
-    let tmp = path.with_extension("toml.new");
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| format!("cannot write {}: {e} (run as the user who may edit the config, e.g. with sudo)", tmp.display()))?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            use std::os::unix::fs::MetadataExt as _;
-            // Keep owner, group (the service's group reads it) and mode.
-            let _ = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()));
-            f.set_permissions(meta.permissions())?;
-        }
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    out!("Wrote api_key of printer `{name}` to {}.", path.display());
-    Config::load(Some(path)).map_err(|e| format!("{} no longer loads: {e}", path.display()))?;
-    out!("The config loads; `printvigil check` tests the connection.");
     Ok(())
 }
 

@@ -45,7 +45,7 @@ mod rest;
 mod tracker;
 mod webcams;
 
-pub use config::{OctoPrintConfig, set_api_key};
+pub use config::OctoPrintConfig;
 pub use push::MAX_MESSAGE;
 pub use tracker::START_ROUNDING;
 

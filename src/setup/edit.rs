@@ -1,0 +1,260 @@
+//! Editing the config file the way a person would: only the keys a setup step sets
+//! change; comments, order, blank lines and every other setting stay as they were.
+//!
+//! `toml_edit` keeps the document's formatting while it is changed, so a file a user wrote
+//! by hand (with comments explaining each choice) survives any number of setup runs. A
+//! setup step opens the file ([`ConfigFile::open`]; a missing file is an empty one), finds
+//! or adds a printer entry ([`ConfigFile::printer`]) or a section ([`ConfigFile::section`]),
+//! sets values, and saves ([`ConfigFile::save`]): the new text is checked to load as a
+//! config *before* it replaces the old file, the write is atomic (a new file renamed over
+//! the old), and the file keeps its owner, group and mode (the service's group reads it); a
+//! new file is owner-only, since it may hold keys and passwords.
+
+use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+use toml_edit::{ArrayOfTables, DocumentMut, Item, Table};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid TOML, so setup will not change it: {message}. Fix the file (or move it aside) and run setup again")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}` is not a table as printvigil's config has it; fix that part of the file and run setup again")]
+    Shape { path: PathBuf, key: String },
+    #[error("the changed {path} would not load, so it was left as it was: {source}")]
+    Invalid { path: PathBuf, source: crate::config::ConfigError },
+    #[error("cannot write {path}: {source} (run as a user who may edit the config, e.g. with sudo)")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// A config file being edited.
+pub struct ConfigFile {
+    path: PathBuf,
+    doc: DocumentMut,
+}
+
+impl ConfigFile {
+    /// Reads `path`; a file that does not exist yet is an empty config.
+    pub fn open(path: &Path) -> Result<Self, EditError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => return Err(EditError::Read { path: path.into(), source }),
+        };
+        Self::parse(path, &text)
+    }
+
+    /// The text of a file at `path` (no disk access).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, EditError> {
+        let doc = text
+            .parse::<DocumentMut>()
+            .map_err(|e| EditError::Parse { path: path.into(), message: e.message().to_string() })?;
+        Ok(Self { path: path.into(), doc })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The `[[printers]]` entry named `name`; when there is none, a new one is appended
+    /// with `name` and `kind` set. The kind of an existing entry is left as it is.
+    pub fn printer(&mut self, name: &str, kind: &str) -> Result<&mut Table, EditError> {
+        let path = self.path.clone();
+        // Comments at the end of the file stay where they are: before what is added.
+        let trailing = if self.printer_names().iter().any(|n| n == name) { String::new() } else { self.take_trailing() };
+        let item = self.doc.entry("printers").or_insert(Item::ArrayOfTables(ArrayOfTables::new()));
+        // `printers = [{...}]` (an inline array) becomes `[[printers]]` tables.
+        if let Some(array) = item.as_array() {
+            let mut tables = ArrayOfTables::new();
+            for v in array.iter() {
+                let Some(t) = v.as_inline_table() else {
+                    return Err(EditError::Shape { path, key: "printers".into() });
+                };
+                tables.push(t.clone().into_table());
+            }
+            *item = Item::ArrayOfTables(tables);
+        }
+        let Some(tables) = item.as_array_of_tables_mut() else {
+            return Err(EditError::Shape { path, key: "printers".into() });
+        };
+        let found = tables.iter().position(|t| t.get("name").and_then(Item::as_str) == Some(name));
+        let index = match found {
+            Some(i) => i,
+            None => {
+                let mut t = Table::new();
+                t.decor_mut().set_prefix(trailing.clone());
+                t["name"] = toml_edit::value(name);
+                t["kind"] = toml_edit::value(kind);
+                tables.push(t);
+                tables.len() - 1
+            }
+        };
+        Ok(tables.get_mut(index).expect("index found or pushed above"))
+    }
+
+    /// The comments and blank lines at the end of the file, taken off the document.
+    fn take_trailing(&mut self) -> String {
+        let t = self.doc.trailing().as_str().unwrap_or("").to_string();
+        self.doc.set_trailing("");
+        t
+    }
+
+    /// The names of the `[[printers]]` entries.
+    pub fn printer_names(&self) -> Vec<String> {
+        let Some(item) = self.doc.get("printers") else { return Vec::new() };
+        if let Some(t) = item.as_array_of_tables() {
+            return t.iter().filter_map(|t| t.get("name").and_then(Item::as_str).map(String::from)).collect();
+        }
+        item.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_inline_table()?.get("name")?.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The top-level `[key]` section (e.g. `server`), created when missing.
+    pub fn section(&mut self, key: &str) -> Result<&mut Table, EditError> {
+        let path = self.path.clone();
+        if !self.doc.contains_key(key) {
+            let trailing = self.take_trailing();
+            let mut t = Table::new();
+            t.decor_mut().set_prefix(trailing);
+            self.doc.insert(key, Item::Table(t));
+        }
+        let item = self.doc.entry(key).or_insert(Item::Table(Table::new()));
+        if let Some(t) = item.as_inline_table() {
+            *item = Item::Table(t.clone().into_table());
+        }
+        item.as_table_mut().ok_or(EditError::Shape { path, key: key.into() })
+    }
+
+    /// Removes the top-level `[key]` section; true when there was one.
+    pub fn remove_section(&mut self, key: &str) -> bool {
+        self.doc.remove(key).is_some()
+    }
+
+    /// The edited text.
+    pub fn text(&self) -> String {
+        self.doc.to_string()
+    }
+
+    /// Checks that the edited text loads as a config, then replaces the file atomically
+    /// (owner, group and mode kept; a new file is 0600). Returns the loaded config.
+    pub fn save(&self) -> Result<crate::config::Config, EditError> {
+        let text = self.text();
+        let config = crate::config::Config::from_toml_str(&text)
+            .map_err(|source| EditError::Invalid { path: self.path.clone(), source })?;
+        write_atomically(&self.path, text.as_bytes()).map_err(|source| EditError::Write { path: self.path.clone(), source })?;
+        Ok(config)
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory, renamed over
+/// the old file once synced. An existing file's owner, group and mode are kept.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            // Best effort: only root may give a file away.
+            let _ = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()));
+            f.set_permissions(meta.permissions())?;
+        }
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edit(text: &str) -> ConfigFile {
+        ConfigFile::parse(Path::new("config.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn a_key_is_set_in_the_named_entry_and_everything_else_stays() {
+        let text = "# mine\n[[printers]]\nname = \"voron\"\nkind = \"moonraker\"\n\n[[printers]]\n# the shelf one\nname = \"ender\"\nkind = \"octoprint\"\napi_key = \"OLD\" # old\n\n[server]\nurl = \"x\" # keep\n";
+        let mut c = edit(text);
+        c.printer("ender", "octoprint").unwrap()["api_key"] = toml_edit::value("NEW");
+        let t = c.text();
+        assert!(t.starts_with("# mine\n[[printers]]\nname = \"voron\""), "{t}");
+        assert!(t.contains("# the shelf one\nname = \"ender\"") && t.contains("api_key = \"NEW\"") && !t.contains("OLD"), "{t}");
+        assert!(t.contains("[server]\nurl = \"x\" # keep\n"), "{t}");
+        assert_eq!(c.printer_names(), ["voron", "ender"]);
+    }
+
+    #[test]
+    fn a_missing_entry_is_appended_and_the_result_loads() {
+        let mut c = edit("state_dir = \"/x\" # where\n");
+        let p = c.printer("new", "octoprint").unwrap();
+        p["url"] = toml_edit::value("http://h:5000");
+        p["api_key"] = toml_edit::value("K\"");
+        let t = c.text();
+        assert!(t.starts_with("state_dir = \"/x\" # where\n"), "{t}");
+        let config = crate::config::Config::from_toml_str(&t).unwrap();
+        assert_eq!(config.printers.len(), 1);
+        assert_eq!(config.printers[0].name(), "new");
+    }
+
+    #[test]
+    fn inline_printer_arrays_are_found_and_sections_created() {
+        let mut c = edit("printers = [{ name = \"a\", kind = \"simulated\" }]\n");
+        c.printer("a", "octoprint").unwrap()["action_on_failure"] = toml_edit::value("notify");
+        c.section("server").unwrap()["url"] = toml_edit::value("https://obico.example");
+        let t = c.text();
+        assert_eq!(c.printer_names(), ["a"]);
+        assert!(t.contains("kind = \"simulated\"") && t.contains("[server]"), "{t}");
+        assert!(c.remove_section("server") && !c.text().contains("[server]"));
+    }
+
+    #[test]
+    fn garbage_and_wrong_shapes_are_errors_that_name_the_file() {
+        let e = ConfigFile::parse(Path::new("/etc/p.toml"), "[[printers]\n").err().unwrap();
+        assert!(e.to_string().contains("/etc/p.toml is not valid TOML"), "{e}");
+        let mut c = edit("printers = 3\n");
+        assert!(matches!(c.printer("a", "x"), Err(EditError::Shape { .. })));
+        let mut c = edit("server = \"x\"\n");
+        assert!(matches!(c.section("server"), Err(EditError::Shape { .. })));
+    }
+
+    #[test]
+    fn save_refuses_a_config_that_would_not_load_and_keeps_the_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "# hand written\n").unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+        let mut c = ConfigFile::open(&path).unwrap();
+        c.printer("p", "octoprint").unwrap()["no_such_key"] = toml_edit::value(1);
+        assert!(matches!(c.save(), Err(EditError::Invalid { .. })));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "# hand written\n");
+        let mut c = ConfigFile::open(&path).unwrap();
+        c.printer("p", "simulated").unwrap();
+        c.save().unwrap();
+        assert!(std::fs::read_to_string(&path).unwrap().starts_with("# hand written\n"));
+        let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        let fresh = dir.path().join("sub/new.toml");
+        let mut c = ConfigFile::open(&fresh).unwrap();
+        c.printer("p", "simulated").unwrap();
+        c.save().unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().mode() & 0o777, 0o600);
+        assert!(!dir.path().join("sub/new.toml.new").exists());
+    }
+}

@@ -1,0 +1,20 @@
+//! `printvigil setup`: the steps that find a printer, ask it for what printvigil needs
+//! (a key, a certificate fingerprint, a camera) and write the answers into the config file.
+//!
+//! Every step edits the file through [`edit::ConfigFile`], which changes only the keys the
+//! step sets and keeps the user's comments and layout; every step ends with the config
+//! loading (it is checked before the file is replaced). One file per printer kind.
+//! - [`edit`]: the comment-keeping config editor and the atomic, mode-keeping write.
+//! - [`octoprint`]: OctoPrint's Application Keys workflow (the user clicks Allow).
+
+pub mod edit;
+pub mod octoprint;
+
+/// Errors of a setup step, each a message that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Edit(#[from] edit::EditError),
+    #[error("{0}")]
+    Step(String),
+}
