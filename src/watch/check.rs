@@ -79,6 +79,13 @@ fn writable(dir: &std::path::Path) -> bool {
 }
 
 async fn detector(config: &Config) -> Line {
+    if !crate::detector::runtime::INFERENCE {
+        return Line::fail(
+            "detector",
+            format!("none: {}", crate::detector::runtime::NO_INFERENCE),
+            "the printers, cameras and the server below still work; detection needs a 64-bit OS",
+        );
+    }
     match super::supervisor::load_detector(config).await {
         Ok(d) => {
             let (w, h) = d.model().input_size();

@@ -78,7 +78,9 @@ pub fn specs_from_config(config: &Config, instance: &str) -> Vec<WatchSpec> {
 
 /// Everything a supervisor needs besides the printers.
 pub struct Parts {
-    pub detector: Detector,
+    /// None only in builds without inference ([`crate::detector::runtime::INFERENCE`]):
+    /// the watches then follow prints and score nothing.
+    pub detector: Option<Detector>,
     pub mirror: Option<Arc<Mirror>>,
     pub store: Arc<StateStore>,
 }
@@ -86,7 +88,12 @@ pub struct Parts {
 impl Parts {
     /// The detector, the state database and the server mirror (when configured) from the config.
     pub async fn from_config(config: &Config) -> Result<Self, RunError> {
-        let detector = load_detector(config).await?;
+        let detector = if crate::detector::runtime::INFERENCE {
+            Some(load_detector(config).await?)
+        } else {
+            tracing::warn!("{}", crate::detector::runtime::NO_INFERENCE);
+            None
+        };
         let store = Arc::new(StateStore::open(&state_file(&config.state_dir))?);
         let mirror = match &config.server {
             Some(s) => open_mirror(s, &config.state_dir)?,
@@ -150,7 +157,7 @@ pub async fn supervise(
         );
     }
     let shared = Shared {
-        detector: Arc::new(std::sync::Mutex::new(parts.detector)),
+        detector: parts.detector.map(|d| Arc::new(std::sync::Mutex::new(d))),
         sensitivity: config.detector.sensitivity,
         mirror: parts.mirror.clone(),
         store: parts.store,
@@ -292,7 +299,9 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
     }
     let started = Instant::now();
     let parts = Parts::from_config(config).await?;
-    tracing::info!("detector ready in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+    if parts.detector.is_some() {
+        tracing::info!("detector ready in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+    }
     let specs = specs_from_config(config, &crate::server::hostname());
     let (events, _) = broadcast::channel(256);
     supervise(config, specs, parts, events, signals()).await

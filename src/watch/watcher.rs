@@ -32,8 +32,9 @@ const UNNAMED: &str = "unnamed-print.gcode";
 /// What every watch shares.
 #[derive(Clone)]
 pub struct Shared {
-    /// One model in memory for all printers; frames take turns.
-    pub detector: Arc<Mutex<Detector>>,
+    /// One model in memory for all printers; frames take turns. None in a build without
+    /// inference: prints are followed, no frame is scored.
+    pub detector: Option<Arc<Mutex<Detector>>>,
     pub sensitivity: f64,
     pub mirror: Option<Arc<Mirror>>,
     pub store: Arc<StateStore>,
@@ -355,6 +356,7 @@ impl Watcher {
             Phase::Paused => format!("{}: paused {file}{p}", self.spec_name),
             Phase::Printing => format!("{}: printing {file}{p}{cam}", self.spec_name),
         };
+        let line = if self.shared.detector.is_none() { format!("{line} (no inference in this build)") } else { line };
         self.set_status_line(line);
     }
 
@@ -415,6 +417,7 @@ impl Watcher {
 
     /// One frame: grab, detect, smooth, decide, act; sinks after.
     async fn score_one(&mut self) {
+        let Some(detector) = self.shared.detector.clone() else { return };
         if !self.ensure_camera() {
             return;
         }
@@ -433,7 +436,6 @@ impl Watcher {
             tracing::info!(printer = self.spec_name, "the camera gives frames again; detection goes on");
             self.emit(WatchEvent::CameraBack { printer: self.spec_name.clone() });
         }
-        let detector = self.shared.detector.clone();
         let jpeg = Arc::new(frame.jpeg);
         let input = jpeg.clone();
         let found = tokio::task::spawn_blocking(move || {
