@@ -12,7 +12,7 @@
 # for the architecture, scripts/fetch-onnxruntime.sh); the systemd unit; sysusers and
 # tmpfiles entries; /etc/printvigil/config.toml (a conffile, 0640 root:printvigil through
 # dpkg-statoverride); copyright (the licences, the statically linked crates), changelog,
-# README. Depends: computed from the ELF files (their NEEDED libraries, the newest glibc
+# README, a man page. Depends: computed from the ELF files (their NEEDED libraries, the newest glibc
 # symbol version they use). Prints the .deb's path last.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -50,6 +50,11 @@ if [ -z "$binary" ]; then
     binary=target/$triple/release/printvigil
   fi
 fi
+case "$arch" in
+  amd64) objcopy=objcopy ;;
+  arm64) objcopy=aarch64-linux-gnu-objcopy ;;
+esac
+command -v "$objcopy" >/dev/null || { echo "package: $objcopy not found (scripts/setup-system.sh --package)" >&2; exit 1; }
 machine=$(readelf -h "$binary" | sed -n 's/^ *Machine: *//p')
 case "$machine" in
   *"$readelf_machine"*) ;;
@@ -78,12 +83,16 @@ install -D -m 0644 systemd/printvigil.sysusers "$pkg/usr/lib/sysusers.d/printvig
 install -D -m 0644 packaging/deb/tmpfiles.conf "$pkg/usr/lib/tmpfiles.d/printvigil.conf"
 install -D -m 0644 config/printvigil.toml "$pkg/etc/printvigil/config.toml"
 install -D -m 0644 packaging/deb/lintian-overrides "$pkg/usr/share/lintian/overrides/printvigil"
-install -m 0644 "$ort_dir/LICENSE" "$doc/onnxruntime/LICENSE"
+install -D -m 0644 packaging/deb/printvigil.1 "$pkg/usr/share/man/man1/printvigil.1"
+gzip -9n "$pkg/usr/share/man/man1/printvigil.1"
 gzip -9n < "$ort_dir/ThirdPartyNotices.txt" > "$doc/onnxruntime/ThirdPartyNotices.txt.gz"
 gzip -9n < packaging/deb/changelog > "$doc/changelog.Debian.gz"
 gzip -9n < README.md > "$doc/README.md.gz"
 install -m 0644 packaging/deb/firstboot-example.toml "$doc/firstboot-example.toml"
 chmod 0644 "$doc"/*.gz "$doc/onnxruntime"/*
+# The compilers' version notes are of no use at run time.
+"$objcopy" --remove-section=.comment "$pkg/usr/bin/printvigil"
+"$objcopy" --remove-section=.comment "$pkg/usr/lib/printvigil/libonnxruntime.so"
 
 # The copyright file: the licences, then every crate linked into the binary for this target.
 crates=$(cargo metadata --locked --format-version 1 --filter-platform "$triple" | python3 -c '

@@ -65,6 +65,7 @@ impl ConfigFile {
         let path = self.path.clone();
         // Comments at the end of the file stay where they are: before what is added.
         let trailing = if self.printer_names().iter().any(|n| n == name) { String::new() } else { self.take_trailing() };
+        let empty = self.text_is_empty();
         let item = self.doc.entry("printers").or_insert(Item::ArrayOfTables(ArrayOfTables::new()));
         // `printers = [{...}]` (an inline array) becomes `[[printers]]` tables.
         if let Some(array) = item.as_array() {
@@ -85,7 +86,9 @@ impl ConfigFile {
             Some(i) => i,
             None => {
                 let mut t = Table::new();
-                t.decor_mut().set_prefix(trailing.clone());
+                // A blank line before a new entry, unless the file ends with one.
+                let prefix = if trailing.is_empty() && !empty { "\n".to_string() } else { trailing.clone() };
+                t.decor_mut().set_prefix(prefix);
                 t["name"] = toml_edit::value(name);
                 t["kind"] = toml_edit::value(kind);
                 tables.push(t);
@@ -93,6 +96,10 @@ impl ConfigFile {
             }
         };
         Ok(tables.get_mut(index).expect("index found or pushed above"))
+    }
+
+    fn text_is_empty(&self) -> bool {
+        self.doc.to_string().trim().is_empty()
     }
 
     /// The comments and blank lines at the end of the file, taken off the document.
