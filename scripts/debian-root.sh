@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes (once) a fresh Debian 12 root for the package install test and prints the path of
-# its tar: `debootstrap --variant=minbase --include=systemd bookworm` (systemd: what a Pi
-# has, and where systemd-sysusers and deb-systemd-helper come from). Kept in
+# its tar: `debootstrap --variant=minbase --include=systemd,ca-certificates bookworm`
+# (systemd and ca-certificates: what a Pi has, and the package's dependencies beyond the
+# base system, which the test's root cannot download). Kept in
 # .runtime/debian-root/ between runs; each test unpacks its own copy.
 #
 #   scripts/debian-root.sh [--arch amd64] [--mirror URL]
@@ -27,7 +28,7 @@ if [ -z "$mirror" ]; then
   mirror=${mirror:-http://deb.debian.org/debian}
 fi
 cache="$root/.runtime/debian-root"
-tar_file="$cache/$suite-$arch-minbase-systemd.tar"
+tar_file="$cache/$suite-$arch-minbase-systemd-ca.tar"
 if [ -s "$tar_file" ]; then
   echo "$tar_file"
   exit 0
@@ -38,7 +39,7 @@ mkdir -p "$cache"
 work=$(mktemp -d /var/tmp/printvigil-debootstrap.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 echo "debian-root: debootstrap $suite ($arch) from $mirror ..." >&2
-debootstrap --variant=minbase --include=systemd --arch "$arch" "$suite" "$work/root" "$mirror" >"$work/log" 2>&1 || {
+debootstrap --variant=minbase --include=systemd,ca-certificates --arch "$arch" "$suite" "$work/root" "$mirror" >"$work/log" 2>&1 || {
   tail -n 30 "$work/log" >&2
   exit 1
 }

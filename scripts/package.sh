@@ -143,8 +143,9 @@ for lib in $needed; do
     *) echo "package: no Debian package known for $lib (needed by the binaries): add it to scripts/package.sh" >&2; exit 1 ;;
   esac
 done
-# systemd-sysusers and systemd-tmpfiles run in postinst; deb-systemd-helper enables the unit.
-depends+=("systemd | systemd-sysusers" "init-system-helpers (>= 1.54~)")
+# systemd-sysusers and systemd-tmpfiles run in postinst; deb-systemd-helper enables the unit;
+# the HTTP client (server mirror, model download) needs the system's CA certificates.
+depends+=("systemd | systemd-sysusers" "init-system-helpers (>= 1.54~)" "ca-certificates")
 depends_line=$(IFS=,; echo "${depends[*]}" | sed 's/,/, /g')
 
 installed_kib=$(du -sk --apparent-size --exclude=DEBIAN "$pkg" | cut -f1)

@@ -154,10 +154,11 @@ struct MoonrakerSetupArgs {
     /// snapshot/stream URL.
     #[arg(long)]
     camera: Option<String>,
-    /// Score one frame from the camera (the default).
+    /// Score one frame from the camera (asked; without a terminal, the default).
     #[arg(long, overrides_with = "no_score_frame")]
     score_frame: bool,
-    #[arg(long, hide = true)]
+    /// Do not score a frame.
+    #[arg(long)]
     no_score_frame: bool,
     /// Download Obico's model (about 200 MB) when it is missing, to score that frame.
     #[arg(long)]
@@ -166,7 +167,7 @@ struct MoonrakerSetupArgs {
     #[arg(long)]
     server: Option<String>,
     /// A user-bound token made on the server.
-    #[arg(long, env = "PRINTVIGIL_SETUP_SERVER_TOKEN", hide_env_values = true)]
+    #[arg(long)]
     server_token: Option<String>,
     /// Link a user account with `printvigil login` (paste mode) instead of a token.
     #[arg(long)]
@@ -253,6 +254,14 @@ macro_rules! out {
 }
 
 fn main() -> ExitCode {
+    // ONNX Runtime 1.31's Linux build keeps a telemetry queue and a device id under
+    // ~/.cache/Microsoft and sends events to Microsoft when it can; ort's "telemetry off"
+    // does not stop that, this variable does. printvigil sends nothing anywhere but to the
+    // printer and the configured server. (Set it to 0 to let ONNX Runtime decide.)
+    if std::env::var_os("ORT_DISABLE_TELEMETRY").is_none() {
+        // SAFETY: the first thing main does: no other thread exists yet.
+        unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
+    }
     let cli = Cli::parse();
     printvigil::logging::init();
     // Optimised model copies are made by this binary run as a helper (`model prepare`).

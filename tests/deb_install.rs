@@ -6,8 +6,8 @@
 //!
 //! Needs root (chroot, mounts in a private mount namespace) and two things
 //! `scripts/test-package.sh` provides: `PVTEST_DEB` (the .deb, from `scripts/package.sh`)
-//! and `PVTEST_DEBIAN_ROOT` (a tar of a `debootstrap --variant=minbase --include=systemd
-//! bookworm` root, from `scripts/debian-root.sh`). Without them the test says so and passes.
+//! and `PVTEST_DEBIAN_ROOT` (a tar of a `debootstrap --variant=minbase
+//! --include=systemd,ca-certificates bookworm` root, from `scripts/debian-root.sh`). Without them the test says so and passes.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -83,7 +83,9 @@ fn load_first(candidates: &[PathBuf]) -> Result<PathBuf, RuntimeError> {
         }
         match ort::init_from(&path) {
             Ok(builder) => {
-                match builder.with_name("printvigil").build() {
+                // ort turns ONNX Runtime's telemetry on unless told otherwise; printvigil
+                // sends nothing anywhere but to the printer and the configured server.
+                match builder.with_name("printvigil").with_telemetry(false).build() {
                     // ort keeps only a weak reference to the environment: hold it for the
                     // life of the process so every session shares it.
                     Ok(env) => {
