@@ -12,7 +12,12 @@ use std::sync::OnceLock;
 /// has no ONNX Runtime build: there printvigil runs everything but the detector.
 pub const INFERENCE: bool = !cfg!(target_arch = "arm");
 /// What a build without inference says at start and in `check`.
-pub const NO_INFERENCE: &str = "this is a 32-bit ARM (armv7) build, and ONNX Runtime exists for no such system:      printvigil follows the printers and mirrors prints to the server, but scores no frames, so it detects no      failure and pauses nothing. For failure detection install a 64-bit OS (Raspberry Pi OS 64-bit) and the arm64 package";
+pub const NO_INFERENCE: &str = concat!(
+    "this is a 32-bit ARM (armv7) build, and ONNX Runtime exists for no such system: ",
+    "printvigil follows the printers and mirrors prints to the server, but scores no frames, ",
+    "so it detects no failure and pauses nothing. For failure detection install a 64-bit OS ",
+    "(Raspberry Pi OS 64-bit) and the arm64 package"
+);
 
 /// The library file name ONNX Runtime ships as on Linux.
 pub const LIB_NAME: &str = "libonnxruntime.so";
