@@ -86,4 +86,5 @@ pub mod printer;
 pub mod secret;
 pub mod server;
 pub mod setup;
+pub mod tlspin;
 pub mod watch;

@@ -1,0 +1,226 @@
+//! Bambu Lab printers on the local network: their own MQTT broker, over TLS.
+//!
+//! The printer runs an MQTT broker (port 8883, user `bblp`, the LAN access code as the
+//! password) with a self-signed certificate, trusted here by its pinned fingerprint
+//! ([`crate::tlspin`]). The link subscribes to `device/<serial>/report`, asks for the
+//! full state (`pushall`) after every (re)connect, merges the partial reports that follow
+//! ([`report`]) and turns them into the link's events ([`tracker`]). Pause, resume and
+//! stop are published on `device/<serial>/request` with a `sequence_id`, and confirmed by
+//! the reports that follow; a refusal (the printer wants signed commands: Developer Mode
+//! off) or no reaction at all within the timeout is a clear error.
+//!
+//! Errors are states, logged once per change, each retried: a wrong access code and a
+//! certificate that is not the pinned one slowly (a person has to act), a printer that
+//! refuses connections (LAN-only mode off) or does not answer (switched off) with a
+//! growing pause ([`session`]).
+//!
+//! The files, one concept each:
+//! - [`config`]: the `[[printers]]` entry (`kind = "bambu"`), the camera's URL.
+//! - [`report`]: report messages parsed and merged field by field, command answers.
+//! - [`tracker`]: states, print identity, error pauses, the events.
+//! - [`session`]: the connection task: TLS, MQTT, reconnects, actions.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use super::{CameraInfo, PrinterError, PrinterEvent, PrinterLink, PrinterState, PrinterStatus};
+
+mod config;
+pub mod report;
+mod session;
+pub mod tracker;
+
+pub use config::{BambuConfig, USER, camera_url};
+pub use session::{Trouble, classify};
+
+/// An action the link's handle asks the session for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Act {
+    Pause,
+    Resume,
+    Stop,
+}
+
+impl Act {
+    /// The command's name in the request, and in printvigil's messages.
+    fn command(self) -> &'static str {
+        match self {
+            Act::Pause => "pause",
+            Act::Resume => "resume",
+            Act::Stop => "stop",
+        }
+    }
+
+    /// The state that confirms it.
+    fn done(self, state: PrinterState) -> bool {
+        match self {
+            Act::Pause => state == PrinterState::Paused,
+            Act::Resume => state == PrinterState::Printing,
+            Act::Stop => !matches!(state, PrinterState::Printing | PrinterState::Paused | PrinterState::Offline),
+        }
+    }
+}
+
+pub(crate) struct Request {
+    act: Act,
+    reply: oneshot::Sender<Result<(), PrinterError>>,
+}
+
+/// What the session task and the handle share.
+pub(crate) struct Shared {
+    cfg: BambuConfig,
+    /// Part of the MQTT client id (tells printvigil instances apart in the printer's log).
+    instance: String,
+    events: broadcast::Sender<PrinterEvent>,
+    status: watch::Sender<PrinterStatus>,
+    cameras: watch::Sender<Vec<CameraInfo>>,
+}
+
+impl Shared {
+    fn emit(&self, ev: PrinterEvent) {
+        info!(printer = %self.cfg.name, event = ?ev, "printer event");
+        let _ = self.events.send(ev);
+    }
+
+    /// Applies a change through the tracker; the status is published before the events
+    /// that follow from it (a watcher reads it when an event arrives).
+    fn apply(&self, f: impl FnOnce(&mut Vec<PrinterEvent>, &mut PrinterStatus)) {
+        let mut events = Vec::new();
+        let mut status = self.status.borrow().clone();
+        f(&mut events, &mut status);
+        self.status.send_if_modified(|s| {
+            if *s != status {
+                *s = status;
+                true
+            } else {
+                false
+            }
+        });
+        for ev in events {
+            self.emit(ev);
+        }
+    }
+}
+
+/// The Bambu link; see the module documentation.
+pub struct BambuLink {
+    shared: Arc<Shared>,
+    first_events: Mutex<Option<broadcast::Receiver<PrinterEvent>>>,
+    requests: mpsc::Sender<Request>,
+    stop_tx: watch::Sender<bool>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl BambuLink {
+    /// Starts the link's task (needs a Tokio runtime).
+    pub fn start(cfg: BambuConfig, instance: &str) -> Arc<dyn PrinterLink> {
+        Self::start_concrete(cfg, instance)
+    }
+
+    /// Like [`BambuLink::start`], returning the concrete type.
+    pub fn start_concrete(cfg: BambuConfig, instance: &str) -> Arc<BambuLink> {
+        let shared = Arc::new(Shared {
+            cfg,
+            instance: instance.chars().filter(char::is_ascii_alphanumeric).take(24).collect(),
+            events: broadcast::channel(1024).0,
+            status: watch::channel(PrinterStatus::default()).0,
+            cameras: watch::channel(Vec::new()).0,
+        });
+        let first = shared.events.subscribe();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (tx, rx) = mpsc::channel(4);
+        let task = tokio::spawn(session::run(shared.clone(), rx, stop_rx));
+        Arc::new(BambuLink {
+            shared,
+            first_events: Mutex::new(Some(first)),
+            requests: tx,
+            stop_tx,
+            task: Mutex::new(Some(task)),
+        })
+    }
+
+    fn printer(&self) -> String {
+        self.shared.cfg.name.clone()
+    }
+
+    async fn action(&self, act: Act, allowed: &[PrinterState]) -> Result<(), PrinterError> {
+        let state = self.shared.status.borrow().state;
+        if state == PrinterState::Offline {
+            return Err(PrinterError::NotConnected { printer: self.printer() });
+        }
+        if !allowed.contains(&state) {
+            return Err(PrinterError::WrongState { printer: self.printer(), action: act.command().into(), state });
+        }
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request { act, reply })
+            .await
+            .map_err(|_| PrinterError::NotConnected { printer: self.printer() })?;
+        // The session answers by its own deadline; this one only guards against a session
+        // that went away without answering.
+        let timeout = Duration::from_secs(self.shared.cfg.action_timeout_secs);
+        match tokio::time::timeout(timeout + Duration::from_secs(5), answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(PrinterError::NotConnected { printer: self.printer() }),
+            Err(_) => Err(PrinterError::NotConfirmed {
+                printer: self.printer(),
+                action: act.command().into(),
+                timeout,
+                state: self.shared.status.borrow().state,
+            }),
+        }
+    }
+}
+
+impl Drop for BambuLink {
+    fn drop(&mut self) {
+        let _ = self.stop_tx.send(true);
+        if let Ok(mut t) = self.task.lock()
+            && let Some(t) = t.take()
+        {
+            t.abort();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl PrinterLink for BambuLink {
+    fn name(&self) -> &str {
+        &self.shared.cfg.name
+    }
+    fn events(&self) -> broadcast::Receiver<PrinterEvent> {
+        match self.first_events.lock().ok().and_then(|mut g| g.take()) {
+            Some(rx) => rx,
+            None => self.shared.events.subscribe(),
+        }
+    }
+    fn status(&self) -> watch::Receiver<PrinterStatus> {
+        self.shared.status.subscribe()
+    }
+    /// The printer's camera is configured (`camera = { kind = "bambu" }`), not discovered:
+    /// the list stays empty.
+    fn cameras(&self) -> watch::Receiver<Vec<CameraInfo>> {
+        self.shared.cameras.subscribe()
+    }
+    async fn pause(&self) -> Result<(), PrinterError> {
+        self.action(Act::Pause, &[PrinterState::Printing]).await
+    }
+    async fn resume(&self) -> Result<(), PrinterError> {
+        self.action(Act::Resume, &[PrinterState::Paused]).await
+    }
+    async fn cancel(&self) -> Result<(), PrinterError> {
+        self.action(Act::Stop, &[PrinterState::Printing, PrinterState::Paused]).await
+    }
+    async fn stop(&self) {
+        let _ = self.stop_tx.send(true);
+        let task = self.task.lock().ok().and_then(|mut g| g.take());
+        if let Some(task) = task
+            && tokio::time::timeout(Duration::from_secs(5), task).await.is_err()
+        {
+            warn!(printer = %self.shared.cfg.name, "link task did not stop in 5 s");
+        }
+    }
+}
