@@ -50,6 +50,9 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 pub const SLOW_RETRY: Duration = Duration::from_secs(60);
 /// MQTT keepalive (the printer does not enforce it; it keeps NAT and the socket honest).
 const KEEPALIVE: Duration = Duration::from_secs(20);
+/// Partial reports but no full one this long after a `pushall`: ask again (BambuStudio's
+/// floor between two is 3 s; P1 printers lag when asked often).
+const PUSHALL_AGAIN: Duration = Duration::from_secs(10);
 /// Largest request printvigil publishes.
 const MAX_OUTGOING: usize = 64 * 1024;
 
@@ -330,11 +333,14 @@ impl Session {
         self.pending = Some(Pending { act: req.act, seq, reply: req.reply, deadline, acked: false });
     }
 
-    fn on_report(&mut self, payload: &[u8]) {
+    /// Handles one message; returns whether the printer's state is known (a full report
+    /// was merged).
+    fn on_report(&mut self, payload: &[u8]) -> bool {
         match parse_message(payload) {
             Ok(Message::Status(print)) => {
                 self.report.merge(print);
                 let view = self.report.view();
+                let known = view.state.is_some();
                 let tracker = &mut self.tracker;
                 self.shared.apply(|ev, st| tracker.observe(&view, ev, st));
                 for note in self.tracker.take_notes() {
@@ -346,10 +352,17 @@ impl Session {
                         ),
                     }
                 }
+                known
             }
-            Ok(Message::Ack(ack)) => self.on_ack(ack),
-            Ok(Message::Other) => {}
-            Err(why) => debug!(printer = %self.name(), "a message on the report topic was ignored: {why}"),
+            Ok(Message::Ack(ack)) => {
+                self.on_ack(ack);
+                true
+            }
+            Ok(Message::Other) => true,
+            Err(why) => {
+                debug!(printer = %self.name(), "a message on the report topic was ignored: {why}");
+                true
+            }
         }
     }
 }
@@ -402,6 +415,12 @@ pub(super) async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Reques
     }
 }
 
+/// Asks for the full state (as BambuStudio does); false when it could not be queued.
+fn pushall(client: &AsyncClient, serial: &str) -> bool {
+    let body = json!({"pushing": {"sequence_id": next_sequence(), "command": "pushall", "version": 1, "push_target": 1}});
+    client.try_publish(format!("device/{serial}/request"), QoS::AtLeastOnce, false, body.to_string()).is_ok()
+}
+
 /// One connection; `None` when the link stops, else why it ended and whether it was
 /// healthy (brought reports).
 async fn connection(
@@ -447,6 +466,7 @@ async fn connection(
     let silence = Duration::from_secs(cfg.report_timeout_secs);
     let mut connected = false;
     let mut healthy = false;
+    let mut pushall_at = Instant::now();
     // Before CONNACK the event loop's own connect timeout applies.
     let mut quiet_until = Instant::now() + Duration::from_secs(cfg.connect_timeout_secs) + silence;
     loop {
@@ -477,18 +497,19 @@ async fn connection(
                     connected = true;
                     s.report.clear();
                     let report = format!("device/{}/report", cfg.serial);
-                    let request = format!("device/{}/request", cfg.serial);
-                    let pushall = json!({"pushing": {"sequence_id": next_sequence(), "command": "pushall", "version": 1, "push_target": 1}});
-                    if client.try_subscribe(report, QoS::AtMostOnce).is_err()
-                        || client.try_publish(request, QoS::AtLeastOnce, false, pushall.to_string()).is_err()
-                    {
+                    if client.try_subscribe(report, QoS::AtMostOnce).is_err() || !pushall(&client, &cfg.serial) {
                         return Some((Trouble::Lost("could not queue the subscription".into()), healthy));
                     }
+                    pushall_at = Instant::now();
                     quiet_until = Instant::now() + silence;
                 }
                 Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
                     quiet_until = Instant::now() + silence;
-                    s.on_report(&p.payload);
+                    if !s.on_report(&p.payload) && pushall_at.elapsed() >= PUSHALL_AGAIN {
+                        debug!(printer = %cfg.name, "no full report since the pushall: asking again");
+                        pushall(&client, &cfg.serial);
+                        pushall_at = Instant::now();
+                    }
                     if !healthy && s.tracker.state() != PrinterState::Offline {
                         healthy = true;
                         s.health.healthy(&cfg.name, &at);
