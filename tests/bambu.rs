@@ -375,3 +375,102 @@ async fn odd_messages_on_the_report_topic_change_nothing() {
     assert_eq!((st.state, st.job), (PrinterState::Printing, before));
     link.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// The printer's own camera (port 6000)
+
+use printvigil::camera::{self, CameraError, CameraKind};
+use support::bambu::{CamMode, SimCamera};
+
+fn camera_for(m: &Mosquitto, cam_port: u16, code: &str, trust: Trust) -> Box<dyn printvigil::camera::Camera> {
+    let mut cfg = config(m, code, trust);
+    cfg.camera_port = cam_port;
+    let mut c = printvigil::camera::CameraConfig::new(CameraKind::Bambu, "");
+    c.timeout_secs = 3.0;
+    c.frozen_after_secs = 0.0;
+    cfg.camera = Some(c);
+    let entry = printvigil::printer::PrinterConfig::Bambu(cfg);
+    entry.validate("printers[0]").unwrap();
+    camera::from_config(&entry.camera().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_printers_camera_sends_frames_through_the_frame_guard_and_recovers() {
+    let m = broker(SERIAL, CODE);
+    let sim = SimCamera::start(&m, CODE, CamMode::Healthy, 0.0).await;
+    let mut cam = camera_for(&m, sim.port, CODE, pinned(&m));
+    let first = cam.grab().await.expect("a frame");
+    let (w, h) = printvigil::detector::preprocess::jpeg_dimensions(&first.jpeg).unwrap();
+    assert!(w > 0 && h > 0);
+    assert!(support::bambu::frames("healthy").contains(&first.jpeg), "the frame arrives byte for byte");
+
+    // As fast as the simulated camera sends (a real one sends about 1 a second).
+    let sent0 = sim.frames_sent.load(std::sync::atomic::Ordering::Relaxed);
+    let (t, mut grabs) = (Instant::now(), 0u32);
+    while t.elapsed() < Duration::from_secs(3) {
+        cam.grab().await.expect("a frame");
+        grabs += 1;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let read = sim.frames_sent.load(std::sync::atomic::Ordering::Relaxed) - sent0;
+    println!(
+        "FIGURE bambu camera path ({} build): {:.0} frames/s read over TLS ({} KiB frames), {:.0} grabs/s through the frame guard",
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        read as f64 / secs,
+        first.jpeg.len() / 1024,
+        grabs as f64 / secs
+    );
+
+    // An oversize header ends the connection before anything is allocated for it.
+    sim.set(CamMode::Oversize);
+    let e = loop {
+        match cam.grab().await {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(e, CameraError::TooLarge { .. }), "{e}");
+    sim.set(CamMode::NotJpeg);
+    let e = loop {
+        match cam.grab().await {
+            Ok(_) => continue,
+            Err(CameraError::TooLarge { .. }) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(e, CameraError::BambuProtocol { .. }) && e.to_string().contains("RTSPS"), "{e}");
+    // Back to frames after a reconnect.
+    sim.set(CamMode::Failing);
+    let failing = support::bambu::frames("failing");
+    let deadline = Instant::now() + LONG;
+    loop {
+        if let Ok(f) = cam.grab().await
+            && failing.contains(&f.jpeg)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no frames after the reconnect");
+    }
+    assert!(sim.connections.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_errors_say_what_to_do() {
+    let m = broker(SERIAL, CODE);
+    let sim = SimCamera::start(&m, CODE, CamMode::Healthy, 5.0).await;
+    // A wrong access code: the printer hangs up after the access packet.
+    let e = camera_for(&m, sim.port, "wrong123", pinned(&m)).grab().await.unwrap_err();
+    assert!(matches!(e, CameraError::BambuAccess { .. }) && e.to_string().contains("access code"), "{e}");
+    assert!(!e.to_string().contains("wrong123"), "{e}");
+    assert!(sim.refused.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    // Nothing on the port: an X1/H2/P2S, whose camera is RTSPS on 322.
+    let closed = support::mosquitto::free_unusual_port();
+    let e = camera_for(&m, closed, CODE, pinned(&m)).grab().await.unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("RTSPS on port 322") && msg.contains("kind = \"snapshot\""), "{msg}");
+    // A certificate that is not the pinned one.
+    let e = camera_for(&m, sim.port, CODE, Trust::Pinned(Fingerprint([9; 32]))).grab().await.unwrap_err();
+    assert!(matches!(&e, CameraError::BambuCertificate { shown, .. } if *shown == fingerprint(&m)), "{e}");
+    // Any certificate when asked for.
+    assert!(camera_for(&m, sim.port, CODE, Trust::Any).grab().await.is_ok());
+}

@@ -45,7 +45,8 @@ pub const CODE: &str = "pv7Xk2Qa";
 /// `code` (and `sim`, the simulated firmware's own login).
 pub fn broker(serial: &str, code: &str) -> Mosquitto {
     let tls = TlsOptions { server_cn: serial.into(), ..TlsOptions::default() };
-    Mosquitto::start(Options::user("bblp", code).with_user("sim", "simpw").with_tls(tls))
+    // No Nagle delay on small messages, as on a printer's own broker.
+    Mosquitto::start(Options::user("bblp", code).with_user("sim", "simpw").with_tls(tls).with_config_line("set_tcp_nodelay true"))
 }
 
 /// The SHA-256 fingerprint of the broker's certificate, as `printvigil setup` writes it.
@@ -227,6 +228,9 @@ impl SimPrinter {
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(client_tls(broker))));
         let (client, mut eventloop) = AsyncClient::new(opts, 256);
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        eventloop.set_network_options(net);
         let request = format!("device/{serial}/request");
         let report = format!("device/{serial}/report");
         let (in_tx, mut incoming) = mpsc::unbounded_channel::<Vec<u8>>();

@@ -441,6 +441,8 @@ async fn connection(
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
     let mut net = rumqttc::NetworkOptions::new();
     net.set_connection_timeout(cfg.connect_timeout_secs);
+    // Commands are small and go at once (no 40 ms wait for an ACK).
+    net.set_tcp_nodelay(true);
     eventloop.set_network_options(net);
     seen.clear();
     // The event loop in its own task: its poll is never cancelled halfway.
