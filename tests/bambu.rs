@@ -474,3 +474,90 @@ async fn camera_errors_say_what_to_do() {
     // Any certificate when asked for.
     assert!(camera_for(&m, sim.port, CODE, Trust::Any).grab().await.is_ok());
 }
+
+// ---------------------------------------------------------------------------------------
+// printvigil setup bambu HOST
+
+fn setup_options(m: &Mosquitto, camera_port: u16) -> printvigil::setup::bambu::Options {
+    printvigil::setup::bambu::Options {
+        name: "p1s".into(),
+        host: "127.0.0.1".into(),
+        port: m.port,
+        camera_port,
+        serial: None,
+        access_code: Some(CODE.into()),
+        yes: false,
+        timeout: Duration::from_secs(5),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_shows_the_fingerprint_and_writes_the_entry_once_confirmed() {
+    let m = broker(SERIAL, CODE);
+    let _sim = SimPrinter::start(&m, SERIAL, HEARTBEAT, TICK).await;
+    let cam = SimCamera::start(&m, CODE, CamMode::Healthy, 1.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let original = "# my printers\n[watch]\ncadence_secs = 10 # keep\n";
+    std::fs::write(&path, original).unwrap();
+
+    // Not confirmed: nothing written.
+    let mut out = Vec::new();
+    let e = printvigil::setup::bambu::run(&path, &setup_options(&m, cam.port), &mut &b"n\n"[..], &mut out).await.unwrap_err();
+    assert!(e.to_string().contains("not confirmed"), "{e}");
+    let shown = String::from_utf8_lossy(&out).to_string();
+    assert!(shown.contains(&fingerprint(&m)) && shown.contains(SERIAL), "{shown}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
+
+    // A wrong access code is found before anything is written.
+    let mut o = setup_options(&m, cam.port);
+    o.access_code = Some("wrong123".into());
+    let e = printvigil::setup::bambu::run(&path, &o, &mut &b"y\n"[..], &mut Vec::new()).await.unwrap_err();
+    assert!(e.to_string().contains("refused the access code"), "{e}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
+
+    // Confirmed: the serial comes from the certificate, the camera port answers.
+    let mut out = Vec::new();
+    printvigil::setup::bambu::run(&path, &setup_options(&m, cam.port), &mut &b"y\n"[..], &mut out).await.unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with(original), "comments and settings kept:\n{text}");
+    let config = printvigil::config::Config::from_toml_str(&text).unwrap();
+    let printvigil::printer::PrinterConfig::Bambu(b) = &config.printers[0] else { panic!("{text}") };
+    assert_eq!((b.host.as_str(), b.serial.as_str(), b.port, b.camera_port), ("127.0.0.1", SERIAL, m.port, cam.port));
+    assert_eq!(b.access_code.as_ref().unwrap().expose(), CODE);
+    assert_eq!(b.fingerprint.as_deref(), Some(fingerprint(&m).as_str()));
+    assert_eq!(b.camera.as_ref().unwrap().kind, CameraKind::Bambu);
+    // What was written works.
+    let link = BambuLink::start_concrete(b.clone(), "written");
+    wait_status(&link, "connected with the written entry", |s| s.state == PrinterState::Idle).await;
+    link.stop().await;
+    assert!(camera::from_config(&config.printers[0].camera().unwrap()).unwrap().grab().await.is_ok());
+}
+
+#[test]
+fn setup_bambu_on_the_command_line_writes_the_entry_without_asking_when_told() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let m = broker(SERIAL, CODE);
+    let _sim = rt.block_on(SimPrinter::start(&m, SERIAL, HEARTBEAT, TICK));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let closed = support::mosquitto::free_unusual_port();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_printvigil"))
+        .arg("--config")
+        .arg(&path)
+        .args(["setup", "bambu", "127.0.0.1", "--name", "x1c", "--yes", "--timeout", "5"])
+        .args(["--port", &m.port.to_string(), "--camera-port", &closed.to_string(), "--serial", SERIAL])
+        .env("PRINTVIGIL_BAMBU_ACCESS_CODE", CODE)
+        .env("PRINTVIGIL_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&fingerprint(&m)) && stdout.contains("RTSPS on port 322"), "{stdout}");
+    assert!(!stdout.contains(CODE), "{stdout}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("kind = \"bambu\"") && text.contains(&fingerprint(&m)) && !text.contains("camera = "), "{text}");
+    drop(_sim);
+    rt.shutdown_timeout(Duration::from_secs(1));
+}

@@ -74,11 +74,16 @@ pub struct BambuConfig {
 /// The MQTT user of every Bambu printer.
 pub const USER: &str = "bblp";
 
-pub(crate) fn default_port() -> u16 {
-    8883
+/// The printer's MQTT port.
+pub const DEFAULT_PORT: u16 = 8883;
+/// The A1/P1 camera port.
+pub const DEFAULT_CAMERA_PORT: u16 = 6000;
+
+fn default_port() -> u16 {
+    DEFAULT_PORT
 }
-pub(crate) fn default_camera_port() -> u16 {
-    6000
+fn default_camera_port() -> u16 {
+    DEFAULT_CAMERA_PORT
 }
 fn default_action_timeout() -> u64 {
     20

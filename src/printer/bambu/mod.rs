@@ -33,7 +33,7 @@ pub mod report;
 mod session;
 pub mod tracker;
 
-pub use config::{BambuConfig, USER, camera_url};
+pub use config::{BambuConfig, DEFAULT_CAMERA_PORT, DEFAULT_PORT, USER, camera_url};
 pub use session::{Trouble, classify};
 
 /// An action the link's handle asks the session for.
