@@ -164,21 +164,18 @@ pub async fn run(path: &Path, o: &Options, input: &mut dyn BufRead, out: &mut dy
     if o.camera_port != crate::printer::bambu::DEFAULT_CAMERA_PORT || entry.contains_key("camera_port") {
         entry["camera_port"] = toml_edit::value(o.camera_port as i64);
     }
-    match camera {
-        Some(other) => {
-            match other {
-                Some(f) => entry["camera_fingerprint"] = toml_edit::value(f.to_string()),
-                None => {
-                    entry.remove("camera_fingerprint");
-                }
-            }
-            if !entry.contains_key("camera") {
-                let mut t = toml_edit::InlineTable::new();
-                t.insert("kind", "bambu".into());
-                entry["camera"] = toml_edit::value(t);
+    if let Some(other) = camera {
+        match other {
+            Some(f) => entry["camera_fingerprint"] = toml_edit::value(f.to_string()),
+            None => {
+                entry.remove("camera_fingerprint");
             }
         }
-        None => {}
+        if !entry.contains_key("camera") {
+            let mut t = toml_edit::InlineTable::new();
+            t.insert("kind", "bambu".into());
+            entry["camera"] = toml_edit::value(t);
+        }
     }
     file.save()?;
     say(out, format!("Wrote printer `{}` to {}.", o.name, path.display()));

@@ -24,7 +24,7 @@ pub const MAX_REPORT: usize = 1 << 20;
 /// Deepest nesting merged; deeper values are replaced whole.
 const MAX_DEPTH: usize = 8;
 /// Most keys kept in the merged object (a full report has ~100 at its top level).
-const MAX_KEYS: usize = 4096;
+pub const MAX_KEYS: usize = 4096;
 
 /// `print.gcode_state`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +177,11 @@ fn merge_into(base: &mut Map<String, Value>, part: Map<String, Value>, depth: us
 }
 
 impl Report {
+    /// Keys (and list items) in the merged state, nested ones included.
+    pub fn keys(&self) -> usize {
+        self.keys
+    }
+
     /// Forgets everything (a new connection: its `pushall` answer is the new base).
     pub fn clear(&mut self) {
         self.print.clear();

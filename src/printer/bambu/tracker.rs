@@ -29,13 +29,14 @@
 //!
 //! Pure state, no I/O: the session feeds it views and publishes what it returns.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 
 use super::report::{ERROR_CANCELLED, GcodeState, View, error_text, is_error_pause};
 use crate::printer::{JobId, JobOutcome, PrinterEvent, PrinterState, PrinterStatus};
 
-/// Ended print ids remembered to tell a reprint from the print before it.
-const ENDED_KEPT: usize = 16;
+/// Print names (ids without the `#n`) whose ended prints are counted, to tell a reprint
+/// from the print before it; past this many names the counts start over.
+const ENDED_KEPT: usize = 256;
 
 /// What identifies a print; `None` parts are not known (yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +80,8 @@ impl Key {
 #[derive(Debug, Clone)]
 struct Current {
     id: JobId,
+    /// The id without its `#n`.
+    base: String,
     key: Key,
     file: String,
     percent: Option<f64>,
@@ -93,7 +96,8 @@ pub struct Tracker {
     online: bool,
     /// Whether the link has seen a report with a state yet (the first one attaches).
     seen_state: bool,
-    ended: VecDeque<JobId>,
+    /// Prints ended per id base (a reprint is `base#<count + 1>`).
+    ended: HashMap<String, u32>,
     /// printvigil sent a stop: the print's end is a cancel.
     cancelling: bool,
     last_file: Option<String>,
@@ -224,12 +228,10 @@ impl Tracker {
             self.end(outcome, out);
         }
         let base = key.id(&self.serial);
-        let mut id = JobId(base.clone());
-        let mut n = 1;
-        while self.ended.contains(&id) {
-            n += 1;
-            id = JobId(format!("{base}#{n}"));
-        }
+        let id = match self.ended.get(&base) {
+            Some(&n) => JobId(format!("{base}#{}", n + 1)),
+            None => JobId(base.clone()),
+        };
         let paused = *state == GcodeState::Pause;
         let file = key.name.clone();
         if first {
@@ -243,7 +245,7 @@ impl Tracker {
             }
         }
         self.cancelling = false;
-        self.current = Some(Current { id, key, file, percent: v.percent });
+        self.current = Some(Current { id, base, key, file, percent: v.percent });
     }
 
     fn outcome(&self, v: &View, state: &GcodeState) -> JobOutcome {
@@ -267,10 +269,10 @@ impl Tracker {
 
     fn end(&mut self, outcome: JobOutcome, out: &mut Vec<PrinterEvent>) {
         if let Some(c) = self.current.take() {
-            if self.ended.len() == ENDED_KEPT {
-                self.ended.pop_front();
+            if self.ended.len() >= ENDED_KEPT && !self.ended.contains_key(&c.base) {
+                self.ended.clear();
             }
-            self.ended.push_back(c.id.clone());
+            *self.ended.entry(c.base.clone()).or_insert(0) += 1;
             out.push(PrinterEvent::Finished { job: c.id, file: c.file, outcome });
         }
         self.cancelling = false;
@@ -325,10 +327,15 @@ mod tests {
         let ev = run(&mut t, &view("FINISH", "Benchy", 100.0, Some(1_700_000_000), 0));
         assert!(matches!(&ev[..], [PrinterEvent::Finished { outcome: JobOutcome::Completed, .. }]), "{ev:?}");
         assert!(run(&mut t, &view("FINISH", "Benchy", 100.0, Some(1_700_000_000), 0)).is_empty());
-        // A reprint of the same plate, no start time reported: a new id.
-        let ev = run(&mut t, &view("PREPARE", "Benchy", 100.0, None, 0));
-        let [PrinterEvent::PrintStarted { job, .. }] = &ev[..] else { panic!("{ev:?}") };
-        assert_eq!(job.0, "bambu:SN1:Benchy#2");
+        // Reprints of the same plate, no start time reported: new ids, however many.
+        for n in 2..40 {
+            let ev = run(&mut t, &view("PREPARE", "Benchy", 100.0, None, 0));
+            let [PrinterEvent::PrintStarted { job, .. }] = &ev[..] else { panic!("{ev:?}") };
+            assert_eq!(job.0, format!("bambu:SN1:Benchy#{n}"));
+            run(&mut t, &view("FINISH", "Benchy", 100.0, None, 0));
+            run(&mut t, &view("PREPARE", &format!("other{n}"), 0.0, None, 0));
+            run(&mut t, &view("FINISH", &format!("other{n}"), 100.0, None, 0));
+        }
     }
 
     #[test]
