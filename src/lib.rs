@@ -70,6 +70,10 @@
 //!   - [`watch::watcher`]: the loop; it sees only [`printer::PrinterLink`] and [`camera::Camera`].
 //!   - [`watch::supervisor`]: `printvigil run`, sd-notify READY/STATUS/WATCHDOG/STOPPING, graceful stop.
 //!   - [`watch::state`]: per-printer state in SQLite (smoothing, the print watched, acted).
+//!   - [`watch::view`]: each watch's published [`watch::view::PrinterView`] and the
+//!     [`watch::view::Board`] where sinks find every printer's view and send commands.
+//!   - [`watch::control`]: the commands people may send a watch (pause now, detection off
+//!     for this print, snooze alerts), carried out through the watch's own rules.
 //!   - [`watch::frames`]: annotated decision frames within a disk budget.
 //!   - [`watch::check`]: the local lines of `printvigil check` (detector, state, printers, cameras).
 
