@@ -20,12 +20,12 @@
 //! - [`tracker`]: states, print identity, error pauses, the events.
 //! - [`session`]: the connection task: TLS, MQTT, reconnects, actions.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tracing::{info, warn};
 
+use super::channels::{LinkChannels, LinkTask};
 use super::{CameraInfo, PrinterError, PrinterEvent, PrinterLink, PrinterState, PrinterStatus};
 
 mod config;
@@ -55,11 +55,11 @@ impl Act {
     }
 
     /// The state that confirms it.
-    fn done(self, state: PrinterState) -> bool {
+    fn done(self) -> fn(PrinterState) -> bool {
         match self {
-            Act::Pause => state == PrinterState::Paused,
-            Act::Resume => state == PrinterState::Printing,
-            Act::Stop => !matches!(state, PrinterState::Printing | PrinterState::Paused | PrinterState::Offline),
+            Act::Pause => |s| s == PrinterState::Paused,
+            Act::Resume => |s| s == PrinterState::Printing,
+            Act::Stop => |s| !matches!(s, PrinterState::Printing | PrinterState::Paused | PrinterState::Offline),
         }
     }
 }
@@ -74,33 +74,19 @@ pub(crate) struct Shared {
     cfg: BambuConfig,
     /// Part of the MQTT client id (tells printvigil instances apart in the printer's log).
     instance: String,
-    events: broadcast::Sender<PrinterEvent>,
-    status: watch::Sender<PrinterStatus>,
-    cameras: watch::Sender<Vec<CameraInfo>>,
+    out: LinkChannels,
 }
 
 impl Shared {
-    fn emit(&self, ev: PrinterEvent) {
-        info!(printer = %self.cfg.name, event = ?ev, "printer event");
-        let _ = self.events.send(ev);
-    }
-
     /// Applies a change through the tracker; the status is published before the events
     /// that follow from it (a watcher reads it when an event arrives).
     fn apply(&self, f: impl FnOnce(&mut Vec<PrinterEvent>, &mut PrinterStatus)) {
         let mut events = Vec::new();
-        let mut status = self.status.borrow().clone();
+        let mut status = self.out.status_now();
         f(&mut events, &mut status);
-        self.status.send_if_modified(|s| {
-            if *s != status {
-                *s = status;
-                true
-            } else {
-                false
-            }
-        });
+        self.out.publish_status(status);
         for ev in events {
-            self.emit(ev);
+            self.out.emit(ev);
         }
     }
 }
@@ -108,10 +94,8 @@ impl Shared {
 /// The Bambu link; see the module documentation.
 pub struct BambuLink {
     shared: Arc<Shared>,
-    first_events: Mutex<Option<broadcast::Receiver<PrinterEvent>>>,
     requests: mpsc::Sender<Request>,
-    stop_tx: watch::Sender<bool>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    task: LinkTask,
 }
 
 impl BambuLink {
@@ -122,67 +106,37 @@ impl BambuLink {
 
     /// Like [`BambuLink::start`], returning the concrete type.
     pub fn start_concrete(cfg: BambuConfig, instance: &str) -> Arc<BambuLink> {
-        let shared = Arc::new(Shared {
-            cfg,
-            instance: instance.chars().filter(char::is_ascii_alphanumeric).take(24).collect(),
-            events: broadcast::channel(1024).0,
-            status: watch::channel(PrinterStatus::default()).0,
-            cameras: watch::channel(Vec::new()).0,
-        });
-        let first = shared.events.subscribe();
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let out = LinkChannels::new(&cfg.name);
+        let instance = instance.chars().filter(char::is_ascii_alphanumeric).take(24).collect();
+        let shared = Arc::new(Shared { cfg, instance, out });
         let (tx, rx) = mpsc::channel(4);
-        let task = tokio::spawn(session::run(shared.clone(), rx, stop_rx));
-        Arc::new(BambuLink {
-            shared,
-            first_events: Mutex::new(Some(first)),
-            requests: tx,
-            stop_tx,
-            task: Mutex::new(Some(task)),
-        })
+        let task = LinkTask::spawn(|stop| session::run(shared.clone(), rx, stop));
+        Arc::new(BambuLink { shared, requests: tx, task })
     }
 
     fn printer(&self) -> String {
         self.shared.cfg.name.clone()
     }
 
+    /// The common action path ([`LinkChannels::act`]); sending it means: published, and
+    /// answered by the printer (its echo, or already the state that confirms it), or
+    /// refused (the printer's answer) or ignored (neither within the timeout).
     async fn action(&self, act: Act, allowed: &[PrinterState]) -> Result<(), PrinterError> {
-        let state = self.shared.status.borrow().state;
-        if state == PrinterState::Offline {
-            return Err(PrinterError::NotConnected { printer: self.printer() });
-        }
-        if !allowed.contains(&state) {
-            return Err(PrinterError::WrongState { printer: self.printer(), action: act.command().into(), state });
-        }
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request { act, reply })
-            .await
-            .map_err(|_| PrinterError::NotConnected { printer: self.printer() })?;
-        // The session answers by its own deadline; this one only guards against a session
-        // that went away without answering.
         let timeout = Duration::from_secs(self.shared.cfg.action_timeout_secs);
-        match tokio::time::timeout(timeout + Duration::from_secs(5), answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(PrinterError::NotConnected { printer: self.printer() }),
-            Err(_) => Err(PrinterError::NotConfirmed {
-                printer: self.printer(),
-                action: act.command().into(),
-                timeout,
-                state: self.shared.status.borrow().state,
-            }),
-        }
-    }
-}
-
-impl Drop for BambuLink {
-    fn drop(&mut self) {
-        let _ = self.stop_tx.send(true);
-        if let Ok(mut t) = self.task.lock()
-            && let Some(t) = t.take()
-        {
-            t.abort();
-        }
+        let send = async {
+            let (reply, answer) = oneshot::channel();
+            self.requests
+                .send(Request { act, reply })
+                .await
+                .map_err(|_| PrinterError::NotConnected { printer: self.printer() })?;
+            // The session answers by its own deadline; this one only guards against a
+            // session that went away without answering.
+            match tokio::time::timeout(timeout + Duration::from_secs(5), answer).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) | Err(_) => Err(PrinterError::NotConnected { printer: self.printer() }),
+            }
+        };
+        self.shared.out.act(act.command(), allowed, act.done(), timeout, || {}, send).await
     }
 }
 
@@ -192,18 +146,15 @@ impl PrinterLink for BambuLink {
         &self.shared.cfg.name
     }
     fn events(&self) -> broadcast::Receiver<PrinterEvent> {
-        match self.first_events.lock().ok().and_then(|mut g| g.take()) {
-            Some(rx) => rx,
-            None => self.shared.events.subscribe(),
-        }
+        self.shared.out.events()
     }
     fn status(&self) -> watch::Receiver<PrinterStatus> {
-        self.shared.status.subscribe()
+        self.shared.out.status()
     }
     /// The printer's camera is configured (`camera = { kind = "bambu" }`), not discovered:
     /// the list stays empty.
     fn cameras(&self) -> watch::Receiver<Vec<CameraInfo>> {
-        self.shared.cameras.subscribe()
+        self.shared.out.cameras()
     }
     async fn pause(&self) -> Result<(), PrinterError> {
         self.action(Act::Pause, &[PrinterState::Printing]).await
@@ -215,12 +166,6 @@ impl PrinterLink for BambuLink {
         self.action(Act::Stop, &[PrinterState::Printing, PrinterState::Paused]).await
     }
     async fn stop(&self) {
-        let _ = self.stop_tx.send(true);
-        let task = self.task.lock().ok().and_then(|mut g| g.take());
-        if let Some(task) = task
-            && tokio::time::timeout(Duration::from_secs(5), task).await.is_err()
-        {
-            warn!(printer = %self.shared.cfg.name, "link task did not stop in 5 s");
-        }
+        self.task.stop(&self.shared.cfg.name).await;
     }
 }

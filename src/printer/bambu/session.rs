@@ -17,14 +17,18 @@
 //!   logins);
 //! - refused connections (the printer is on, LAN-only mode is off), no answer (switched
 //!   off, asleep, wrong address), a dropped or stalled connection: from [`BACKOFF_START`]
-//!   doubling to [`BACKOFF_CAP`], back to the start after a healthy connection.
+//!   doubling to [`BACKOFF_CAP`], back to the start only after a connection that brought
+//!   reports for [`HEALTHY_AFTER`]. Three short-lived connections in a row make the link
+//!   *flapping*: its reconnects and Online/Offline events go to the debug log until a
+//!   connection lasts.
 //!
 //! **Actions** (one at a time): `{"print": {"command": "pause", "param": "",
 //! "sequence_id": "<n>"}}` at QoS 1, as BambuStudio sends them. The printer's answer (an
 //! echo with `result`) is matched by the `sequence_id`: a refusal is an error at once
 //! (with the Developer Mode fix for unsigned commands); otherwise the reports that follow
-//! confirm it. No answer and no change within `action_timeout_secs` is
-//! [`PrinterError::Ignored`], with the most likely reason.
+//! confirm it through the common path ([`LinkChannels::act`](crate::printer::channels::LinkChannels::act)).
+//! No answer and no change within `action_timeout_secs` is [`PrinterError::Ignored`], with
+//! the most likely reason.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +52,12 @@ pub const BACKOFF_START: Duration = Duration::from_secs(1);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// The wait after a refused access code or certificate.
 pub const SLOW_RETRY: Duration = Duration::from_secs(60);
+/// A connection must bring reports this long to reset the backoff (a printer that accepts,
+/// reports and drops is retried ever more slowly, not every second).
+pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// Short-lived connections in a row from which on the link counts as flapping: its
+/// Online/Offline events and reconnects go to the debug log.
+const FLAPPING_AFTER: u32 = 3;
 /// MQTT keepalive (the printer does not enforce it; it keeps NAT and the socket honest).
 const KEEPALIVE: Duration = Duration::from_secs(20);
 /// Partial reports but no full one this long after a `pushall`: ask again (BambuStudio's
@@ -169,6 +179,8 @@ fn classify_io(io: &std::io::Error) -> Trouble {
 
 /// One log line per change of trouble; see the module documentation.
 struct Health {
+    /// Flapping: only the first failure of a kind and the recovery after it are logged.
+    quiet: bool,
     current: Option<Trouble>,
     failures: u32,
     since: Option<SystemTime>,
@@ -184,6 +196,7 @@ impl Health {
         self.failures += 1;
         match &self.current {
             Some(c) if c.same_kind(t) => debug!(printer = %name, "again: {msg}"),
+            _ if self.quiet => debug!(printer = %name, "{msg}"),
             _ => warn!(printer = %name, "{msg}"),
         }
         self.current = Some(t.clone());
@@ -191,6 +204,7 @@ impl Health {
 
     fn healthy(&mut self, name: &str, at: &str) {
         match (self.ever_connected, self.failures) {
+            _ if self.quiet => debug!(printer = %name, "connected to the printer at {at} again (the connection flaps)"),
             (false, 0) => info!(printer = %name, "connected to the printer at {at}"),
             (_, 0) => info!(printer = %name, "connected to the printer at {at} again"),
             (_, n) => info!(
@@ -213,7 +227,6 @@ struct Pending {
     seq: String,
     reply: tokio::sync::oneshot::Sender<Result<(), PrinterError>>,
     deadline: Instant,
-    acked: bool,
 }
 
 /// Sequence ids of printvigil's own commands: a range of their own (BambuStudio uses
@@ -243,32 +256,26 @@ impl Session {
         self.shared.apply(|ev, st| tracker.offline(reason, ev, st));
     }
 
-    /// Answers the pending action if the state confirms it or its time is up.
+    /// Answers the pending action once the state shows it done, or when its time is up
+    /// without an answer (the echo is handled in [`Session::on_ack`]).
     fn settle(&mut self) {
         let state = self.tracker.state();
         let Some(p) = &self.pending else { return };
-        let printer = self.shared.cfg.name.clone();
-        let action = p.act.command().to_string();
-        let result = if p.act.done(state) {
+        let result = if (p.act.done())(state) {
             Ok(())
         } else if Instant::now() >= p.deadline {
-            let timeout = Duration::from_secs(self.shared.cfg.action_timeout_secs);
-            if p.acked {
-                Err(PrinterError::NotConfirmed { printer, action, timeout, state })
-            } else {
-                Err(PrinterError::Ignored {
-                    printer,
-                    action,
-                    timeout,
-                    hint: "no answer and no change of state. Current firmware obeys other programs only in LAN-only mode with Developer Mode on: turn both on in the printer's settings (network / general) and check that the printer shows no dialog waiting for a tap".into(),
-                })
-            }
+            Err(PrinterError::Ignored {
+                printer: self.shared.cfg.name.clone(),
+                action: p.act.command().to_string(),
+                timeout: Duration::from_secs(self.shared.cfg.action_timeout_secs),
+                hint: "no answer and no change of state. Current firmware obeys other programs only in LAN-only mode with Developer Mode on: turn both on in the printer's settings (network / general) and check that the printer shows no dialog waiting for a tap".into(),
+            })
         } else {
             return;
         };
         if let Some(p) = self.pending.take() {
             match &result {
-                Ok(()) => debug!(printer = %self.name(), "{} confirmed by the printer", p.act.command()),
+                Ok(()) => debug!(printer = %self.name(), "{} shown by the printer's state", p.act.command()),
                 Err(e) => warn!(printer = %self.name(), "{e}"),
             }
             let _ = p.reply.send(result);
@@ -299,7 +306,14 @@ impl Session {
                 warn!(printer = %self.shared.cfg.name, "{e}");
                 let _ = p.reply.send(Err(e));
             }
-            _ => p.acked = true,
+            // Accepted: the reports that follow confirm it (LinkChannels::act waits).
+            Some(true) => {
+                let p = self.pending.take().expect("checked above");
+                debug!(printer = %self.shared.cfg.name, "{} accepted by the printer", p.act.command());
+                let _ = p.reply.send(Ok(()));
+            }
+            // An echo without a result says nothing yet.
+            None => {}
         }
     }
 
@@ -330,7 +344,7 @@ impl Session {
             self.tracker.on_cancel_sent();
         }
         let deadline = Instant::now() + Duration::from_secs(self.shared.cfg.action_timeout_secs);
-        self.pending = Some(Pending { act: req.act, seq, reply: req.reply, deadline, acked: false });
+        self.pending = Some(Pending { act: req.act, seq, reply: req.reply, deadline });
     }
 
     /// Handles one message; returns whether the printer's state is known (a full report
@@ -374,20 +388,28 @@ pub(super) async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Reques
         tracker: Tracker::new(&cfg.serial),
         report: Report::default(),
         pending: None,
-        health: Health { current: None, failures: 0, since: None, ever_connected: false, ever_reported: false },
+        health: Health { quiet: false, current: None, failures: 0, since: None, ever_connected: false, ever_reported: false },
         shared,
     };
     let (tls, seen) = tlspin::client_config(cfg.trust());
     let mut backoff = BACKOFF_START;
+    let mut short_lived = 0u32;
     loop {
         if *stop.borrow() {
             return;
         }
         let end = connection(&mut s, &tls, &seen, &mut requests, &mut stop).await;
-        let Some((trouble, was_healthy)) = end else { return };
-        if was_healthy {
-            backoff = BACKOFF_START;
+        let Some((trouble, reporting_since)) = end else { return };
+        match reporting_since.map(|t| t.elapsed()) {
+            Some(d) if d >= HEALTHY_AFTER => {
+                backoff = BACKOFF_START;
+                short_lived = 0;
+            }
+            Some(_) => short_lived += 1,
+            None => {}
         }
+        s.health.quiet = short_lived >= FLAPPING_AFTER;
+        s.shared.out.set_quiet(s.health.quiet);
         let msg = trouble.message(&cfg, s.health.ever_reported);
         s.health.failed(&cfg.name, &trouble, &msg);
         s.offline(&msg);
@@ -421,15 +443,15 @@ fn pushall(client: &AsyncClient, serial: &str) -> bool {
     client.try_publish(format!("device/{serial}/request"), QoS::AtLeastOnce, false, body.to_string()).is_ok()
 }
 
-/// One connection; `None` when the link stops, else why it ended and whether it was
-/// healthy (brought reports).
+/// One connection; `None` when the link stops, else why it ended and since when it
+/// brought reports (if it did).
 async fn connection(
     s: &mut Session,
     tls: &Arc<rustls::ClientConfig>,
     seen: &Seen,
     requests: &mut mpsc::Receiver<Request>,
     stop: &mut watch::Receiver<bool>,
-) -> Option<(Trouble, bool)> {
+) -> Option<(Trouble, Option<Instant>)> {
     let cfg = s.shared.cfg.clone();
     let client_id = format!("printvigil-{}-{:08x}", s.shared.instance, fastrand::u32(..));
     let mut opts = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
@@ -467,7 +489,7 @@ async fn connection(
     let at = format!("{}:{}", cfg.host, cfg.port);
     let silence = Duration::from_secs(cfg.report_timeout_secs);
     let mut connected = false;
-    let mut healthy = false;
+    let mut healthy: Option<Instant> = None;
     let mut pushall_at = Instant::now();
     // Before CONNACK the event loop's own connect timeout applies.
     let mut quiet_until = Instant::now() + Duration::from_secs(cfg.connect_timeout_secs) + silence;
@@ -512,8 +534,8 @@ async fn connection(
                         pushall(&client, &cfg.serial);
                         pushall_at = Instant::now();
                     }
-                    if !healthy && s.tracker.state() != PrinterState::Offline {
-                        healthy = true;
+                    if healthy.is_none() && s.tracker.state() != PrinterState::Offline {
+                        healthy = Some(Instant::now());
                         s.health.healthy(&cfg.name, &at);
                     }
                 }
