@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
 use crate::secret::Secret;
+use channels::{Act, LinkChannels};
 
 pub mod bambu;
 pub mod channels;
@@ -170,26 +171,59 @@ pub enum PrinterError {
 }
 
 /// The link to one printer. Implemented once per firmware; used as `Arc<dyn PrinterLink>`.
+///
+/// A firmware module provides its [`LinkChannels`] (what it publishes), how to send a
+/// request ([`PrinterLink::request`]) and how to stop; the confirmation of actions is the
+/// same for all (see [`channels`]).
 #[async_trait::async_trait]
 pub trait PrinterLink: Send + Sync {
+    /// The link's channels (events, status, cameras).
+    fn channels(&self) -> &LinkChannels;
+    /// How long an action may take until the printer reports it done.
+    fn action_timeout(&self) -> Duration;
+    /// Sends `act` to the printer; returns once the printer took the request (its
+    /// reported state then confirms it).
+    async fn request(&self, act: Act) -> Result<(), PrinterError>;
+    /// Stops the link's task and closes its connection.
+    async fn stop(&self);
+
+    /// Runs before each look at the state while an action is being confirmed (a link that
+    /// polls reads the state now).
+    fn poke(&self) {}
     /// The printer's name from the configuration.
-    fn name(&self) -> &str;
+    fn name(&self) -> &str {
+        self.channels().name()
+    }
     /// The events. The first call gets every event since the link was created; later
     /// calls get events from then on. A receiver that falls more than 1024 events behind
     /// gets `RecvError::Lagged` (the status watch always has the latest state).
-    fn events(&self) -> broadcast::Receiver<PrinterEvent>;
+    fn events(&self) -> broadcast::Receiver<PrinterEvent> {
+        self.channels().events()
+    }
     /// The latest status; changes whenever the printer reports something.
-    fn status(&self) -> watch::Receiver<PrinterStatus>;
+    fn status(&self) -> watch::Receiver<PrinterStatus> {
+        self.channels().status()
+    }
     /// The printer's cameras, re-read when the printer's host changes them.
-    fn cameras(&self) -> watch::Receiver<Vec<CameraInfo>>;
+    fn cameras(&self) -> watch::Receiver<Vec<CameraInfo>> {
+        self.channels().cameras()
+    }
+    /// Asks for `act` and waits until the printer reports it done.
+    async fn perform(&self, act: Act) -> Result<(), PrinterError> {
+        self.channels().act(act, self.action_timeout(), || self.poke(), self.request(act)).await
+    }
     /// Pauses the print; returns once the printer reports it paused.
-    async fn pause(&self) -> Result<(), PrinterError>;
+    async fn pause(&self) -> Result<(), PrinterError> {
+        self.perform(Act::Pause).await
+    }
     /// Resumes a paused print; returns once the printer reports it printing.
-    async fn resume(&self) -> Result<(), PrinterError>;
+    async fn resume(&self) -> Result<(), PrinterError> {
+        self.perform(Act::Resume).await
+    }
     /// Cancels the print; returns once the printer reports it no longer printing.
-    async fn cancel(&self) -> Result<(), PrinterError>;
-    /// Stops the link's task and closes its connection.
-    async fn stop(&self);
+    async fn cancel(&self) -> Result<(), PrinterError> {
+        self.perform(Act::Cancel).await
+    }
 }
 
 /// One `[[printers]]` entry of the configuration; `kind = "..."` picks the firmware path
