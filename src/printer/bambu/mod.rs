@@ -23,10 +23,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
-use super::channels::{LinkChannels, LinkTask};
-use super::{CameraInfo, PrinterError, PrinterEvent, PrinterLink, PrinterState, PrinterStatus};
+use super::channels::{Act, LinkChannels, LinkTask};
+use super::{PrinterError, PrinterEvent, PrinterLink, PrinterStatus};
 
 mod config;
 pub mod report;
@@ -36,31 +36,12 @@ pub mod tracker;
 pub use config::{BambuConfig, DEFAULT_CAMERA_PORT, DEFAULT_PORT, USER, camera_url};
 pub use session::{Trouble, classify};
 
-/// An action the link's handle asks the session for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Act {
-    Pause,
-    Resume,
-    Stop,
-}
-
-impl Act {
-    /// The command's name in the request, and in printvigil's messages.
-    fn command(self) -> &'static str {
-        match self {
-            Act::Pause => "pause",
-            Act::Resume => "resume",
-            Act::Stop => "stop",
-        }
-    }
-
-    /// The state that confirms it.
-    fn done(self) -> fn(PrinterState) -> bool {
-        match self {
-            Act::Pause => |s| s == PrinterState::Paused,
-            Act::Resume => |s| s == PrinterState::Printing,
-            Act::Stop => |s| !matches!(s, PrinterState::Printing | PrinterState::Paused | PrinterState::Offline),
-        }
+/// The command a Bambu printer knows for an action.
+fn command(act: Act) -> &'static str {
+    match act {
+        Act::Pause => "pause",
+        Act::Resume => "resume",
+        Act::Cancel => "stop",
     }
 }
 
@@ -117,53 +98,33 @@ impl BambuLink {
     fn printer(&self) -> String {
         self.shared.cfg.name.clone()
     }
-
-    /// The common action path ([`LinkChannels::act`]); sending it means: published, and
-    /// answered by the printer (its echo, or already the state that confirms it), or
-    /// refused (the printer's answer) or ignored (neither within the timeout).
-    async fn action(&self, act: Act, allowed: &[PrinterState]) -> Result<(), PrinterError> {
-        let timeout = Duration::from_secs(self.shared.cfg.action_timeout_secs);
-        let send = async {
-            let (reply, answer) = oneshot::channel();
-            self.requests
-                .send(Request { act, reply })
-                .await
-                .map_err(|_| PrinterError::NotConnected { printer: self.printer() })?;
-            // The session answers by its own deadline; this one only guards against a
-            // session that went away without answering.
-            match tokio::time::timeout(timeout + Duration::from_secs(5), answer).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) | Err(_) => Err(PrinterError::NotConnected { printer: self.printer() }),
-            }
-        };
-        self.shared.out.act(act.command(), allowed, act.done(), timeout, || {}, send).await
-    }
 }
 
+/// The printer's camera is configured (`camera = { kind = "bambu" }`), not discovered:
+/// the camera list stays empty.
 #[async_trait::async_trait]
 impl PrinterLink for BambuLink {
-    fn name(&self) -> &str {
-        &self.shared.cfg.name
+    fn channels(&self) -> &LinkChannels {
+        &self.shared.out
     }
-    fn events(&self) -> broadcast::Receiver<PrinterEvent> {
-        self.shared.out.events()
+    fn action_timeout(&self) -> Duration {
+        Duration::from_secs(self.shared.cfg.action_timeout_secs)
     }
-    fn status(&self) -> watch::Receiver<PrinterStatus> {
-        self.shared.out.status()
-    }
-    /// The printer's camera is configured (`camera = { kind = "bambu" }`), not discovered:
-    /// the list stays empty.
-    fn cameras(&self) -> watch::Receiver<Vec<CameraInfo>> {
-        self.shared.out.cameras()
-    }
-    async fn pause(&self) -> Result<(), PrinterError> {
-        self.action(Act::Pause, &[PrinterState::Printing]).await
-    }
-    async fn resume(&self) -> Result<(), PrinterError> {
-        self.action(Act::Resume, &[PrinterState::Paused]).await
-    }
-    async fn cancel(&self) -> Result<(), PrinterError> {
-        self.action(Act::Stop, &[PrinterState::Printing, PrinterState::Paused]).await
+    /// Published, and answered by the printer (its echo, or already the state that shows
+    /// it done), or refused (the printer's answer) or ignored (neither within the
+    /// timeout). The common path then waits for the state that confirms it.
+    async fn request(&self, act: Act) -> Result<(), PrinterError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request { act, reply })
+            .await
+            .map_err(|_| PrinterError::NotConnected { printer: self.printer() })?;
+        // The session answers by its own deadline; this one only guards against a session
+        // that went away without answering.
+        match tokio::time::timeout(self.action_timeout() + Duration::from_secs(5), answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) | Err(_) => Err(PrinterError::NotConnected { printer: self.printer() }),
+        }
     }
     async fn stop(&self) {
         self.task.stop(&self.shared.cfg.name).await;

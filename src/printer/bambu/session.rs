@@ -42,7 +42,8 @@ use tracing::{debug, info, warn};
 
 use super::report::{ERR_BAD_SIGNATURE, ERR_NOT_SIGNED, MAX_REPORT, Message, Report, parse_message};
 use super::tracker::{Note, Tracker};
-use super::{Act, Request, Shared, USER};
+use super::{Request, Shared, USER, command};
+use crate::printer::channels::Act;
 use crate::printer::{PrinterError, PrinterState};
 use crate::tlspin::{self, Seen, Trust};
 
@@ -261,12 +262,12 @@ impl Session {
     fn settle(&mut self) {
         let state = self.tracker.state();
         let Some(p) = &self.pending else { return };
-        let result = if (p.act.done())(state) {
+        let result = if p.act.done(state) {
             Ok(())
         } else if Instant::now() >= p.deadline {
             Err(PrinterError::Ignored {
                 printer: self.shared.cfg.name.clone(),
-                action: p.act.command().to_string(),
+                action: command(p.act).to_string(),
                 timeout: Duration::from_secs(self.shared.cfg.action_timeout_secs),
                 hint: "no answer and no change of state. Current firmware obeys other programs only in LAN-only mode with Developer Mode on: turn both on in the printer's settings (network / general) and check that the printer shows no dialog waiting for a tap".into(),
             })
@@ -275,7 +276,7 @@ impl Session {
         };
         if let Some(p) = self.pending.take() {
             match &result {
-                Ok(()) => debug!(printer = %self.name(), "{} shown by the printer's state", p.act.command()),
+                Ok(()) => debug!(printer = %self.name(), "{} shown by the printer's state", command(p.act)),
                 Err(e) => warn!(printer = %self.name(), "{e}"),
             }
             let _ = p.reply.send(result);
@@ -302,14 +303,14 @@ impl Session {
                     ),
                 };
                 let p = self.pending.take().expect("checked above");
-                let e = PrinterError::Refused { printer: self.shared.cfg.name.clone(), action: p.act.command().into(), message: why };
+                let e = PrinterError::Refused { printer: self.shared.cfg.name.clone(), action: command(p.act).into(), message: why };
                 warn!(printer = %self.shared.cfg.name, "{e}");
                 let _ = p.reply.send(Err(e));
             }
             // Accepted: the reports that follow confirm it (LinkChannels::act waits).
             Some(true) => {
                 let p = self.pending.take().expect("checked above");
-                debug!(printer = %self.shared.cfg.name, "{} accepted by the printer", p.act.command());
+                debug!(printer = %self.shared.cfg.name, "{} accepted by the printer", command(p.act));
                 let _ = p.reply.send(Ok(()));
             }
             // An echo without a result says nothing yet.
@@ -319,7 +320,7 @@ impl Session {
 
     fn on_request(&mut self, client: Option<&AsyncClient>, req: Request) {
         let printer = self.shared.cfg.name.clone();
-        let action = req.act.command();
+        let action = command(req.act);
         if self.pending.is_some() {
             let _ = req.reply.send(Err(PrinterError::Refused {
                 printer,
@@ -340,7 +341,7 @@ impl Session {
             return;
         }
         info!(printer = %self.name(), "sent {action} (sequence_id {seq})");
-        if req.act == Act::Stop {
+        if req.act == Act::Cancel {
             self.tracker.on_cancel_sent();
         }
         let deadline = Instant::now() + Duration::from_secs(self.shared.cfg.action_timeout_secs);
