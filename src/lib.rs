@@ -29,12 +29,16 @@
 //!   - [`camera::orientation`]: rotation/flips (lossless when whole MCUs, else re-encoded).
 //!   - `camera::v4l2` (feature `v4l2`): a local video device through `nokhwa`.
 //!   - [`camera::files`]: JPEG files from a directory or one file (replays, no camera).
+//!   - [`camera::bambu`]: a Bambu Lab A1/P1 printer's own camera (TLS on port 6000, an
+//!     access packet, length-prefixed JPEGs).
 //! - [`bench`]: the `printvigil bench` figures (per-stage timings, memory).
 //! - [`logging`]: log lines to journald under systemd (`JOURNAL_STREAM`), else to stderr;
 //!   the `PRINTVIGIL_LOG` filter, with dependencies that log secrets capped at info.
 //! - [`printer`]: printer links, one module per firmware behind one trait
 //!   ([`printer::PrinterLink`]: events, status, cameras, pause / resume / cancel), and
 //!   [`printer::Action`] (what to do on a failing print; `watch` re-exports it).
+//!   - [`printer::channels`]: what every link publishes (events, status, cameras), the one
+//!     way actions are confirmed by the printer's reported state, the link's task.
 //!   - [`printer::moonraker`]: Klipper through Moonraker (websocket JSON-RPC), a folder:
 //!     `config` (the entry), `connect` (websocket, API key, message size cap), `rpc`
 //!     (requests/answers, [`printer::moonraker::parse_message`]), `inbox` (bounded
@@ -50,6 +54,11 @@
 //!     folder: `config` (the entry), `rest` (X-Api-Key, capped answers, 401/403/409),
 //!     `push` (passive login, `/sockjs/websocket`), `tracker` (snapshots, print identity
 //!     from file + origin + start time, the events), `webcams` (`/api/settings`).
+//!   - [`printer::bambu`]: a Bambu Lab printer on the LAN (its own MQTT broker over TLS,
+//!     rumqttc), a folder: `config` (the entry, the camera's URL), [`printer::bambu::report`]
+//!     (reports merged field by field, command answers), [`printer::bambu::tracker`]
+//!     (states, print identity, error pauses, the events), `session` (TLS with the pinned
+//!     certificate, MQTT, `pushall`, troubles told once, retries, confirmed actions).
 //!   - [`printer::sim`]: a simulated printer (the demo's, the tests', `kind = "simulated"`).
 //! - [`secret`]: a string type that redacts itself (tokens, keys, passwords).
 //! - [`server`]: the mirror to an Obico-compatible server (a sink).
@@ -63,13 +72,20 @@
 //!   - [`server::upload`]: upload policy and shrink-to-fit of frames.
 //!   - [`server::standin`]: a stand-in Obico server: the demo's, and the tests' fake.
 //! - [`setup`]: `printvigil setup`: finds a printer, asks it for keys, writes the config
-//!   (comments kept, [`setup::edit`]); one file per printer kind.
+//!   (comments kept, [`setup::edit`]); one file per printer kind ([`setup::octoprint`],
+//!   [`setup::bambu`]).
+//! - [`tlspin`]: TLS to devices with self-signed certificates, trusted by a pinned SHA-256
+//!   fingerprint (or explicitly not at all): Bambu printers' MQTT and camera, setup's probe.
 //! - `fuzzing` (hidden): what the fuzz targets (`fuzz/`) and their regression test run.
 //! - [`watch`]: one watch loop per printer (frames at the cadence, detect, smooth, decide,
 //!   act; start/finish/predict to the mirror) and the supervisor that runs them.
 //!   - [`watch::watcher`]: the loop; it sees only [`printer::PrinterLink`] and [`camera::Camera`].
 //!   - [`watch::supervisor`]: `printvigil run`, sd-notify READY/STATUS/WATCHDOG/STOPPING, graceful stop.
 //!   - [`watch::state`]: per-printer state in SQLite (smoothing, the print watched, acted).
+//!   - [`watch::view`]: each watch's published [`watch::view::PrinterView`] and the
+//!     [`watch::view::Board`] where sinks find every printer's view and send commands.
+//!   - [`watch::control`]: the commands people may send a watch (pause now, detection off
+//!     for this print, snooze alerts), carried out through the watch's own rules.
 //!   - [`watch::frames`]: annotated decision frames within a disk budget.
 //!   - [`watch::check`]: the local lines of `printvigil check` (detector, state, printers, cameras).
 
@@ -86,4 +102,5 @@ pub mod printer;
 pub mod secret;
 pub mod server;
 pub mod setup;
+pub mod tlspin;
 pub mod watch;

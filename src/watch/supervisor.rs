@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::state::{StateStore, state_file};
 use super::watcher::{self, Shared, Vitals};
+use super::view::Board;
 use super::{CameraChoice, WatchEvent, WatchSpec};
 use crate::config::Config;
 use crate::detector::Detector;
@@ -70,7 +71,7 @@ pub fn specs_from_config(config: &Config, instance: &str) -> Vec<WatchSpec> {
             // One printer: the server's `printer_id` setting applies to it.
             mirror_key: if single { crate::server::DEFAULT_PRINTER.to_string() } else { p.name().to_string() },
             link: p.connect(instance),
-            camera: p.camera().cloned().map(CameraChoice::Config).unwrap_or(CameraChoice::Discover),
+            camera: p.camera().map(CameraChoice::Config).unwrap_or(CameraChoice::Discover),
             action: p.action_on_failure().unwrap_or(config.watch.action_on_failure),
         })
         .collect()
@@ -83,6 +84,8 @@ pub struct Parts {
     pub detector: Option<Detector>,
     pub mirror: Option<Arc<Mirror>>,
     pub store: Arc<StateStore>,
+    /// Where the watches publish their views and take commands (the sinks read it).
+    pub board: Arc<Board>,
 }
 
 impl Parts {
@@ -99,7 +102,7 @@ impl Parts {
             Some(s) => open_mirror(s, &config.state_dir)?,
             None => None,
         };
-        Ok(Self { detector, mirror, store })
+        Ok(Self { detector, mirror, store, board: Board::new() })
     }
 }
 
@@ -164,6 +167,7 @@ pub async fn supervise(
         cfg: config.watch.clone(),
         frames_root: config.state_dir.join("frames"),
         events,
+        board: parts.board.clone(),
     };
     let epoch = Instant::now();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -177,7 +181,8 @@ pub async fn supervise(
         let vitals = Arc::new(Vitals::default());
         links.push(spec.link.clone());
         let name = spec.name.clone();
-        let handle = tokio::spawn(watcher::run(spec, shared.clone(), vitals.clone(), epoch, stop_rx.clone()));
+        let registration = parts.board.register(&spec.name);
+        let handle = tokio::spawn(watcher::run(spec, shared.clone(), registration, vitals.clone(), epoch, stop_rx.clone()));
         loops.push((name, vitals, handle));
     }
     let names: Vec<&str> = loops.iter().map(|l| l.0.as_str()).collect();

@@ -2,10 +2,12 @@
 //! `mod support;`.
 #![allow(dead_code)]
 
+pub mod bambu;
 pub mod daemon;
 pub mod fake_obico;
 pub mod klipper;
 pub mod marlin;
+pub mod mosquitto;
 pub mod notify;
 pub mod octoprint;
 pub mod proxy;
