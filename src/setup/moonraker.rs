@@ -142,10 +142,10 @@ fn moonraker_socket_inodes() -> HashSet<u64> {
         for fd in fds.flatten() {
             if let Ok(target) = std::fs::read_link(fd.path()) {
                 let t = target.to_string_lossy();
-                if let Some(n) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
-                    if let Ok(n) = n.parse() {
-                        out.insert(n);
-                    }
+                if let Some(n) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']'))
+                    && let Ok(n) = n.parse()
+                {
+                    out.insert(n);
                 }
             }
         }
@@ -635,7 +635,8 @@ fn choose_server(opts: &Options, p: &mut Prompter<'_>, current: &Config) -> Resu
         ];
         match p.choose("How does printvigil sign in?", &choices, 0, &["none"], "--server-token / --server-login")? {
             Ok(i) => i == 1,
-            Err(_) => return Ok(if existing.is_some() { ServerChoice::Keep } else { ServerChoice::Keep }),
+            // "none": no sign-in now; a [server] section already there stays as it is.
+            Err(_) => return Ok(ServerChoice::Keep),
         }
     };
     if login {
