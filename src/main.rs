@@ -177,6 +177,9 @@ struct MoonrakerSetupArgs {
     /// The server's OAuth client id, for --server-login.
     #[arg(long)]
     server_client_id: Option<String>,
+    /// The OAuth client's secret, for --server-login (when the server gave the client one).
+    #[arg(long)]
+    server_client_secret: Option<String>,
     /// Ask nothing: take the flags and the defaults (as without a terminal).
     #[arg(long, short = 'y')]
     yes: bool,
@@ -471,6 +474,7 @@ fn setup_moonraker(config: PathBuf, a: &MoonrakerSetupArgs) -> Result<(), AnyErr
         server_token: a.server_token.clone(),
         server_login: a.server_login,
         server_client_id: a.server_client_id.clone(),
+        server_client_secret: a.server_client_secret.clone(),
         no_check: a.no_check,
     };
     let interactive = !a.yes && std::io::stdin().is_terminal();

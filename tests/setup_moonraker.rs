@@ -273,3 +273,52 @@ async fn setup_asks_for_the_api_key_when_moonraker_wants_one() {
     assert!(!text.contains("camera"), "{text}");
     assert!(!screen.contains(&key[8..]) || screen.matches(&key[8..]).count() == 1, "the key is shown only where it was typed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_links_a_server_account_with_login_in_paste_mode() {
+    let peers = Peers::start(Options::default()).await;
+    let settings = Settings::default();
+    let server = fake_obico::start(settings.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, before) = existing_config(dir.path());
+    let bin = env!("CARGO_BIN_EXE_printvigil");
+    let ours = format!("http://127.0.0.1:{}", peers.port);
+    let command = format!(
+        "env PRINTVIGIL_LOG=warn {} --config {} setup --moonraker-url {ours} --name p1 --camera none --no-check; echo EXIT=$?; sleep 600",
+        shell_quote(bin),
+        shell_quote(&config.to_string_lossy())
+    );
+    let tmux = Tmux::start(dir.path(), &command);
+    let long = Duration::from_secs(60);
+    tmux.wait_prompt("Server address:", long).await;
+    tmux.type_line(&server.url());
+    tmux.wait_prompt("How does printvigil sign in? [1]:", long).await;
+    tmux.type_line("2");
+    tmux.wait_prompt("The server's OAuth client id:", long).await;
+    tmux.type_line(&settings.client_id);
+    tmux.wait_prompt("The OAuth client's secret (blank: none):", long).await;
+    tmux.type_line(settings.client_secret.expose());
+    // The address to open is on the screen; a browser on another device opens it, the
+    // server sends it to the loopback address, which the person copies back.
+    let screen = tmux.wait_prompt("and paste it here:", long).await;
+    let authorize = screen
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(&format!("{}/o/authorize/", server.url())))
+        .unwrap_or_else(|| panic!("no address to open:\n{screen}"))
+        .to_string();
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let resp = browser.get(&authorize).send().await.unwrap();
+    let back = resp.headers()["location"].to_str().unwrap().to_string();
+    assert!(back.starts_with("http://127.0.0.1"), "{back}");
+    tmux.type_line(&back);
+    let screen = tmux.wait("setup to end", long, |s| s.contains("EXIT=")).await;
+    assert!(screen.contains("EXIT=0") && screen.contains("Linked."), "{screen}");
+    assert_eq!(server.grants("authorization_code"), 1);
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.starts_with(&before), "{text}");
+    let loaded = printvigil::config::Config::from_toml_str(&text).unwrap();
+    let s = loaded.server.expect("[server] written");
+    assert_eq!((s.url.as_str(), s.client_id.as_deref()), (server.url().as_str(), Some(settings.client_id.as_str())));
+    assert!(printvigil::server::token_file(&dir.path().join("state")).is_file(), "the linked token is kept");
+}

@@ -49,6 +49,8 @@ pub struct Options {
     /// Link an account with `printvigil login` (needs the server's OAuth client id).
     pub server_login: bool,
     pub server_client_id: Option<String>,
+    /// The OAuth client's secret, when the server gave the client one.
+    pub server_client_secret: Option<String>,
     /// Skip the closing `check`.
     pub no_check: bool,
 }
@@ -284,10 +286,17 @@ pub async fn run(opts: &Options, p: &mut Prompter<'_>) -> Result<(), SetupError>
             s["url"] = toml_edit::value(url.as_str());
             s["token"] = toml_edit::value(token.as_str());
         }
-        ServerChoice::Login { url, client_id } => {
+        ServerChoice::Login { url, client_id, client_secret } => {
             let s = file.section("server")?;
             s["url"] = toml_edit::value(url.as_str());
             s["client_id"] = toml_edit::value(client_id.as_str());
+            match client_secret {
+                Some(c) => s["client_secret"] = toml_edit::value(c.as_str()),
+                None => {
+                    s.remove("client_secret");
+                }
+            }
+            s.remove("token");
         }
     }
     let written = file.save()?;
@@ -606,7 +615,7 @@ enum ServerChoice {
     Keep,
     Remove,
     Token { url: String, token: String },
-    Login { url: String, client_id: String },
+    Login { url: String, client_id: String, client_secret: Option<String> },
 }
 
 fn choose_server(opts: &Options, p: &mut Prompter<'_>, current: &Config) -> Result<ServerChoice, SetupError> {
@@ -644,7 +653,13 @@ fn choose_server(opts: &Options, p: &mut Prompter<'_>, current: &Config) -> Resu
             Some(c) => c.clone(),
             None => p.ask("The server's OAuth client id", None, "--server-client-id")?,
         };
-        return Ok(ServerChoice::Login { url, client_id });
+        let client_secret = match &opts.server_client_secret {
+            Some(c) => c.clone(),
+            None if opts.server_client_id.is_some() => String::new(),
+            None => p.ask("The OAuth client's secret (blank: none)", Some(""), "--server-client-secret")?,
+        };
+        let client_secret = Some(client_secret).filter(|c| !c.is_empty());
+        return Ok(ServerChoice::Login { url, client_id, client_secret });
     }
     let token = p.ask("Token", None, "--server-token")?;
     if token.is_empty() {
