@@ -46,6 +46,10 @@ pub struct Config {
     pub watch: crate::watch::WatchConfig,
     /// The printers to watch (`[[printers]]` entries).
     pub printers: Vec<crate::printer::PrinterConfig>,
+    /// The MQTT broker to publish to (state, events, Home Assistant discovery); absent: none.
+    pub mqtt: Option<crate::sink::mqtt::MqttConfig>,
+    /// Notifications (`[[notify]]` entries: webhook, ntfy, Telegram, Discord).
+    pub notify: Vec<crate::sink::notify::NotifyConfig>,
 }
 
 impl Default for Config {
@@ -56,6 +60,8 @@ impl Default for Config {
             server: None,
             watch: crate::watch::WatchConfig::default(),
             printers: Vec::new(),
+            mqtt: None,
+            notify: Vec::new(),
         }
     }
 }
@@ -171,7 +177,14 @@ impl Config {
             s.validate()?;
         }
         self.watch.validate()?;
+        if let Some(m) = &self.mqtt {
+            m.validate()?;
+        }
+        for (i, n) in self.notify.iter().enumerate() {
+            n.validate(&format!("notify[{i}]"))?;
+        }
         let mut names = std::collections::HashSet::new();
+        let mut slugs = std::collections::HashMap::new();
         for (i, p) in self.printers.iter().enumerate() {
             let key = format!("printers[{i}]");
             p.validate(&key)?;
@@ -180,6 +193,15 @@ impl Config {
                     &format!("{key}.name"),
                     &format!("{:?}", p.name()),
                     "another printer already has this name; give each printer its own name",
+                ));
+            }
+            if self.mqtt.is_some()
+                && let Some(other) = slugs.insert(crate::sink::mqtt::topics::slug(p.name()), p.name().to_string())
+            {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    &format!("{:?}", p.name()),
+                    &format!("on MQTT it would share a topic with printer {other:?} (names are cut to lower-case letters, digits, - and _); rename one of them"),
                 ));
             }
         }
