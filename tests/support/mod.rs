@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod fake_obico;
 pub mod klipper;
 pub mod marlin;
+pub mod mosquitto;
 pub mod notify;
 pub mod octoprint;
 pub mod proxy;
