@@ -384,6 +384,10 @@ impl Dispatcher {
                 if self.reported.contains(&key) || since.elapsed() < self.outs[i].cfg.offline_after() || !self.outs[i].cfg.events.contains(&kind) {
                     continue;
                 }
+                // A snoozed camera outage is told when the snooze ends, if it still lasts.
+                if kind.snoozable() && self.view(&printer).snoozed(SystemTime::now()) {
+                    continue;
+                }
                 self.reported.insert(key);
                 let mins = since.elapsed().as_secs_f64() / 60.0;
                 let a = match kind {
