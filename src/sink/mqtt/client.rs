@@ -171,7 +171,7 @@ pub fn describe(e: &ConnectionError, where_: &str) -> String {
             format!("the broker at {where_} refused the user name or password (check mqtt.username and mqtt.password)")
         }
         ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized) => format!(
-            "the broker at {where_} refused this client: not authorized (check mqtt.username and mqtt.password, or the broker's access rules)"
+            "the broker at {where_} refused the user name or password, or does not let this client in: not authorized (check mqtt.username and mqtt.password, and the broker's access rules)"
         ),
         ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId) => {
             format!("the broker at {where_} refused the client id (set mqtt.client_id)")

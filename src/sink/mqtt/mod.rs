@@ -281,8 +281,11 @@ impl Producer {
     }
 
     async fn read_outbox(&mut self) {
-        let Some(m) = self.mirror.clone() else { return };
-        let n = tokio::task::spawn_blocking(move || m.outbox().pending().ok()).await.ok().flatten();
+        // No server mirror: nothing is ever waiting.
+        let n = match self.mirror.clone() {
+            Some(m) => tokio::task::spawn_blocking(move || m.outbox().pending().ok()).await.ok().flatten(),
+            None => Some(0),
+        };
         if n != self.outbox {
             self.outbox = n;
             if let Some(n) = n {
