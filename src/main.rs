@@ -35,6 +35,14 @@ enum Command {
         /// Seconds between frames (a real print: 10).
         #[arg(long, default_value_t = 0.25)]
         cadence: f64,
+        /// Publish to this MQTT broker too (mqtt://host:1883, mqtts://...), with Home
+        /// Assistant discovery, under `<topic prefix>-demo`. Default: the config's [mqtt],
+        /// else a broker answering on 127.0.0.1:1883.
+        #[arg(long, value_name = "URL", conflicts_with = "no_mqtt")]
+        mqtt: Option<String>,
+        /// Publish to no broker.
+        #[arg(long)]
+        no_mqtt: bool,
     },
     /// Run JPEG frames, in order, through the detector and the smoother of one printer.
     Predict(PredictArgs),
@@ -252,15 +260,25 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             rt.shutdown_timeout(printvigil::watch::supervisor::EXIT_WAIT);
             Ok(result?)
         }
-        Command::Demo { dir, cadence } => {
+        Command::Demo { dir, cadence, mqtt, no_mqtt } => {
             if !(cadence.is_finite() && (0.01..=10.0).contains(&cadence)) {
                 return Err("--cadence must be between 0.01 and 10 seconds".into());
             }
             let dir = dir.unwrap_or_else(|| std::env::temp_dir().join("printvigil-demo"));
+            let mqtt = match (mqtt, no_mqtt) {
+                (_, true) => None,
+                (Some(url), _) => {
+                    let cfg = printvigil::sink::mqtt::MqttConfig::new(&url);
+                    cfg.validate().map_err(|e| format!("--mqtt: {e}"))?;
+                    Some(cfg)
+                }
+                (None, _) => config.mqtt.clone().or_else(printvigil::demo::local_broker),
+            };
             let summary = runtime()?.block_on(printvigil::demo::run(printvigil::demo::DemoOptions {
                 dir,
                 cadence: std::time::Duration::from_secs_f64(cadence),
                 onnxruntime: config.detector.onnxruntime.clone(),
+                mqtt,
             }))?;
             std::io::Write::write_all(&mut std::io::stdout(), summary.render().as_bytes())?;
             if !summary.complete() {
