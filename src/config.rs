@@ -403,6 +403,37 @@ mod tests {
     }
 
     #[test]
+    fn mqtt_and_notify_sections_parse_and_their_secrets_stay_hidden() {
+        let c = Config::from_toml_str(
+            "[mqtt]\nurl = \"mqtts://bob:url-pass-1@broker.lan\"\nusername = \"pv\"\npassword = \"mqtt-pass-2\"\n\
+             [[notify]]\nkind = \"telegram\"\ntoken = \"123:tg-token-3\"\nchat_id = \"42\"\n\
+             [[notify]]\nkind = \"discord\"\nurl = \"https://discord.com/api/webhooks/1/dc-token-4\"\nevents = [\"pause\"]\n\
+             [[notify]]\nkind = \"webhook\"\nurl = \"https://h/hook\"\nheaders = { Authorization = \"Bearer hdr-5\" }\n\
+             [[printers]]\nname = \"a\"\nkind = \"simulated\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.as_ref().unwrap().password.as_ref().unwrap().expose(), "mqtt-pass-2");
+        assert_eq!(c.notify.len(), 3);
+        assert_eq!(c.notify[1].events, [crate::sink::notify::AlertKind::Pause]);
+        for shown in [format!("{c:?}"), serde_json::to_string(&c).unwrap()] {
+            for secret in ["url-pass-1", "mqtt-pass-2", "tg-token-3", "dc-token-4", "hdr-5"] {
+                assert!(!shown.contains(secret), "{secret} shown: {shown}");
+            }
+        }
+        let e = Config::from_toml_str("[[notify]]\nkind = \"ntfy\"\nurl = \"https://ntfy.sh/t\"\nevnts = []\n").unwrap_err().to_string();
+        assert!(e.contains("notify[0].evnts") && e.contains("events"), "{e}");
+        let e = Config::from_toml_str("[[notify]]\nkind = \"sms\"\n").unwrap_err().to_string();
+        assert!(e.contains("notify[0].kind"), "{e}");
+        let e = Config::from_toml_str("[[notify]]\nkind = \"ntfy\"\nurl = \"https://ntfy.sh/t\"\nevents = [\"explode\"]\n").unwrap_err().to_string();
+        assert!(e.contains("notify[0].events"), "{e}");
+        let e = Config::from_toml_str("[mqtt]\nurl = \"http://x\"\n").unwrap_err().to_string();
+        assert!(e.contains("mqtt.url"), "{e}");
+        let twins = "[mqtt]\nurl = \"mqtt://h\"\n[[printers]]\nname = \"Voron 2\"\nkind = \"simulated\"\n[[printers]]\nname = \"voron-2\"\nkind = \"simulated\"\n";
+        let e = Config::from_toml_str(twins).unwrap_err().to_string();
+        assert!(e.contains("printers[1].name") && e.contains("MQTT"), "{e}");
+    }
+
+    #[test]
     fn out_of_range_sensitivity_is_refused() {
         let e = Config::from_toml_str("[detector]\nsensitivity = 7.0\n").unwrap_err().to_string();
         assert!(e.contains("detector.sensitivity") && e.contains("0.8"), "{e}");
