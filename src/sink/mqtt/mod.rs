@@ -113,7 +113,7 @@ impl MqttSink {
             dropped_reported: false,
         };
         let producer = tokio::spawn(producer.run(inputs.events, conn.link.clone(), conn.incoming, stop_rx.clone()));
-        let sender = tokio::spawn(send(conn.client.clone(), queue.clone(), conn.link.clone(), stop_rx));
+        let sender = tokio::spawn(send(conn.client.clone(), queue.clone(), conn.link.clone()));
         Ok(MqttSink { stop, producer, sender, driver: conn.driver, link: conn.link, client: conn.client, queue, topics })
     }
 
@@ -144,8 +144,7 @@ impl MqttSink {
 }
 
 /// Hands queued messages to the client while the broker is connected.
-async fn send(client: AsyncClient, queue: Arc<Queue>, mut link: watch::Receiver<Link>, stop: watch::Receiver<bool>) {
-    let _ = stop;
+async fn send(client: AsyncClient, queue: Arc<Queue>, mut link: watch::Receiver<Link>) {
     loop {
         queue.ready().await;
         if !matches!(*link.borrow_and_update(), Link::Up(_)) {
