@@ -35,6 +35,8 @@
 //! - [`printer`]: printer links, one module per firmware behind one trait
 //!   ([`printer::PrinterLink`]: events, status, cameras, pause / resume / cancel), and
 //!   [`printer::Action`] (what to do on a failing print; `watch` re-exports it).
+//!   - [`printer::channels`]: what every link publishes (events, status, cameras), the one
+//!     way actions are confirmed by the printer's reported state, the link's task.
 //!   - [`printer::moonraker`]: Klipper through Moonraker (websocket JSON-RPC), a folder:
 //!     `config` (the entry), `connect` (websocket, API key, message size cap), `rpc`
 //!     (requests/answers, [`printer::moonraker::parse_message`]), `inbox` (bounded

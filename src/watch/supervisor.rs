@@ -174,7 +174,8 @@ pub async fn supervise(
         let vitals = Arc::new(Vitals::default());
         links.push(spec.link.clone());
         let name = spec.name.clone();
-        let handle = tokio::spawn(watcher::run(spec, shared.clone(), vitals.clone(), epoch, stop_rx.clone()));
+        let registration = parts.board.register(&spec.name);
+        let handle = tokio::spawn(watcher::run(spec, shared.clone(), registration, vitals.clone(), epoch, stop_rx.clone()));
         loops.push((name, vitals, handle));
     }
     let names: Vec<&str> = loops.iter().map(|l| l.0.as_str()).collect();

@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use super::frames::{FrameStore, safe_name};
 use super::control::{Command, CommandError, MAX_SNOOZE, Outcome};
 use super::state::{PrinterRecord, StateStore};
-use super::view::{Board, Decision, LastDecision, PrinterView, WatchPhase};
+use super::view::{Board, Decision, LastDecision, PrinterView, Registration, WatchPhase};
 use super::{Action, CameraChoice, WatchConfig, WatchEvent, WatchSpec};
 use crate::camera::{self, Camera, CameraError};
 use crate::detector::smoothing::{Verdict, frame_p};
@@ -92,8 +92,16 @@ struct Watcher {
     offline_reason: Option<String>,
 }
 
-/// Runs one printer's watch until `shutdown` turns true.
-pub async fn run(spec: WatchSpec, shared: Shared, vitals: Arc<Vitals>, epoch: Instant, mut shutdown: watch::Receiver<bool>) {
+/// Runs one printer's watch until `shutdown` turns true; `registration` is the printer's
+/// place on the board (the supervisor registers every printer before any watch starts).
+pub async fn run(
+    spec: WatchSpec,
+    shared: Shared,
+    mut registration: Registration,
+    vitals: Arc<Vitals>,
+    epoch: Instant,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let record = match shared.store.load(&spec.name) {
         Ok(r) => r,
         Err(e) => {
@@ -101,7 +109,6 @@ pub async fn run(spec: WatchSpec, shared: Shared, vitals: Arc<Vitals>, epoch: In
             PrinterRecord::default()
         }
     };
-    let mut registration = shared.board.register(&spec.name);
     let frames = FrameStore::new(
         shared.frames_root.join(safe_name(&spec.name)),
         shared.cfg.frames_max_mib.saturating_mul(1 << 20),
