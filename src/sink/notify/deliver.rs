@@ -58,10 +58,15 @@ pub trait Service: Send + Sync {
     }
 }
 
+/// A wait in seconds a service asked for, capped at [`MAX_WAIT`] (none when it is not a
+/// number of seconds: negative, NaN).
+pub fn wait_secs(v: f64) -> Option<Duration> {
+    (v.is_finite() && v >= 0.0).then(|| Duration::from_secs_f64(v.min(MAX_WAIT.as_secs_f64())))
+}
+
 /// `Retry-After` in seconds (the HTTP-date form is not used by these services).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse::<f64>().ok()?;
-    (v.is_finite() && v >= 0.0).then(|| Duration::from_secs_f64(v))
+    wait_secs(headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse::<f64>().ok()?)
 }
 
 /// A short, printable piece of an answer's body for a log line.
@@ -179,6 +184,10 @@ mod tests {
         );
         assert!(matches!(judge_http(StatusCode::BAD_GATEWAY, &HeaderMap::new(), b""), Judged::Retry { after: None, .. }));
         assert!(matches!(judge_http(StatusCode::UNAUTHORIZED, &h, b"{\"error\":\"x\"}"), Judged::Failed(m) if m.contains("401")));
+        h.insert(reqwest::header::RETRY_AFTER, "1e300".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(MAX_WAIT), "a huge wait is capped, not a panic");
+        assert_eq!(wait_secs(f64::NAN), None);
+        assert_eq!(wait_secs(-1.0), None);
         assert!(backoff(1) >= Duration::from_secs(1) && backoff(3) >= Duration::from_secs(4) && backoff(40) <= MAX_WAIT);
     }
 }

@@ -8,8 +8,6 @@
 //! A 429 carries `retry_after` (seconds, fractional); a 404 means the webhook was
 //! deleted, and the entry stops.
 
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::json;
@@ -74,8 +72,7 @@ impl Service for Discord {
             let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
             let after = v["retry_after"]
                 .as_f64()
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(Duration::from_secs_f64)
+                .and_then(super::deliver::wait_secs)
                 .or_else(|| super::deliver::retry_after(headers));
             return Judged::Retry { after, why: "Discord rate limit".into() };
         }

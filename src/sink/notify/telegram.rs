@@ -9,8 +9,6 @@
 //! Telegram answers `{"ok": true, ...}` or `{"ok": false, "error_code", "description",
 //! "parameters": {"retry_after": N}}`; flood control (429) says how long to wait.
 
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::json;
@@ -68,7 +66,7 @@ impl Service for Telegram {
         if v["ok"] == true && status.is_success() {
             return Judged::Sent;
         }
-        let wait = v["parameters"]["retry_after"].as_f64().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64);
+        let wait = v["parameters"]["retry_after"].as_f64().and_then(super::deliver::wait_secs);
         let why = v["description"].as_str().map(str::to_string).unwrap_or_else(|| snippet(body));
         if status == StatusCode::TOO_MANY_REQUESTS || wait.is_some() {
             return Judged::Retry { after: wait.or_else(|| super::deliver::retry_after(headers)), why: format!("Telegram: {why}") };
