@@ -74,6 +74,7 @@
 //!     `ratelimit`, `deliver` (tries, backoff, answers), `webhook`, `ntfy`, `telegram`,
 //!     `discord`.
 //!   - [`sink::views`]: following many printers' views from one sink task.
+//!   - [`sink::check`]: the sinks' lines of `printvigil check`; `printvigil notify test`.
 //! - [`setup`]: `printvigil setup`: finds a printer, asks it for keys, writes the config
 //!   (comments kept, [`setup::edit`]); one file per printer kind.
 //! - `fuzzing` (hidden): what the fuzz targets (`fuzz/`) and their regression test run.

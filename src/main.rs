@@ -64,6 +64,9 @@ enum Command {
     Logout,
     /// Check the setup line by line, with a fix for each failure.
     Check,
+    /// Notifications ([[notify]] entries).
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Connect printvigil to a printer's host and write what it needs into the config file.
     #[command(subcommand)]
     Setup(SetupCommand),
@@ -152,6 +155,12 @@ enum SetupCommand {
 }
 
 #[derive(Subcommand)]
+enum NotifyCommand {
+    /// Send every [[notify]] entry a test message (with a frame) and show each answer.
+    Test,
+}
+
+#[derive(Subcommand)]
 enum ModelCommand {
     /// Download Obico's production model (resumable; size and sha256 verified).
     Fetch {
@@ -224,6 +233,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
                 runtime()?.block_on(async {
                     let mut lines = printvigil::watch::check::run(&config).await;
                     lines.extend(server::check::run(&config).await);
+                    lines.extend(printvigil::sink::check::run(&config).await);
                     lines
                 })
             }
@@ -310,6 +320,20 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             out!("{}", api.tokens().revoke_and_forget().await?);
             Ok(())
         }),
+        Command::Notify(NotifyCommand::Test) => {
+            if config.notify.is_empty() {
+                return Err("no [[notify]] entries in the config (see config/printvigil.toml)".into());
+            }
+            let lines = runtime()?.block_on(printvigil::sink::check::test_notifications(&config.notify));
+            let failed = lines.iter().any(|l| !l.ok);
+            for l in lines {
+                out!("{l}");
+            }
+            if failed {
+                return Err("a test message could not be sent (see above)".into());
+            }
+            Ok(())
+        }
         Command::Check | Command::Setup(_) | Command::Model(ModelCommand::Prepare { .. }) => unreachable!(),
         Command::SimMirror { prints, frames, frame_ms } => runtime()?.block_on(sim_mirror(&config, prints, frames, frame_ms)),
     }

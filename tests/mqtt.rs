@@ -649,3 +649,29 @@ async fn a_printer_removed_from_the_config_has_its_entities_removed() {
     assert!(beta.is_empty(), "beta's retained topics remain: {beta:?}");
     assert_eq!(discovery(&late).len(), PRINTER_ENTITIES + 1, "alpha's entities and the host's stay");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_whether_the_broker_takes_printvigil_without_touching_its_status() {
+    let broker = Mosquitto::start(Options::user(USER, PASS));
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Client::connect(&broker, Some((USER, PASS)), &[&format!("{PREFIX}/#")]).await;
+    for (pass, want) in [(PASS, "ok    MQTT broker"), ("wrong-pass-77", "FAIL  MQTT broker")] {
+        let config = write_config(dir.path(), &mqtt_block(&broker, Some((USER, pass))), &[Printer { name: "c", failing: false, start_after: 3600.0 }], "");
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_printvigil"))
+            .arg("--config")
+            .arg(&config)
+            .arg("check")
+            .env_remove("PRINTVIGIL_CONFIG")
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().find(|l| l.contains("MQTT broker")).unwrap_or_else(|| panic!("no MQTT line:\n{stdout}"));
+        assert!(line.starts_with(want), "{line}\n{stdout}");
+        if pass != PASS {
+            assert!(stdout.contains("refused the user name or password") && !stdout.contains(pass), "{stdout}");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(sub.all().is_empty(), "check published nothing (no status, no last will): {:?}", sub.all().iter().map(|g| g.topic.clone()).collect::<Vec<_>>());
+}

@@ -370,3 +370,39 @@ async fn tokens_never_reach_the_log() {
     }
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_test_sends_each_entry_a_message_and_says_what_it_answered() {
+    let rec = Recorder::start().await;
+    rec.script("/tg", vec![Answer::status(401, r#"{"ok":false,"error_code":401,"description":"Unauthorized"}"#)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[[notify]]\nkind = \"ntfy\"\nurl = {:?}\n[[notify]]\nkind = \"telegram\"\nurl = {:?}\ntoken = {TG_TOKEN:?}\nchat_id = \"5\"\n",
+            dir.path(),
+            rec.url("/ntfy/t"),
+            rec.url("/tg")
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_printvigil"))
+        .arg("--config")
+        .arg(&config)
+        .args(["notify", "test"])
+        .env_remove("PRINTVIGIL_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a refused token fails the command");
+    assert!(stdout.contains("ok    notify[0] ntfy (127.0.0.1)"), "{stdout}");
+    assert!(stdout.contains("FAIL  notify[1] telegram (127.0.0.1)") && stdout.contains("Telegram refused the bot token"), "{stdout}");
+    assert!(!stdout.contains(TG_TOKEN) && !stderr.contains(TG_TOKEN), "{stdout}{stderr}");
+    let r = &rec.to("/ntfy/t")[0];
+    assert_eq!((r.method.as_str(), &r.body[..2]), ("PUT", &[0xFF, 0xD8][..]), "the test message carries a frame");
+    assert!(r.header("message").unwrap().contains("a test message from printvigil"));
+    assert_eq!(rec.to("/tg").len(), 1, "a refused token is not tried again");
+}

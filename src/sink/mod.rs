@@ -9,7 +9,9 @@
 //! called by whoever runs the watches (`printvigil run`, the demo).
 //!
 //! - [`views`]: following many printers' views from one task.
+//! - [`check`]: the sinks' lines of `printvigil check`, and `printvigil notify test`.
 
+pub mod check;
 pub mod mqtt;
 pub mod notify;
 pub mod views;

@@ -46,14 +46,17 @@ pub struct Connection {
     pub driver: tokio::task::JoinHandle<()>,
 }
 
-/// Builds the MQTT options (credentials, TLS, last will) and starts the driver task.
-pub fn connect(cfg: &MqttConfig, client_id: &str, status_topic: &str, stop: watch::Receiver<bool>) -> Result<Connection, MqttError> {
+/// Builds the MQTT options (credentials, TLS, the last will `offline` on `status_topic`
+/// when given) and starts the driver task.
+pub fn connect(cfg: &MqttConfig, client_id: &str, status_topic: Option<&str>, stop: watch::Receiver<bool>) -> Result<Connection, MqttError> {
     let broker = cfg.broker().map_err(|e| MqttError::Config(e.to_string()))?;
     let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
     opts.set_keep_alive(cfg.keepalive());
     opts.set_clean_session(true);
     opts.set_max_packet_size(MAX_INCOMING, MAX_FRAME_BYTES + 64 * 1024);
-    opts.set_last_will(LastWill::new(status_topic, "offline", QoS::AtLeastOnce, true));
+    if let Some(topic) = status_topic {
+        opts.set_last_will(LastWill::new(topic, "offline", QoS::AtLeastOnce, true));
+    }
     if let Some((user, pass)) = cfg.credentials(&broker) {
         opts.set_credentials(user, pass.expose());
     }

@@ -90,7 +90,7 @@ impl MqttSink {
     pub fn start(cfg: &MqttConfig, inputs: Inputs) -> Result<MqttSink, MqttError> {
         let topics = Topics::new(&cfg.prefix(&inputs.host), &cfg.discovery_prefix);
         let (stop, stop_rx) = watch::channel(false);
-        let conn = client::connect(cfg, &cfg.client_id_for(&inputs.host), &topics.status(), stop_rx.clone())?;
+        let conn = client::connect(cfg, &cfg.client_id_for(&inputs.host), Some(&topics.status()), stop_rx.clone())?;
         let queue = Arc::new(Queue::new(cfg.queue));
         let printers: Vec<(String, String)> =
             inputs.printers.iter().map(|n| (n.clone(), topics::slug(n))).collect();
