@@ -29,6 +29,8 @@
 //!   - [`camera::orientation`]: rotation/flips (lossless when whole MCUs, else re-encoded).
 //!   - `camera::v4l2` (feature `v4l2`): a local video device through `nokhwa`.
 //!   - [`camera::files`]: JPEG files from a directory or one file (replays, no camera).
+//!   - [`camera::bambu`]: a Bambu Lab A1/P1 printer's own camera (TLS on port 6000, an
+//!     access packet, length-prefixed JPEGs).
 //! - [`bench`]: the `printvigil bench` figures (per-stage timings, memory).
 //! - [`logging`]: log lines to journald under systemd (`JOURNAL_STREAM`), else to stderr;
 //!   the `PRINTVIGIL_LOG` filter, with dependencies that log secrets capped at info.
@@ -52,6 +54,11 @@
 //!     folder: `config` (the entry), `rest` (X-Api-Key, capped answers, 401/403/409),
 //!     `push` (passive login, `/sockjs/websocket`), `tracker` (snapshots, print identity
 //!     from file + origin + start time, the events), `webcams` (`/api/settings`).
+//!   - [`printer::bambu`]: a Bambu Lab printer on the LAN (its own MQTT broker over TLS,
+//!     rumqttc), a folder: `config` (the entry, the camera's URL), [`printer::bambu::report`]
+//!     (reports merged field by field, command answers), [`printer::bambu::tracker`]
+//!     (states, print identity, error pauses, the events), `session` (TLS with the pinned
+//!     certificate, MQTT, `pushall`, troubles told once, retries, confirmed actions).
 //!   - [`printer::sim`]: a simulated printer (the demo's, the tests', `kind = "simulated"`).
 //! - [`secret`]: a string type that redacts itself (tokens, keys, passwords).
 //! - [`server`]: the mirror to an Obico-compatible server (a sink).
@@ -76,7 +83,10 @@
 //!   - [`sink::views`]: following many printers' views from one sink task.
 //!   - [`sink::check`]: the sinks' lines of `printvigil check`; `printvigil notify test`.
 //! - [`setup`]: `printvigil setup`: finds a printer, asks it for keys, writes the config
-//!   (comments kept, [`setup::edit`]); one file per printer kind.
+//!   (comments kept, [`setup::edit`]); one file per printer kind ([`setup::octoprint`],
+//!   [`setup::bambu`]).
+//! - [`tlspin`]: TLS to devices with self-signed certificates, trusted by a pinned SHA-256
+//!   fingerprint (or explicitly not at all): Bambu printers' MQTT and camera, setup's probe.
 //! - `fuzzing` (hidden): what the fuzz targets (`fuzz/`) and their regression test run.
 //! - [`watch`]: one watch loop per printer (frames at the cadence, detect, smooth, decide,
 //!   act; start/finish/predict to the mirror) and the supervisor that runs them.
@@ -104,4 +114,5 @@ pub mod secret;
 pub mod server;
 pub mod setup;
 pub mod sink;
+pub mod tlspin;
 pub mod watch;

@@ -152,6 +152,37 @@ enum SetupCommand {
         #[arg(long, default_value_t = 600)]
         wait: u64,
     },
+    /// Connect once to a Bambu Lab printer, show its certificate's SHA-256 fingerprint,
+    /// and once you confirm it, log in with the access code and write host, serial,
+    /// access code and fingerprint (and its camera, A1/P1) into the printer's entry
+    /// (added when missing) in the config file.
+    Bambu {
+        /// The printer's address (IP or host name).
+        host: String,
+        /// The printer's name in the config file.
+        #[arg(long, default_value = "bambu")]
+        name: String,
+        /// The serial number (default: the name in the printer's certificate).
+        #[arg(long)]
+        serial: Option<String>,
+        /// The LAN access code (Settings > Network / WLAN on the printer's screen); asked
+        /// for when missing.
+        #[arg(long, env = "PRINTVIGIL_BAMBU_ACCESS_CODE", hide_env_values = true)]
+        access_code: Option<String>,
+        /// MQTT port (a printer behind a forwarder).
+        #[arg(long, default_value_t = printvigil::printer::bambu::DEFAULT_PORT)]
+        port: u16,
+        /// Camera port (a printer behind a forwarder).
+        #[arg(long, default_value_t = printvigil::printer::bambu::DEFAULT_CAMERA_PORT)]
+        camera_port: u16,
+        /// Trust the certificate shown without asking (for scripts: compare the
+        /// fingerprint yourself).
+        #[arg(long)]
+        yes: bool,
+        /// Seconds each network step may take.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -251,6 +282,21 @@ fn run(cli: Cli) -> Result<(), AnyError> {
         let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(printvigil::config::SYSTEM_CONFIG));
         let wait = std::time::Duration::from_secs(*wait);
         return Ok(runtime()?.block_on(printvigil::setup::octoprint::run(&path, name, url, wait, &mut std::io::stdout()))?);
+    }
+    if let Command::Setup(SetupCommand::Bambu { host, name, serial, access_code, port, camera_port, yes, timeout }) = &cli.command {
+        let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(printvigil::config::SYSTEM_CONFIG));
+        let options = printvigil::setup::bambu::Options {
+            name: name.clone(),
+            host: host.clone(),
+            port: *port,
+            camera_port: *camera_port,
+            serial: serial.clone(),
+            access_code: access_code.clone(),
+            yes: *yes,
+            timeout: std::time::Duration::from_secs((*timeout).max(1)),
+        };
+        let mut input = std::io::stdin().lock();
+        return Ok(runtime()?.block_on(printvigil::setup::bambu::run(&path, &options, &mut input, &mut std::io::stdout()))?);
     }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {

@@ -71,7 +71,7 @@ pub fn specs_from_config(config: &Config, instance: &str) -> Vec<WatchSpec> {
             // One printer: the server's `printer_id` setting applies to it.
             mirror_key: if single { crate::server::DEFAULT_PRINTER.to_string() } else { p.name().to_string() },
             link: p.connect(instance),
-            camera: p.camera().cloned().map(CameraChoice::Config).unwrap_or(CameraChoice::Discover),
+            camera: p.camera().map(CameraChoice::Config).unwrap_or(CameraChoice::Discover),
             action: p.action_on_failure().unwrap_or(config.watch.action_on_failure),
         })
         .collect()

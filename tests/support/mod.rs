@@ -2,6 +2,7 @@
 //! `mod support;`.
 #![allow(dead_code)]
 
+pub mod bambu;
 pub mod daemon;
 pub mod fake_obico;
 pub mod klipper;
