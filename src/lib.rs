@@ -71,6 +71,17 @@
 //!   - [`server::outbox`]: the durable SQLite outbox and printer registration record.
 //!   - [`server::upload`]: upload policy and shrink-to-fit of frames.
 //!   - [`server::standin`]: a stand-in Obico server: the demo's, and the tests' fake.
+//! - [`sink`]: where what the watches see goes (besides the printer and the mirror), each
+//!   sink in its own tasks with bounded queues, never holding up a watch.
+//!   - [`sink::mqtt`]: state, events and frames on an MQTT broker (`rumqttc`), Home
+//!     Assistant discovery, commands back to the watches; a folder: `config`, `tls`,
+//!     `client` (connection, last will, reconnect), `queue` (bounded, drop-oldest),
+//!     `topics`, `telemetry`, `discovery`, `commands`.
+//!   - [`sink::notify`]: `[[notify]]` messages people see; a folder: `config`, `alert`,
+//!     `ratelimit`, `deliver` (tries, backoff, answers), `webhook`, `ntfy`, `telegram`,
+//!     `discord`.
+//!   - [`sink::views`]: following many printers' views from one sink task.
+//!   - [`sink::check`]: the sinks' lines of `printvigil check`; `printvigil notify test`.
 //! - [`setup`]: `printvigil setup`: finds a printer, asks it for keys, writes the config
 //!   (comments kept, [`setup::edit`]); one file per printer kind ([`setup::octoprint`],
 //!   [`setup::bambu`]).
@@ -102,5 +113,6 @@ pub mod printer;
 pub mod secret;
 pub mod server;
 pub mod setup;
+pub mod sink;
 pub mod tlspin;
 pub mod watch;

@@ -35,6 +35,14 @@ enum Command {
         /// Seconds between frames (a real print: 10).
         #[arg(long, default_value_t = 0.25)]
         cadence: f64,
+        /// Publish to this MQTT broker too (mqtt://host:1883, mqtts://...), with Home
+        /// Assistant discovery, under `<topic prefix>-demo`. Default: the config's [mqtt],
+        /// else a broker answering on 127.0.0.1:1883.
+        #[arg(long, value_name = "URL", conflicts_with = "no_mqtt")]
+        mqtt: Option<String>,
+        /// Publish to no broker.
+        #[arg(long)]
+        no_mqtt: bool,
     },
     /// Run JPEG frames, in order, through the detector and the smoother of one printer.
     Predict(PredictArgs),
@@ -56,6 +64,9 @@ enum Command {
     Logout,
     /// Check the setup line by line, with a fix for each failure.
     Check,
+    /// Notifications ([[notify]] entries).
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Connect printvigil to a printer's host and write what it needs into the config file.
     #[command(subcommand)]
     Setup(SetupCommand),
@@ -175,6 +186,12 @@ enum SetupCommand {
 }
 
 #[derive(Subcommand)]
+enum NotifyCommand {
+    /// Send every [[notify]] entry a test message (with a frame) and show each answer.
+    Test,
+}
+
+#[derive(Subcommand)]
 enum ModelCommand {
     /// Download Obico's production model (resumable; size and sha256 verified).
     Fetch {
@@ -247,6 +264,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
                 runtime()?.block_on(async {
                     let mut lines = printvigil::watch::check::run(&config).await;
                     lines.extend(server::check::run(&config).await);
+                    lines.extend(printvigil::sink::check::run(&config).await);
                     lines
                 })
             }
@@ -298,15 +316,25 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             rt.shutdown_timeout(printvigil::watch::supervisor::EXIT_WAIT);
             Ok(result?)
         }
-        Command::Demo { dir, cadence } => {
+        Command::Demo { dir, cadence, mqtt, no_mqtt } => {
             if !(cadence.is_finite() && (0.01..=10.0).contains(&cadence)) {
                 return Err("--cadence must be between 0.01 and 10 seconds".into());
             }
             let dir = dir.unwrap_or_else(|| std::env::temp_dir().join("printvigil-demo"));
+            let mqtt = match (mqtt, no_mqtt) {
+                (_, true) => None,
+                (Some(url), _) => {
+                    let cfg = printvigil::sink::mqtt::MqttConfig::new(&url);
+                    cfg.validate().map_err(|e| format!("--mqtt: {e}"))?;
+                    Some(cfg)
+                }
+                (None, _) => config.mqtt.clone().or_else(printvigil::demo::local_broker),
+            };
             let summary = runtime()?.block_on(printvigil::demo::run(printvigil::demo::DemoOptions {
                 dir,
                 cadence: std::time::Duration::from_secs_f64(cadence),
                 onnxruntime: config.detector.onnxruntime.clone(),
+                mqtt,
             }))?;
             std::io::Write::write_all(&mut std::io::stdout(), summary.render().as_bytes())?;
             if !summary.complete() {
@@ -338,6 +366,20 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             out!("{}", api.tokens().revoke_and_forget().await?);
             Ok(())
         }),
+        Command::Notify(NotifyCommand::Test) => {
+            if config.notify.is_empty() {
+                return Err("no [[notify]] entries in the config (see config/printvigil.toml)".into());
+            }
+            let lines = runtime()?.block_on(printvigil::sink::check::test_notifications(&config.notify));
+            let failed = lines.iter().any(|l| !l.ok);
+            for l in lines {
+                out!("{l}");
+            }
+            if failed {
+                return Err("a test message could not be sent (see above)".into());
+            }
+            Ok(())
+        }
         Command::Check | Command::Setup(_) | Command::Model(ModelCommand::Prepare { .. }) => unreachable!(),
         Command::SimMirror { prints, frames, frame_ms } => runtime()?.block_on(sim_mirror(&config, prints, frames, frame_ms)),
     }

@@ -300,5 +300,13 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
     tracing::info!("detector ready in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
     let specs = specs_from_config(config, &crate::server::hostname());
     let (events, _) = broadcast::channel(256);
-    supervise(config, specs, parts, events, signals()).await
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let sinks = crate::sink::Sinks::start(config, &parts.board, &events, &names, parts.mirror.clone());
+    let result = supervise(config, specs, parts, events, signals()).await;
+    sinks.stop(SINK_STOP).await;
+    result
 }
+
+/// How long the sinks get to say goodbye after the watches stopped (MQTT's `offline`,
+/// notifications still queued).
+const SINK_STOP: Duration = Duration::from_secs(1);
