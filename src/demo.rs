@@ -166,7 +166,7 @@ pub async fn run(opts: DemoOptions) -> Result<Summary, DemoError> {
         action: Action::Pause,
     };
     let parts = Parts {
-        detector: Detector::new(model),
+        detectors: vec![Detector::new(model)],
         mirror: Some(mirror.clone()),
         store: Arc::new(StateStore::open(&state_file(&state_dir))?),
     };

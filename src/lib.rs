@@ -51,6 +51,12 @@
 //!     `push` (passive login, `/sockjs/websocket`), `tracker` (snapshots, print identity
 //!     from file + origin + start time, the events), `webcams` (`/api/settings`).
 //!   - [`printer::sim`]: a simulated printer (the demo's, the tests', `kind = "simulated"`).
+//! - [`schedule`]: the inference scheduler, one queue in front of the detector shared by
+//!   every watch: the freshest frame per printer, max-min fair turns, a warned printer
+//!   first, one worker per session, the load and the stretch of every cadence.
+//!   - [`schedule::queue`]: the queue's rules, a plain data structure.
+//!   - [`schedule::pool`]: the worker threads, clients, tickets, the stop.
+//!   - [`schedule::load`]: per-frame cost, load, stretch, per-printer figures.
 //! - [`secret`]: a string type that redacts itself (tokens, keys, passwords).
 //! - [`server`]: the mirror to an Obico-compatible server (a sink).
 //!   - [`server::config`]: the `[server]` settings.
@@ -83,6 +89,7 @@ pub mod frameguard;
 pub mod fuzzing;
 pub mod logging;
 pub mod printer;
+pub mod schedule;
 pub mod secret;
 pub mod server;
 pub mod setup;

@@ -197,6 +197,8 @@ fn check_reports_the_detector_printers_and_cameras_line_by_line() {
     for want in [
         "ok    state directory",
         "ok    detector",
+        "ok    detector capacity: 2 printer(s) x",
+        "of the detector at a 10 s cadence",
         "ok    printer sim: Idle",
         "ok    camera of sim",
         "a 480x360 frame",

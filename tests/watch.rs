@@ -116,7 +116,7 @@ impl Rig {
             action: config.watch.action_on_failure,
         };
         let parts = Parts {
-            detector: detector(),
+            detectors: vec![detector()],
             mirror,
             store: Arc::new(StateStore::open(&state_file(&config.state_dir)).unwrap()),
         };

@@ -48,14 +48,22 @@ pub const EXIT_WAIT: Duration = Duration::from_secs(1);
 
 /// Loads the detector the config names (on a blocking thread: a large model takes seconds).
 pub async fn load_detector(config: &Config) -> Result<Detector, RunError> {
+    let mut d = load_detectors(config, 1, 1).await?;
+    Ok(d.remove(0))
+}
+
+/// Loads `sessions` sessions of the model, with the configured threads each. The first
+/// load makes the optimised copy if needed; every session maps the same weights file.
+pub async fn load_detectors(config: &Config, sessions: usize, threads: usize) -> Result<Vec<Detector>, RunError> {
     let path = config.detector.model_path(&config.state_dir);
     let ort = config.detector.onnxruntime.clone();
-    let settings = SessionSettings::new(config.detector.threads());
-    let model = tokio::task::spawn_blocking(move || Model::load(&path, ort.as_deref(), settings))
-        .await
-        .map_err(|e| RunError::Detector(e.to_string()))?
-        .map_err(|e| RunError::Detector(e.to_string()))?;
-    Ok(Detector::new(model))
+    let settings = SessionSettings::new(threads);
+    tokio::task::spawn_blocking(move || {
+        (0..sessions.max(1)).map(|_| Model::load(&path, ort.as_deref(), settings).map(Detector::new)).collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| RunError::Detector(e.to_string()))?
+    .map_err(|e: crate::detector::model::ModelError| RunError::Detector(e.to_string()))
 }
 
 /// The watch specs for the configured printers; `instance` tells this printvigil apart on
@@ -78,7 +86,8 @@ pub fn specs_from_config(config: &Config, instance: &str) -> Vec<WatchSpec> {
 
 /// Everything a supervisor needs besides the printers.
 pub struct Parts {
-    pub detector: Detector,
+    /// One detector per inference session (at least one).
+    pub detectors: Vec<Detector>,
     pub mirror: Option<Arc<Mirror>>,
     pub store: Arc<StateStore>,
 }
@@ -86,13 +95,15 @@ pub struct Parts {
 impl Parts {
     /// The detector, the state database and the server mirror (when configured) from the config.
     pub async fn from_config(config: &Config) -> Result<Self, RunError> {
-        let detector = load_detector(config).await?;
+        let plan = config.detector.plan(config.printers.len());
+        let detectors = load_detectors(config, plan.sessions, plan.threads).await?;
+        tracing::info!("{} inference session(s), {} thread(s) each", plan.sessions, plan.threads);
         let store = Arc::new(StateStore::open(&state_file(&config.state_dir))?);
         let mirror = match &config.server {
             Some(s) => open_mirror(s, &config.state_dir)?,
             None => None,
         };
-        Ok(Self { detector, mirror, store })
+        Ok(Self { detectors, mirror, store })
     }
 }
 
@@ -121,9 +132,11 @@ pub fn open_mirror(cfg: &crate::server::ServerConfig, state_dir: &std::path::Pat
     }
 }
 
-/// The service's STATUS line: each watch's, then what is wrong with the server mirror.
-fn status_line(watches: &[String], config: &Config, mirror: Option<&Mirror>) -> String {
+/// The service's STATUS line: each watch's, whether the detector keeps up, then what is
+/// wrong with the server mirror.
+fn status_line(watches: &[String], config: &Config, load: &crate::schedule::Load, mirror: Option<&Mirror>) -> String {
     let mut parts = watches.to_vec();
+    parts.extend(load.describe());
     match mirror {
         Some(m) => parts.extend(m.health()),
         None if config.server.is_some() => parts.push("server mirror off (outbox unusable, see the log)".into()),
@@ -149,8 +162,12 @@ pub async fn supervise(
             config.watch.cadence_secs
         );
     }
+    if parts.detectors.is_empty() {
+        return Err(RunError::Detector("no detector session was given".into()));
+    }
+    let scheduler = super::frame_scheduler(parts.detectors, config.watch.cadence());
     let shared = Shared {
-        detector: Arc::new(std::sync::Mutex::new(parts.detector)),
+        scheduler: scheduler.clone(),
         sensitivity: config.detector.sensitivity,
         mirror: parts.mirror.clone(),
         store: parts.store,
@@ -184,6 +201,7 @@ pub async fn supervise(
     let mut last_status = String::new();
     let mut last_ping = Instant::now();
     let mut stuck_reported = false;
+    let mut behind = false;
     // Checked often enough that a ping is never late: with a 2 s watchdog, every 0.5 s.
     let period = watchdog
         .map(|wd| (wd / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)))
@@ -197,7 +215,15 @@ pub async fn supervise(
         }
         let status: Vec<String> =
             loops.iter().map(|l| l.1.status.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect();
-        let status = status_line(&status, config, parts.mirror.as_deref());
+        let load = scheduler.load();
+        if load.saturated() != behind {
+            behind = load.saturated();
+            match load.describe() {
+                Some(line) => tracing::warn!("{line}; fewer printers, more cores or sessions, or a longer cadence catch up"),
+                None => tracing::info!("the detector keeps up again: every printer is scored at the cadence"),
+            }
+        }
+        let status = status_line(&status, config, &load, parts.mirror.as_deref());
         if status != last_status {
             notify(&[sd_notify::NotifyState::Status(&status)]);
             last_status = status;
@@ -242,6 +268,11 @@ pub async fn supervise(
             abort.abort();
             tracing::warn!(printer = name, "the watch did not stop in time; its state was saved at its last frame");
         }
+    }
+    // Frames still queued are dropped (the watches that sent them are gone); a frame being
+    // scored is finished.
+    if !scheduler.shutdown(Duration::from_millis(500)).await {
+        tracing::debug!("a frame was still being scored at the stop");
     }
     // The links get a moment at the end, the server what is left before it.
     let link_share = Duration::from_secs(1);

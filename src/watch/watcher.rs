@@ -12,10 +12,11 @@ use tokio::sync::{broadcast, watch};
 
 use super::frames::{FrameStore, safe_name};
 use super::state::{PrinterRecord, StateStore};
-use super::{Action, CameraChoice, WatchConfig, WatchEvent, WatchSpec};
+use super::{Action, CameraChoice, FrameScheduler, FrameTiming, WatchConfig, WatchEvent, WatchSpec};
 use crate::camera::{self, Camera, CameraError};
 use crate::detector::smoothing::{Verdict, frame_p};
-use crate::detector::{Detector, annotate, preprocess};
+use crate::detector::{DetectError, FrameDetections, annotate, preprocess};
+use crate::schedule::{Client, Priority, Scored, Ticket, Unscored};
 use crate::printer::{CameraInfo, JobOutcome, PrinterEvent, PrinterState};
 use crate::server::{FinishStatus, Mirror, upload::FrameScore};
 
@@ -32,8 +33,9 @@ const UNNAMED: &str = "unnamed-print.gcode";
 /// What every watch shares.
 #[derive(Clone)]
 pub struct Shared {
-    /// One model in memory for all printers; frames take turns.
-    pub detector: Arc<Mutex<Detector>>,
+    /// One model in memory for all printers: frames are scored in the turns the
+    /// scheduler gives (freshest frame per printer, fair, a warned printer first).
+    pub scheduler: Arc<FrameScheduler>,
     pub sensitivity: f64,
     pub mirror: Option<Arc<Mirror>>,
     pub store: Arc<StateStore>,
@@ -60,8 +62,25 @@ enum Phase {
     Offline,
 }
 
+type FrameInput = Arc<Vec<u8>>;
+type FrameOutput = Result<FrameDetections, DetectError>;
+
+/// A frame submitted to the scheduler, waiting for its score.
+struct Pending {
+    ticket: Ticket<FrameInput, FrameOutput>,
+    jpeg: Arc<Vec<u8>>,
+    grabbed: Instant,
+    urgent: bool,
+}
+
 struct Watcher {
     spec_name: String,
+    /// This printer's place at the detector.
+    client: Client<FrameInput, FrameOutput>,
+    /// The frame submitted and not yet scored (a newer frame replaces it).
+    pending: Option<Pending>,
+    /// The last frame warned: the next one is scored first.
+    urgent: bool,
     mirror_key: String,
     link: Arc<dyn crate::printer::PrinterLink>,
     camera_choice: Option<CameraChoice>,
@@ -96,7 +115,11 @@ pub async fn run(spec: WatchSpec, shared: Shared, vitals: Arc<Vitals>, epoch: In
         shared.frames_root.join(safe_name(&spec.name)),
         shared.cfg.frames_max_mib.saturating_mul(1 << 20),
     );
+    let client = shared.scheduler.client(&spec.name);
     let mut w = Watcher {
+        client,
+        pending: None,
+        urgent: false,
         spec_name: spec.name,
         mirror_key: spec.mirror_key,
         link: spec.link,
@@ -160,8 +183,12 @@ pub async fn run(spec: WatchSpec, shared: Shared, vitals: Arc<Vitals>, epoch: In
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => break,
-                    _ = w.score_one() => {}
+                    _ = w.grab_and_submit() => {}
                 }
+            }
+            scored = async { (&mut w.pending.as_mut().expect("checked by the guard").ticket).await }, if w.pending.is_some() => {
+                let pending = w.pending.take().expect("checked by the guard");
+                w.on_scored(scored, pending);
             }
             _ = heartbeat.tick() => {}
         }
@@ -214,6 +241,9 @@ impl Watcher {
             self.record.acted = false;
             self.resumed_at = None;
             self.last_warn = None;
+            // A frame of another print must not count for this one.
+            self.pending = None;
+            self.urgent = false;
         }
         self.phase = if paused { Phase::Paused } else { Phase::Printing };
         self.save();
@@ -262,6 +292,8 @@ impl Watcher {
         }
         self.phase = Phase::Idle;
         self.last_p = None;
+        self.pending = None;
+        self.urgent = false;
         self.emit(WatchEvent::PrintFinished { printer: self.spec_name.clone(), job: job.into(), outcome });
     }
 
@@ -413,8 +445,13 @@ impl Watcher {
         self.camera_error = Some(message);
     }
 
-    /// One frame: grab, detect, smooth, decide, act; sinks after.
-    async fn score_one(&mut self) {
+    /// A frame from the camera, submitted to the scheduler (replacing one still waiting).
+    /// When the frame submitted before is being scored, its answer is moments away and
+    /// it is fresh: this turn is skipped rather than throw that work away.
+    async fn grab_and_submit(&mut self) {
+        if self.pending.as_ref().is_some_and(|p| p.ticket.started()) {
+            return;
+        }
         if !self.ensure_camera() {
             return;
         }
@@ -433,18 +470,20 @@ impl Watcher {
             tracing::info!(printer = self.spec_name, "the camera gives frames again; detection goes on");
             self.emit(WatchEvent::CameraBack { printer: self.spec_name.clone() });
         }
-        let detector = self.shared.detector.clone();
         let jpeg = Arc::new(frame.jpeg);
-        let input = jpeg.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            let mut d = detector.lock().unwrap_or_else(|p| p.into_inner());
-            d.detect(&input)
-        })
-        .await;
-        let found = match found {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) => {
-                tracing::warn!(printer = self.spec_name, "a frame could not be scored: {e}; the next one will be tried");
+        let priority = if self.urgent { Priority::Urgent } else { Priority::Normal };
+        let ticket = self.client.submit(jpeg.clone(), priority);
+        self.pending = Some(Pending { ticket, jpeg, grabbed: Instant::now(), urgent: self.urgent });
+    }
+
+    /// A frame's score came back: smooth, decide, act; sinks after.
+    fn on_scored(&mut self, scored: Result<Scored<FrameOutput>, Unscored>, pending: Pending) {
+        let Pending { jpeg, grabbed, urgent, .. } = pending;
+        let scored = match scored {
+            Ok(s) => s,
+            Err(Unscored::Superseded) => return,
+            Err(Unscored::Stopped) => {
+                tracing::debug!(printer = self.spec_name, "the detector stopped; frame dropped");
                 return;
             }
             Err(e) => {
@@ -452,9 +491,24 @@ impl Watcher {
                 return;
             }
         };
+        let found = match scored.output {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(printer = self.spec_name, "a frame could not be scored: {e}; the next one will be tried");
+                return;
+            }
+        };
+        let started = scored.done - scored.took;
         let p = frame_p(&found.detections, 1.0);
         let verdict = self.record.smoothing.observe(p, self.shared.sensitivity);
         let decided = Instant::now();
+        let timing = FrameTiming {
+            grabbed,
+            age: started.saturating_duration_since(grabbed),
+            infer: scored.took,
+            latency: decided.saturating_duration_since(grabbed),
+            urgent,
+        };
         self.last_p = Some(p);
         let s = self.record.smoothing;
         tracing::debug!(
@@ -473,6 +527,7 @@ impl Watcher {
             normalized_p: verdict.normalized_p,
             warn: verdict.warn,
             pause: verdict.pause,
+            timing,
         });
         if self.retry.swap(false, Ordering::Relaxed) {
             self.record.acted = false;
@@ -482,6 +537,9 @@ impl Watcher {
             self.record.acted = true;
             self.act(decided, p);
         }
+        // A warning (or a pause not carried out: the cooldown, a refused action): the next
+        // frame may be the one that pauses, so it goes first.
+        self.urgent = (verdict.warn || verdict.pause) && !self.record.acted;
         self.save();
         let warn = verdict.warn && self.last_warn.is_none_or(|t| t.elapsed() >= self.shared.cfg.cooldown());
         if warn {
