@@ -169,6 +169,7 @@ pub async fn run(opts: DemoOptions) -> Result<Summary, DemoError> {
         detectors: vec![Detector::new(model)],
         mirror: Some(mirror.clone()),
         store: Arc::new(StateStore::open(&state_file(&state_dir))?),
+        board: crate::watch::view::Board::new(),
     };
     let (tx, mut events) = broadcast::channel(1024);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

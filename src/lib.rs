@@ -35,6 +35,8 @@
 //! - [`printer`]: printer links, one module per firmware behind one trait
 //!   ([`printer::PrinterLink`]: events, status, cameras, pause / resume / cancel), and
 //!   [`printer::Action`] (what to do on a failing print; `watch` re-exports it).
+//!   - [`printer::channels`]: what every link publishes (events, status, cameras), the one
+//!     way actions are confirmed by the printer's reported state, the link's task.
 //!   - [`printer::moonraker`]: Klipper through Moonraker (websocket JSON-RPC), a folder:
 //!     `config` (the entry), `connect` (websocket, API key, message size cap), `rpc`
 //!     (requests/answers, [`printer::moonraker::parse_message`]), `inbox` (bounded
@@ -76,6 +78,10 @@
 //!   - [`watch::watcher`]: the loop; it sees only [`printer::PrinterLink`] and [`camera::Camera`].
 //!   - [`watch::supervisor`]: `printvigil run`, sd-notify READY/STATUS/WATCHDOG/STOPPING, graceful stop.
 //!   - [`watch::state`]: per-printer state in SQLite (smoothing, the print watched, acted).
+//!   - [`watch::view`]: each watch's published [`watch::view::PrinterView`] and the
+//!     [`watch::view::Board`] where sinks find every printer's view and send commands.
+//!   - [`watch::control`]: the commands people may send a watch (pause now, detection off
+//!     for this print, snooze alerts), carried out through the watch's own rules.
 //!   - [`watch::frames`]: annotated decision frames within a disk budget.
 //!   - [`watch::check`]: the local lines of `printvigil check` (detector, state, printers, cameras).
 

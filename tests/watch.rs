@@ -17,7 +17,9 @@ use printvigil::printer::{JobOutcome, PrinterLink};
 use printvigil::server::config::{ServerConfig, UploadMode};
 use printvigil::server::{DEFAULT_PRINTER, Mirror};
 use printvigil::watch::state::{StateStore, state_file};
+use printvigil::watch::control::{Command, CommandError, Outcome};
 use printvigil::watch::supervisor::{Parts, supervise};
+use printvigil::watch::view::{Board, Decision, PrinterView, WatchPhase};
 use printvigil::watch::{Action, CameraChoice, WatchEvent, WatchSpec};
 use support::fake_obico::{self, FakeObico, Settings};
 use tokio::sync::broadcast;
@@ -88,6 +90,7 @@ fn server_cfg(fake: &FakeObico) -> ServerConfig {
 /// A running supervisor over one simulated printer.
 struct Rig {
     camera: TestCamera,
+    board: Arc<Board>,
     seen: Vec<WatchEvent>,
     events: broadcast::Receiver<WatchEvent>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -115,10 +118,12 @@ impl Rig {
             camera: choice,
             action: config.watch.action_on_failure,
         };
+        let board = Board::new();
         let parts = Parts {
             detectors: vec![detector()],
             mirror,
             store: Arc::new(StateStore::open(&state_file(&config.state_dir)).unwrap()),
+            board: board.clone(),
         };
         let (tx, events) = broadcast::channel(4096);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -130,7 +135,7 @@ impl Rig {
             .await
             .unwrap();
         });
-        Rig { camera, seen: Vec::new(), events, stop: Some(stop), task }
+        Rig { camera, board, seen: Vec::new(), events, stop: Some(stop), task }
     }
 
     /// Waits for an event matching `want`, returning it; fails after `limit`.
@@ -399,5 +404,101 @@ async fn a_frame_bomb_is_refused_and_detection_resumes_on_the_next_frame() {
     assert!(peak < 200.0, "peak RSS {peak:.1} MiB over the start");
     assert!(mirror.flush(Duration::from_secs(20)).await);
     assert!(fake.calls().iter().any(|c| c.kind == "predict"), "frames after the bomb were uploaded");
+    rig.stop().await;
+}
+
+/// Waits until the printer's published view satisfies `want`.
+async fn view_until(board: &Board, what: &str, want: impl Fn(&PrinterView) -> bool) -> PrinterView {
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut rx = loop {
+        match board.view("sim") {
+            Some(rx) => break rx,
+            None if Instant::now() < end => tokio::time::sleep(Duration::from_millis(10)).await,
+            None => panic!("the watch never registered its view"),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|v| want(v)))
+        .await
+        .unwrap_or_else(|_| panic!("view never showed {what}: {:?}", board.snapshot()))
+        .expect("view open")
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_follows_the_print_and_its_scores() {
+    let (_dir, printer, mut rig) = printing(Action::Pause, "cube.gcode", "00-healthy.jpg").await;
+    let board = rig.board.clone();
+    let v = view_until(&board, "a scored frame", |v| v.phase == WatchPhase::Printing && v.frame_num >= 3).await;
+    assert_eq!(board.printers(), ["sim"]);
+    assert_eq!(v.file.as_deref(), Some("cube.gcode"));
+    assert!(v.p.is_some() && v.ewm.is_some() && v.normalized_p.is_some(), "{v:?}");
+    assert_eq!(v.last_decision.as_ref().map(|d| d.decision), Some(Decision::Ok), "{v:?}");
+    assert!(v.watching && !v.acted && v.camera_error.is_none(), "{v:?}");
+    rig.scored_until(31).await;
+    rig.camera.set(Some(frame("08-failing.jpg")));
+    let v = view_until(&board, "the pause decision and its frame", |v| v.acted && v.last_frame.is_some()).await;
+    assert_eq!(v.last_decision.as_ref().map(|d| d.decision), Some(Decision::Pause), "{v:?}");
+    assert!(v.last_frame.as_ref().unwrap().exists());
+    view_until(&board, "paused", |v| v.phase == WatchPhase::Paused).await;
+    rig.camera.set(None);
+    printer.user_resume();
+    view_until(&board, "the camera failure", |v| v.camera_error.is_some()).await;
+    printer.finish(JobOutcome::Completed);
+    let v = view_until(&board, "idle", |v| v.phase == WatchPhase::Idle).await;
+    assert_eq!(v.p, None, "no score shown once the print ended: {v:?}");
+    let json = serde_json::to_value(&v).unwrap();
+    assert_eq!(json["phase"], "idle");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_command_takes_the_decisions_path_once() {
+    let (_dir, printer, mut rig) = printing(Action::Notify, "cube.gcode", "00-healthy.jpg").await;
+    let board = rig.board.clone();
+    assert_eq!(board.command("nope", Command::Pause).await, Err(CommandError::UnknownPrinter("nope".into())));
+    rig.scored_until(2).await;
+    // The configured action is `notify`, but the button asks for a pause: the printer pauses.
+    assert_eq!(board.command("sim", Command::Pause).await, Ok(Outcome::PauseRequested));
+    let acted = rig.wait("the pause", Duration::from_secs(10), |e| matches!(e, WatchEvent::Acted { .. })).await;
+    assert!(matches!(acted, WatchEvent::Acted { action: Action::Pause, result: Ok(()), .. }), "{acted:?}");
+    assert_eq!(pauses(&printer), 1);
+    assert_eq!(board.command("sim", Command::Pause).await, Err(CommandError::NotPrinting));
+    printer.user_resume();
+    view_until(&board, "printing again", |v| v.phase == WatchPhase::Printing).await;
+    assert_eq!(board.command("sim", Command::Pause).await, Err(CommandError::AlreadyActed), "once per print");
+    assert_eq!(pauses(&printer), 1);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detection_off_for_one_print_and_snoozed_alerts() {
+    let (dir, printer, mut rig) = printing(Action::Pause, "odd.gcode", "00-healthy.jpg").await;
+    let board = rig.board.clone();
+    rig.scored_until(2).await;
+    assert_eq!(board.command("sim", Command::Watching(false)).await, Ok(Outcome::Done));
+    let v = view_until(&board, "watching off", |v| !v.watching).await;
+    let n = v.frame_num;
+    rig.camera.set(Some(frame("08-failing.jpg")));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v = board.snapshot().remove(0);
+    assert!(v.frame_num <= n + 1, "no frames scored while detection is off: {n} -> {}", v.frame_num);
+    assert_eq!(pauses(&printer), 0);
+    // It survives a restart of the daemon (the same print goes on).
+    rig.stop().await;
+    let cfg = config(dir.path(), Action::Pause);
+    let rig = Rig::start(&cfg, &printer, None, frame("08-failing.jpg")).await;
+    let board = rig.board.clone();
+    view_until(&board, "still off after a restart", |v| v.phase == WatchPhase::Printing && !v.watching).await;
+    assert_eq!(board.command("sim", Command::Snooze(Duration::from_secs(25 * 3600))).await, Err(CommandError::SnoozeTooLong));
+    assert_eq!(board.command("sim", Command::Snooze(Duration::from_secs(600))).await, Ok(Outcome::Done));
+    let v = view_until(&board, "snoozed", |v| v.snoozed_until.is_some()).await;
+    assert!(v.snoozed(SystemTime::now()) && !v.snoozed(SystemTime::now() + Duration::from_secs(601)));
+    board.command("sim", Command::Snooze(Duration::ZERO)).await.unwrap();
+    view_until(&board, "snooze over", |v| v.snoozed_until.is_none()).await;
+    // The next print is watched again.
+    printer.finish(JobOutcome::Completed);
+    printer.start_print("next.gcode");
+    let v = view_until(&board, "the next print watched", |v| v.file.as_deref() == Some("next.gcode") && v.watching && v.frame_num >= 1).await;
+    assert!(v.p.is_some());
     rig.stop().await;
 }

@@ -182,7 +182,7 @@ pub async fn run(opts: FarmOptions, mut detectors: Vec<Detector>, threads: usize
                     rolling_mean_short: p,
                     rolling_mean_long: p - 1.05,
                 },
-                acted: false,
+                ..Default::default()
             };
             store.save(&name, &record)?;
         }
@@ -201,7 +201,7 @@ pub async fn run(opts: FarmOptions, mut detectors: Vec<Detector>, threads: usize
     let before = super::Memory::now();
     let (tx, mut events) = broadcast::channel(1 << 16);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let parts = Parts { detectors, mirror: None, store };
+    let parts = Parts { detectors, mirror: None, store, board: crate::watch::view::Board::new() };
     let cfg = config.clone();
     let supervisor = tokio::spawn(async move {
         supervise(&cfg, specs, parts, tx, async {

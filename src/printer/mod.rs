@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::secret::Secret;
 
+pub mod channels;
 pub mod marlin;
 pub mod moonraker;
 pub mod octoprint;

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
+use super::channels::LinkChannels;
 use super::{
     CameraInfo, JobId, JobOutcome, PrinterError, PrinterEvent, PrinterLink, PrinterState, PrinterStatus,
     Temperature,
@@ -116,10 +117,7 @@ impl SimConfig {
 pub struct SimPrinter {
     name: String,
     inner: Mutex<Inner>,
-    events: broadcast::Sender<PrinterEvent>,
-    first_events: Mutex<Option<broadcast::Receiver<PrinterEvent>>>,
-    status: watch::Sender<PrinterStatus>,
-    cameras: watch::Sender<Vec<CameraInfo>>,
+    out: LinkChannels,
     action_delay: Mutex<Duration>,
     refusal: Mutex<Option<String>>,
     actions: Mutex<Vec<(String, Instant)>>,
@@ -147,7 +145,6 @@ struct Inner {
 impl SimPrinter {
     /// A simulated printer, online and idle, with no script: code drives it.
     pub fn new(name: &str) -> Arc<SimPrinter> {
-        let (events, first) = broadcast::channel(1024);
         let sim = SimPrinter {
             name: name.into(),
             inner: Mutex::new(Inner {
@@ -161,10 +158,7 @@ impl SimPrinter {
                 prints: 0,
                 stopped: false,
             }),
-            events,
-            first_events: Mutex::new(Some(first)),
-            status: watch::channel(PrinterStatus::default()).0,
-            cameras: watch::channel(Vec::new()).0,
+            out: LinkChannels::new(name),
             action_delay: Mutex::new(Duration::ZERO),
             refusal: Mutex::new(None),
             actions: Mutex::new(Vec::new()),
@@ -177,7 +171,7 @@ impl SimPrinter {
     /// A simulated printer running the script of `cfg` (needs a Tokio runtime).
     pub fn from_config(cfg: &SimConfig) -> Arc<SimPrinter> {
         let sim = SimPrinter::new(&cfg.name);
-        let task = tokio::spawn(script(Arc::downgrade(&sim), cfg.clone(), sim.status.subscribe()));
+        let task = tokio::spawn(script(Arc::downgrade(&sim), cfg.clone(), sim.out.status()));
         *lock(&sim.script) = Some(task);
         sim
     }
@@ -345,7 +339,7 @@ impl SimPrinter {
 
     /// The cameras the printer's host reports.
     pub fn set_cameras(&self, cameras: Vec<CameraInfo>) {
-        self.cameras.send_replace(cameras);
+        self.out.publish_cameras(cameras);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -353,8 +347,7 @@ impl SimPrinter {
     }
 
     fn send(&self, ev: PrinterEvent) {
-        info!(printer = %self.name, event = ?ev, "printer event");
-        let _ = self.events.send(ev);
+        self.out.emit(ev);
     }
 
     /// Reports an event now, or holds a print event until the printer is back online.
@@ -406,11 +399,7 @@ impl SimPrinter {
             temperatures,
             message: g.offline.clone().or_else(|| g.halt.clone()),
         };
-        self.status.send_if_modified(|s| {
-            let changed = *s != status;
-            *s = status;
-            changed
-        });
+        self.out.publish_status(status);
     }
 
     /// The checks before an action is carried out; also after its delay.
@@ -528,16 +517,13 @@ impl PrinterLink for SimPrinter {
         &self.name
     }
     fn events(&self) -> broadcast::Receiver<PrinterEvent> {
-        match lock(&self.first_events).take() {
-            Some(rx) => rx,
-            None => self.events.subscribe(),
-        }
+        self.out.events()
     }
     fn status(&self) -> watch::Receiver<PrinterStatus> {
-        self.status.subscribe()
+        self.out.status()
     }
     fn cameras(&self) -> watch::Receiver<Vec<CameraInfo>> {
-        self.cameras.subscribe()
+        self.out.cameras()
     }
     async fn pause(&self) -> Result<(), PrinterError> {
         self.action("pause", &[PrinterState::Printing], |sim, g| sim.set_paused(g, true)).await
@@ -579,7 +565,7 @@ mod tests {
     }
 
     fn state(sim: &SimPrinter) -> PrinterState {
-        sim.status.borrow().state
+        sim.out.state()
     }
 
     #[tokio::test]

@@ -18,9 +18,11 @@ use crate::config::{ConfigError, invalid};
 use crate::printer::{JobOutcome, PrinterLink};
 
 pub mod check;
+pub mod control;
 pub mod frames;
 pub mod state;
 pub mod supervisor;
+pub mod view;
 pub mod watcher;
 
 /// What to do when the detector decides a print is failing (defined with the printer links,

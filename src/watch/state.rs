@@ -44,6 +44,9 @@ pub struct PrinterRecord {
     pub smoothing: SmoothingState,
     /// printvigil already paused, cancelled or notified for this print.
     pub acted: bool,
+    /// A person turned detection off for this print.
+    #[serde(default)]
+    pub not_watching: bool,
 }
 
 /// The state database.

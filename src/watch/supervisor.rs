@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::state::{StateStore, state_file};
 use super::watcher::{self, Shared, Vitals};
+use super::view::Board;
 use super::{CameraChoice, WatchEvent, WatchSpec};
 use crate::config::Config;
 use crate::detector::Detector;
@@ -90,6 +91,8 @@ pub struct Parts {
     pub detectors: Vec<Detector>,
     pub mirror: Option<Arc<Mirror>>,
     pub store: Arc<StateStore>,
+    /// Where the watches publish their views and take commands (the sinks read it).
+    pub board: Arc<Board>,
 }
 
 impl Parts {
@@ -103,7 +106,7 @@ impl Parts {
             Some(s) => open_mirror(s, &config.state_dir)?,
             None => None,
         };
-        Ok(Self { detectors, mirror, store })
+        Ok(Self { detectors, mirror, store, board: Board::new() })
     }
 }
 
@@ -174,6 +177,7 @@ pub async fn supervise(
         cfg: config.watch.clone(),
         frames_root: config.state_dir.join("frames"),
         events,
+        board: parts.board.clone(),
     };
     let epoch = Instant::now();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -187,7 +191,8 @@ pub async fn supervise(
         let vitals = Arc::new(Vitals::default());
         links.push(spec.link.clone());
         let name = spec.name.clone();
-        let handle = tokio::spawn(watcher::run(spec, shared.clone(), vitals.clone(), epoch, stop_rx.clone()));
+        let registration = parts.board.register(&spec.name);
+        let handle = tokio::spawn(watcher::run(spec, shared.clone(), registration, vitals.clone(), epoch, stop_rx.clone()));
         loops.push((name, vitals, handle));
     }
     let names: Vec<&str> = loops.iter().map(|l| l.0.as_str()).collect();

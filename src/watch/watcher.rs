@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 
 use super::frames::{FrameStore, safe_name};
+use super::control::{Command, CommandError, MAX_SNOOZE, Outcome};
 use super::state::{PrinterRecord, StateStore};
+use super::view::{Board, Decision, LastDecision, PrinterView, Registration, WatchPhase};
 use super::{Action, CameraChoice, FrameScheduler, FrameTiming, WatchConfig, WatchEvent, WatchSpec};
 use crate::camera::{self, Camera, CameraError};
 use crate::detector::smoothing::{Verdict, frame_p};
@@ -43,6 +45,8 @@ pub struct Shared {
     /// Saved decision frames go to `<frames_root>/<printer>/`.
     pub frames_root: std::path::PathBuf,
     pub events: broadcast::Sender<WatchEvent>,
+    /// Where each watch publishes its view and takes commands.
+    pub board: Arc<Board>,
 }
 
 /// What the supervisor reads from a running watch.
@@ -100,10 +104,23 @@ struct Watcher {
     vitals: Arc<Vitals>,
     epoch: Instant,
     last_p: Option<f64>,
+    /// The view published on the board.
+    view: watch::Sender<PrinterView>,
+    last_decision: Option<LastDecision>,
+    snoozed_until: Option<std::time::SystemTime>,
+    offline_reason: Option<String>,
 }
 
-/// Runs one printer's watch until `shutdown` turns true.
-pub async fn run(spec: WatchSpec, shared: Shared, vitals: Arc<Vitals>, epoch: Instant, mut shutdown: watch::Receiver<bool>) {
+/// Runs one printer's watch until `shutdown` turns true; `registration` is the printer's
+/// place on the board (the supervisor registers every printer before any watch starts).
+pub async fn run(
+    spec: WatchSpec,
+    shared: Shared,
+    mut registration: Registration,
+    vitals: Arc<Vitals>,
+    epoch: Instant,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let record = match shared.store.load(&spec.name) {
         Ok(r) => r,
         Err(e) => {
@@ -139,6 +156,10 @@ pub async fn run(spec: WatchSpec, shared: Shared, vitals: Arc<Vitals>, epoch: In
         vitals,
         epoch,
         last_p: None,
+        view: registration.view,
+        last_decision: None,
+        snoozed_until: None,
+        offline_reason: None,
     };
     let mut events = w.link.events();
     let mut status = w.link.status();
@@ -147,6 +168,7 @@ pub async fn run(spec: WatchSpec, shared: Shared, vitals: Arc<Vitals>, epoch: In
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     w.sync_status(&status.borrow_and_update().clone());
     w.update_status_line();
+    w.publish();
     let mut status_open = true;
     loop {
         w.beat();
@@ -190,9 +212,11 @@ pub async fn run(spec: WatchSpec, shared: Shared, vitals: Arc<Vitals>, epoch: In
                 let pending = w.pending.take().expect("checked by the guard");
                 w.on_scored(scored, pending);
             }
+            Some((command, reply)) = registration.commands.recv() => w.on_command(command, reply),
             _ = heartbeat.tick() => {}
         }
         w.update_status_line();
+        w.publish();
     }
     w.save();
 }
@@ -239,8 +263,10 @@ impl Watcher {
             self.record.job = Some(job.to_string());
             self.record.file = Some(file.to_string());
             self.record.acted = false;
+            self.record.not_watching = false;
             self.resumed_at = None;
             self.last_warn = None;
+            self.last_decision = None;
             // A frame of another print must not count for this one.
             self.pending = None;
             self.urgent = false;
@@ -288,6 +314,7 @@ impl Watcher {
             self.record.smoothing.reset_for_print();
             self.record.job = None;
             self.record.acted = false;
+            self.record.not_watching = false;
             self.save();
         }
         self.phase = Phase::Idle;
@@ -324,9 +351,11 @@ impl Watcher {
             PrinterEvent::Offline { reason } => {
                 tracing::warn!(printer = self.spec_name, "printer offline: {reason}");
                 self.phase = Phase::Offline;
+                self.offline_reason = Some(reason);
             }
             PrinterEvent::Online => {
                 tracing::info!(printer = self.spec_name, "printer online");
+                self.offline_reason = None;
                 let s = self.link.status().borrow().clone();
                 self.sync_status(&s);
             }
@@ -449,6 +478,10 @@ impl Watcher {
     /// When the frame submitted before is being scored, its answer is moments away and
     /// it is fresh: this turn is skipped rather than throw that work away.
     async fn grab_and_submit(&mut self) {
+        if self.record.not_watching {
+            self.pending = None;
+            return;
+        }
         if self.pending.as_ref().is_some_and(|p| p.ticket.started()) {
             return;
         }
@@ -479,6 +512,10 @@ impl Watcher {
     /// A frame's score came back: smooth, decide, act; sinks after.
     fn on_scored(&mut self, scored: Result<Scored<FrameOutput>, Unscored>, pending: Pending) {
         let Pending { jpeg, grabbed, urgent, .. } = pending;
+        if self.record.not_watching {
+            // Detection was turned off while the frame waited.
+            return;
+        }
         let scored = match scored {
             Ok(s) => s,
             Err(Unscored::Superseded) => return,
@@ -532,10 +569,18 @@ impl Watcher {
         if self.retry.swap(false, Ordering::Relaxed) {
             self.record.acted = false;
         }
+        let decision = if verdict.pause {
+            Decision::Pause
+        } else if verdict.warn {
+            Decision::Warn
+        } else {
+            Decision::Ok
+        };
+        self.last_decision = Some(LastDecision { decision, at: std::time::SystemTime::now(), p });
         let act = verdict.pause && self.may_act();
         if act {
             self.record.acted = true;
-            self.act(decided, p);
+            self.act(self.action, decided, p);
         }
         // A warning (or a pause not carried out: the cooldown, a refused action): the next
         // frame may be the one that pauses, so it goes first.
@@ -559,22 +604,111 @@ impl Watcher {
     }
 
     fn may_act(&self) -> bool {
+        match self.act_blocker() {
+            None => true,
+            Some(CommandError::Cooldown(secs)) => {
+                tracing::info!(printer = self.spec_name, "failure detected, but the print was resumed {secs} s ago: no automatic action during the cooldown");
+                false
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// Why no action may be taken on this print now, if something stops it.
+    fn act_blocker(&self) -> Option<CommandError> {
         if self.record.acted || self.acting.load(Ordering::Relaxed) {
-            return false;
+            return Some(CommandError::AlreadyActed);
         }
         if let Some(t) = self.resumed_at
             && t.elapsed() < self.shared.cfg.cooldown()
         {
-            tracing::info!(printer = self.spec_name, "failure detected, but the print was resumed {:.0} s ago: no automatic action during the cooldown", t.elapsed().as_secs_f64());
-            return false;
+            return Some(CommandError::Cooldown(t.elapsed().as_secs()));
         }
-        true
+        None
+    }
+
+    /// A command from outside (see [`super::control`]).
+    fn on_command(&mut self, command: Command, reply: oneshot::Sender<Result<Outcome, CommandError>>) {
+        tracing::info!(printer = self.spec_name, "command: {command:?}");
+        let result = match command {
+            Command::Pause => {
+                if self.phase != Phase::Printing {
+                    Err(CommandError::NotPrinting)
+                } else if let Some(e) = self.act_blocker() {
+                    Err(e)
+                } else {
+                    self.record.acted = true;
+                    self.save();
+                    self.act(Action::Pause, Instant::now(), self.last_p.unwrap_or(0.0));
+                    Ok(Outcome::PauseRequested)
+                }
+            }
+            Command::Watching(on) => {
+                if on == self.record.not_watching {
+                    tracing::info!(
+                        printer = self.spec_name,
+                        "{}",
+                        if on { "detection on again for this print" } else { "detection off for this print (on again at the next print)" }
+                    );
+                }
+                self.record.not_watching = !on;
+                self.save();
+                Ok(Outcome::Done)
+            }
+            Command::Snooze(d) if d > MAX_SNOOZE => Err(CommandError::SnoozeTooLong),
+            Command::Snooze(d) => {
+                self.snoozed_until = (!d.is_zero()).then(|| std::time::SystemTime::now() + d);
+                Ok(Outcome::Done)
+            }
+        };
+        if let Err(e) = &result {
+            tracing::info!(printer = self.spec_name, "command refused: {e}");
+        }
+        let _ = reply.send(result);
+        self.update_status_line();
+        self.publish();
+    }
+
+    /// Publishes the watch's view when it changed (the saved-frame path is set by the task
+    /// that writes the frame, and kept here).
+    fn publish(&self) {
+        let status = self.link.status().borrow().clone();
+        let s = self.record.smoothing;
+        let scored = self.last_p.is_some();
+        let mut new = PrinterView {
+            printer: self.spec_name.clone(),
+            phase: match self.phase {
+                Phase::Idle => WatchPhase::Idle,
+                Phase::Printing => WatchPhase::Printing,
+                Phase::Paused => WatchPhase::Paused,
+                Phase::Offline => WatchPhase::Offline,
+            },
+            offline_reason: if self.phase == Phase::Offline { self.offline_reason.clone().or(status.message.clone()) } else { None },
+            file: self.record.file.clone(),
+            job: self.record.job.clone(),
+            progress: status.progress.filter(|_| matches!(self.phase, Phase::Printing | Phase::Paused)),
+            frame_num: s.current_frame_num,
+            p: self.last_p,
+            ewm: scored.then_some(s.ewm_mean),
+            normalized_p: scored.then(|| s.normalized_p(self.shared.sensitivity)),
+            last_decision: self.last_decision.clone(),
+            acted: self.record.acted,
+            watching: !self.record.not_watching,
+            snoozed_until: self.snoozed_until.filter(|t| *t > std::time::SystemTime::now()),
+            camera_error: self.camera_error.clone(),
+            last_frame: None,
+        };
+        self.view.send_if_modified(|v| {
+            new.last_frame = v.last_frame.take();
+            let changed = *v != new;
+            std::mem::swap(v, &mut new);
+            changed
+        });
     }
 
     /// Carries out the action in its own task; detection goes on meanwhile. A failed
     /// action is logged and may be tried again on a later frame.
-    fn act(&self, decided: Instant, p: f64) {
-        let action = self.action;
+    fn act(&self, action: Action, decided: Instant, p: f64) {
         let file = self.record.file.clone().unwrap_or_default();
         tracing::warn!(
             printer = self.spec_name,
@@ -628,6 +762,7 @@ impl Watcher {
         );
         let printer = self.spec_name.clone();
         let events = self.shared.events.clone();
+        let view = self.view.clone();
         tokio::task::spawn_blocking(move || {
             let drawn = preprocess::decode_jpeg(&jpeg).map_err(|e| e.to_string()).and_then(|mut img| {
                 annotate::draw(&mut img, &detections);
@@ -640,6 +775,7 @@ impl Watcher {
             match store.save(&name, &bytes) {
                 Ok(path) => {
                     tracing::info!(printer, "{kind} frame saved: {}", path.display());
+                    view.send_modify(|v| v.last_frame = Some(path.clone()));
                     let _ = if warned {
                         events.send(WatchEvent::Warned { printer, p, frame: Some(path) })
                     } else {

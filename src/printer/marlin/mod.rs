@@ -24,8 +24,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
-use tracing::{info, warn};
+use tracing::warn;
 
+use super::channels::LinkChannels;
 use super::{CameraInfo, PrinterError, PrinterEvent, PrinterLink, PrinterState, PrinterStatus};
 
 mod config;
@@ -66,36 +67,24 @@ pub struct Counters {
 /// What the thread and the handle share.
 pub(crate) struct Shared {
     cfg: MarlinConfig,
-    events: broadcast::Sender<PrinterEvent>,
-    status: watch::Sender<PrinterStatus>,
-    cameras: watch::Sender<Vec<CameraInfo>>,
+    out: LinkChannels,
     stop: AtomicBool,
     counters: Counters,
 }
 
 impl Shared {
     fn emit(&self, ev: PrinterEvent) {
-        info!(printer = %self.cfg.name, event = ?ev, "printer event");
-        let _ = self.events.send(ev);
+        self.out.emit(ev);
     }
 
     fn publish(&self, tracker: &tracker::Tracker) {
-        let s = tracker.status();
-        self.status.send_if_modified(|cur| {
-            if *cur == s {
-                false
-            } else {
-                *cur = s;
-                true
-            }
-        });
+        self.out.publish_status(tracker.status());
     }
 }
 
 /// The Marlin link; see the module documentation.
 pub struct MarlinLink {
     shared: Arc<Shared>,
-    first_events: Mutex<Option<broadcast::Receiver<PrinterEvent>>>,
     requests: Mutex<mpsc::Sender<Request>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -108,12 +97,10 @@ impl MarlinLink {
 
     /// Like [`MarlinLink::start`], returning the concrete type.
     pub fn start_concrete(cfg: MarlinConfig) -> Arc<MarlinLink> {
-        let (events, first) = broadcast::channel(1024);
+        let out = LinkChannels::new(&cfg.name);
         let shared = Arc::new(Shared {
             cfg,
-            events,
-            status: watch::channel(PrinterStatus::default()).0,
-            cameras: watch::channel(Vec::new()).0,
+            out,
             stop: AtomicBool::new(false),
             counters: Counters::default(),
         });
@@ -126,7 +113,6 @@ impl MarlinLink {
             .ok();
         Arc::new(MarlinLink {
             shared,
-            first_events: Mutex::new(Some(first)),
             requests: Mutex::new(tx),
             thread: Mutex::new(thread),
         })
@@ -142,39 +128,21 @@ impl MarlinLink {
     }
 
     async fn action(&self, act: Act, action: &str, allowed: &[PrinterState], done: fn(PrinterState) -> bool) -> Result<(), PrinterError> {
-        let state = self.shared.status.borrow().state;
-        if state == PrinterState::Offline {
-            return Err(PrinterError::NotConnected { printer: self.printer() });
-        }
-        if !allowed.contains(&state) {
-            return Err(PrinterError::WrongState { printer: self.printer(), action: action.into(), state });
-        }
         let timeout = Duration::from_secs(self.shared.cfg.action_timeout_secs);
-        let mut rx = self.shared.status.subscribe();
-        let (tx, reply) = tokio::sync::oneshot::channel();
-        let sent = self.requests.lock().map(|r| r.send(Request { act, reply: tx }).is_ok()).unwrap_or(false);
-        if !sent {
-            return Err(PrinterError::NotConnected { printer: self.printer() });
-        }
-        match tokio::time::timeout(timeout, reply).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(message))) => {
-                return Err(PrinterError::Refused { printer: self.printer(), action: action.into(), message });
+        let send = async {
+            let (tx, reply) = tokio::sync::oneshot::channel();
+            let sent = self.requests.lock().map(|r| r.send(Request { act, reply: tx }).is_ok()).unwrap_or(false);
+            if !sent {
+                return Err(PrinterError::NotConnected { printer: self.printer() });
             }
-            Ok(Err(_)) => return Err(PrinterError::Closed { printer: self.printer(), method: action.into() }),
-            Err(_) => {
-                return Err(PrinterError::Timeout { printer: self.printer(), method: action.into(), timeout });
+            match tokio::time::timeout(timeout, reply).await {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(Ok(Err(message))) => Err(PrinterError::Refused { printer: self.printer(), action: action.into(), message }),
+                Ok(Err(_)) => Err(PrinterError::Closed { printer: self.printer(), method: action.into() }),
+                Err(_) => Err(PrinterError::Timeout { printer: self.printer(), method: action.into(), timeout }),
             }
-        }
-        match tokio::time::timeout(timeout, rx.wait_for(|s| done(s.state))).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(PrinterError::NotConfirmed {
-                printer: self.printer(),
-                action: action.into(),
-                timeout,
-                state: self.shared.status.borrow().state,
-            }),
-        }
+        };
+        self.shared.out.act(action, allowed, done, timeout, || {}, send).await
     }
 }
 
@@ -191,16 +159,13 @@ impl PrinterLink for MarlinLink {
         &self.shared.cfg.name
     }
     fn events(&self) -> broadcast::Receiver<PrinterEvent> {
-        match self.first_events.lock().ok().and_then(|mut g| g.take()) {
-            Some(rx) => rx,
-            None => self.shared.events.subscribe(),
-        }
+        self.shared.out.events()
     }
     fn status(&self) -> watch::Receiver<PrinterStatus> {
-        self.shared.status.subscribe()
+        self.shared.out.status()
     }
     fn cameras(&self) -> watch::Receiver<Vec<CameraInfo>> {
-        self.shared.cameras.subscribe()
+        self.shared.out.cameras()
     }
     async fn pause(&self) -> Result<(), PrinterError> {
         self.action(Act::Pause, "pause", &[PrinterState::Printing], |s| s == PrinterState::Paused).await

@@ -25,14 +25,13 @@
 //! - [`reconnect`]: the task, backoff and failure logging.
 //! - [`webcams`]: the cameras from Moonraker's webcam settings.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
-use tracing::{debug, info, warn};
 
+use super::channels::{LinkChannels, LinkTask};
 use super::{CameraInfo, PrinterError, PrinterEvent, PrinterLink, PrinterState, PrinterStatus};
 use rpc::{CallError, Rpc};
 
@@ -57,46 +56,27 @@ const CLIENT_URL: &str = "https://github.com/printvigil/printvigil";
 /// The Moonraker link; see the module documentation.
 pub struct MoonrakerLink {
     shared: Arc<Shared>,
-    first_events: Mutex<Option<broadcast::Receiver<PrinterEvent>>>,
-    stop_tx: watch::Sender<bool>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    task: LinkTask,
 }
 
 /// What the link's task and its handle share.
 struct Shared {
     cfg: MoonrakerConfig,
     client_name: String,
-    events: broadcast::Sender<PrinterEvent>,
-    status: watch::Sender<PrinterStatus>,
-    cameras: watch::Sender<Vec<CameraInfo>>,
+    /// The link's channels; `quiet` while the link flaps (see [`reconnect`]).
+    out: LinkChannels,
     rpc: Mutex<Option<Rpc>>,
-    /// The link flaps (see [`reconnect`]): Online/Offline events are logged at debug.
-    quiet: AtomicBool,
 }
 
 impl Shared {
     fn new(cfg: MoonrakerConfig, instance: &str) -> Shared {
         let client_name = format!("printvigil-{instance}-{}", cfg.name);
-        Shared {
-            cfg,
-            client_name,
-            events: broadcast::channel(1024).0,
-            status: watch::channel(PrinterStatus::default()).0,
-            cameras: watch::channel(Vec::new()).0,
-            rpc: Mutex::new(None),
-            quiet: AtomicBool::new(false),
-        }
+        let out = LinkChannels::new(&cfg.name);
+        Shared { cfg, client_name, out, rpc: Mutex::new(None) }
     }
 
     fn emit(&self, ev: PrinterEvent) {
-        let flapping = matches!(ev, PrinterEvent::Online | PrinterEvent::Offline { .. })
-            && self.quiet.load(Ordering::Relaxed);
-        if flapping {
-            debug!(printer = %self.cfg.name, event = ?ev, "printer event");
-        } else {
-            info!(printer = %self.cfg.name, event = ?ev, "printer event");
-        }
-        let _ = self.events.send(ev);
+        self.out.emit(ev);
     }
     fn current_rpc(&self) -> Option<Rpc> {
         self.rpc.lock().ok().and_then(|g| g.clone())
@@ -118,15 +98,8 @@ impl MoonrakerLink {
     /// Like [`MoonrakerLink::start`], returning the concrete type.
     pub fn start_concrete(cfg: MoonrakerConfig, instance: &str) -> Arc<MoonrakerLink> {
         let shared = Arc::new(Shared::new(cfg, instance));
-        let first = shared.events.subscribe();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(reconnect::run(shared.clone(), stop_rx));
-        Arc::new(MoonrakerLink {
-            shared,
-            first_events: Mutex::new(Some(first)),
-            stop_tx,
-            task: Mutex::new(Some(task)),
-        })
+        let task = LinkTask::spawn(|stop| reconnect::run(shared.clone(), stop));
+        Arc::new(MoonrakerLink { shared, task })
     }
 
     fn printer(&self) -> String {
@@ -140,46 +113,18 @@ impl MoonrakerLink {
         allowed: &[PrinterState],
         done: fn(PrinterState) -> bool,
     ) -> Result<(), PrinterError> {
-        let state = self.shared.status.borrow().state;
-        if !allowed.contains(&state) {
-            return Err(PrinterError::WrongState {
-                printer: self.printer(),
-                action: action.into(),
-                state,
-            });
-        }
-        let rpc = self
-            .shared
-            .current_rpc()
-            .ok_or_else(|| PrinterError::NotConnected { printer: self.printer() })?;
         let timeout = Duration::from_secs(self.shared.cfg.action_timeout_secs);
-        let mut rx = self.shared.status.subscribe();
-        rpc.call_timeout(method, json!({}), timeout).await.map_err(|e| match e {
-            CallError::Rpc { message, .. } => {
-                PrinterError::Refused { printer: self.printer(), action: action.into(), message }
-            }
-            other => other.into_printer_error(&self.shared.cfg.name, method),
-        })?;
-        match tokio::time::timeout(timeout, rx.wait_for(|s| done(s.state))).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(PrinterError::NotConfirmed {
-                printer: self.printer(),
-                action: action.into(),
-                timeout,
-                state: self.shared.status.borrow().state,
-            }),
-        }
-    }
-}
-
-impl Drop for MoonrakerLink {
-    fn drop(&mut self) {
-        let _ = self.stop_tx.send(true);
-        if let Ok(mut t) = self.task.lock()
-            && let Some(t) = t.take()
-        {
-            t.abort();
-        }
+        let send = async {
+            let rpc = self.shared.current_rpc().ok_or_else(|| PrinterError::NotConnected { printer: self.printer() })?;
+            rpc.call_timeout(method, json!({}), timeout).await.map_err(|e| match e {
+                CallError::Rpc { message, .. } => {
+                    PrinterError::Refused { printer: self.printer(), action: action.into(), message }
+                }
+                other => other.into_printer_error(&self.shared.cfg.name, method),
+            })?;
+            Ok(())
+        };
+        self.shared.out.act(action, allowed, done, timeout, || {}, send).await
     }
 }
 
@@ -189,16 +134,13 @@ impl PrinterLink for MoonrakerLink {
         &self.shared.cfg.name
     }
     fn events(&self) -> broadcast::Receiver<PrinterEvent> {
-        match self.first_events.lock().ok().and_then(|mut g| g.take()) {
-            Some(rx) => rx,
-            None => self.shared.events.subscribe(),
-        }
+        self.shared.out.events()
     }
     fn status(&self) -> watch::Receiver<PrinterStatus> {
-        self.shared.status.subscribe()
+        self.shared.out.status()
     }
     fn cameras(&self) -> watch::Receiver<Vec<CameraInfo>> {
-        self.shared.cameras.subscribe()
+        self.shared.out.cameras()
     }
     async fn pause(&self) -> Result<(), PrinterError> {
         self.action("pause", "printer.print.pause", &[PrinterState::Printing], |s| {
@@ -222,12 +164,6 @@ impl PrinterLink for MoonrakerLink {
         .await
     }
     async fn stop(&self) {
-        let _ = self.stop_tx.send(true);
-        let task = self.task.lock().ok().and_then(|mut g| g.take());
-        if let Some(task) = task
-            && tokio::time::timeout(Duration::from_secs(5), task).await.is_err()
-        {
-            warn!(printer = %self.shared.cfg.name, "link task did not stop in 5 s");
-        }
+        self.task.stop(&self.shared.cfg.name).await;
     }
 }

@@ -17,7 +17,6 @@
 //!   a printer that is switched off for the night.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -120,7 +119,7 @@ impl Reconnect {
                 humantime::format_rfc3339_seconds(f.since)
             );
         }
-        shared.quiet.store(false, Ordering::Relaxed);
+        shared.out.set_quiet(false);
     }
 
     /// Counts a failure: the wait before the next attempt, and what to say about it.
@@ -206,7 +205,7 @@ impl Reconnect {
         }
         if self.failing.as_ref().is_some_and(|f| f.lost >= FLAPPING_AFTER) {
             // Flapping: the Online/Offline events of each round go to debug.
-            shared.quiet.store(true, Ordering::Relaxed);
+            shared.out.set_quiet(true);
         }
         wait
     }

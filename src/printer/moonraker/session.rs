@@ -324,14 +324,7 @@ impl Session {
         match self.rpc.call("server.webcams.list", json!({})).await {
             Ok(v) => {
                 let cams = parse_webcams(&v, &self.shared.cfg.base());
-                self.shared.cameras.send_if_modified(|c| {
-                    if *c != cams {
-                        *c = cams;
-                        true
-                    } else {
-                        false
-                    }
-                });
+                self.shared.out.publish_cameras(cams);
             }
             Err(e) => warn!(printer = %self.shared.cfg.name, "cannot read the camera list: {e}"),
         }

@@ -118,13 +118,13 @@ impl Tracker {
     /// `Online` event is withheld until the connection has stayed healthy, so a watcher
     /// sees one `Offline`, not an `Online`/`Offline` pair per round.
     pub(super) fn online(&mut self, shared: &Shared) {
-        if shared.quiet.load(std::sync::atomic::Ordering::Relaxed) {
+        if shared.out.quiet() {
             debug!(printer = %shared.cfg.name, "ready again, but the connection flaps: Online waits until it stays up");
         } else if self.reported != Some(Availability::Online) {
             self.reported = Some(Availability::Online);
             shared.emit(PrinterEvent::Online);
         }
-        shared.status.send_modify(|s| s.message = None);
+        shared.out.update_status(|s| s.message = None);
     }
 
     pub(super) fn offline(&mut self, shared: &Shared, reason: &str) {
@@ -132,7 +132,7 @@ impl Tracker {
             self.reported = Some(Availability::Offline);
             shared.emit(PrinterEvent::Offline { reason: reason.into() });
         }
-        shared.status.send_modify(|s| {
+        shared.out.update_status(|s| {
             s.state = PrinterState::Offline;
             s.message = Some(reason.into());
         });
@@ -143,7 +143,7 @@ impl Tracker {
             self.reported = Some(Availability::Halted);
             shared.emit(PrinterEvent::Halted { message: message.into() });
         }
-        shared.status.send_modify(|s| {
+        shared.out.update_status(|s| {
             s.state = PrinterState::Error;
             s.message = Some(message.into());
         });
@@ -375,14 +375,7 @@ impl Tracker {
             .filter(|m| !m.is_empty())
             .map(str::to_owned);
         let new = PrinterStatus { state, file, job, progress, temperatures, message };
-        shared.status.send_if_modified(|s| {
-            if *s != new {
-                *s = new;
-                true
-            } else {
-                false
-            }
-        });
+        shared.out.publish_status(new);
     }
 }
 
@@ -415,7 +408,7 @@ impl MessageReplay {
     /// and a bed, synced with an empty job history, idle.
     pub fn new() -> MessageReplay {
         let shared = Shared::new(super::MoonrakerConfig::new("replay", "http://127.0.0.1:7125"), "replay");
-        let events = shared.events.subscribe();
+        let events = shared.out.subscribe_events();
         let subscription = Arc::new(Subscription::default());
         let inbox = Inbox::default();
         inbox.subscribe(subscription.clone());
@@ -459,7 +452,7 @@ impl MessageReplay {
 
     /// The status the link would publish now.
     pub fn status(&self) -> PrinterStatus {
-        self.shared.status.borrow().clone()
+        self.shared.out.status_now()
     }
 
     /// The events derived since the last call.
@@ -499,7 +492,7 @@ mod tests {
     #[test]
     fn first_sync_attaches_and_catch_up_reports_missed_prints_in_order() {
         let sh = shared();
-        let mut rx = sh.events.subscribe();
+        let mut rx = sh.out.subscribe_events();
         let mut t = Tracker::default();
         t.catch_up(&sh, &[job("1", "completed", 1.0), job("2", "in_progress", 2.0)], Some("printing"));
         let ev = drain(&mut rx);
@@ -534,7 +527,7 @@ mod tests {
     #[test]
     fn a_history_entry_without_a_file_name_takes_print_stats_one() {
         let sh = shared();
-        let mut rx = sh.events.subscribe();
+        let mut rx = sh.out.subscribe_events();
         let mut t = Tracker::default();
         t.catch_up(&sh, &[job("1", "completed", 1.0)], Some("standby"));
         t.replace_status(json!({"print_stats": {"state": "complete", "filename": "benchy.gcode"}}));
@@ -553,7 +546,7 @@ mod tests {
     #[test]
     fn print_that_outlives_a_moonraker_restart_ends_from_print_stats() {
         let sh = shared();
-        let mut rx = sh.events.subscribe();
+        let mut rx = sh.out.subscribe_events();
         let mut t = Tracker::default();
         t.replace_status(json!({"print_stats": {"state": "printing", "filename": "1.gcode"}}));
         t.catch_up(&sh, &[job("1", "in_progress", 1.0)], Some("printing"));
@@ -587,7 +580,7 @@ mod tests {
     #[test]
     fn a_stale_entry_seen_at_first_sync_is_never_reported() {
         let sh = shared();
-        let mut rx = sh.events.subscribe();
+        let mut rx = sh.out.subscribe_events();
         let mut t = Tracker::default();
         // History still says in progress but Klipper is idle: nothing to attach to.
         t.catch_up(&sh, &[job("1", "in_progress", 1.0)], Some("standby"));
@@ -628,7 +621,7 @@ mod tests {
     #[test]
     fn timelapse_park_is_not_a_pause() {
         let sh = shared();
-        let mut rx = sh.events.subscribe();
+        let mut rx = sh.out.subscribe_events();
         let mut t = Tracker::default();
         t.merge_status(&json!({TIMELAPSE_MACRO: {"is_paused": true}}));
         t.pause_edges(&sh, Some("printing"), Some("paused"));

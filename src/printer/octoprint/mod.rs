@@ -25,7 +25,7 @@
 //! - [`webcams`]: the cameras from `/api/settings`.
 //! - [`appkeys`]: the Application Keys workflow (`printvigil setup octoprint`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -33,6 +33,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::channels::{LinkChannels, LinkTask};
 use super::{CameraInfo, PrinterError, PrinterEvent, PrinterLink, PrinterState, PrinterStatus};
 use push::Push;
 use rest::{Rest, RestError};
@@ -55,45 +56,29 @@ const PUSH_RETRY: Duration = Duration::from_secs(30);
 /// The OctoPrint link; see the module documentation.
 pub struct OctoPrintLink {
     shared: Arc<Shared>,
-    first_events: Mutex<Option<broadcast::Receiver<PrinterEvent>>>,
-    stop_tx: watch::Sender<bool>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    task: LinkTask,
 }
 
 /// What the link's task and its handle share.
 struct Shared {
     cfg: OctoPrintConfig,
     rest: Rest,
-    events: broadcast::Sender<PrinterEvent>,
-    status: watch::Sender<PrinterStatus>,
-    cameras: watch::Sender<Vec<CameraInfo>>,
+    out: LinkChannels,
     /// Read the full state now (an action was sent).
     kick: Notify,
 }
 
 impl Shared {
-    fn emit(&self, ev: PrinterEvent) {
-        info!(printer = %self.cfg.name, event = ?ev, "printer event");
-        let _ = self.events.send(ev);
-    }
-
     /// Applies a snapshot (or an unreachable OctoPrint) through the tracker.
     fn apply(&self, tracker: &mut Tracker, f: impl FnOnce(&mut Tracker, &mut Vec<PrinterEvent>, &mut PrinterStatus)) {
         let mut events = Vec::new();
-        let mut status = self.status.borrow().clone();
+        let mut status = self.out.status_now();
         f(tracker, &mut events, &mut status);
         // The status first: a watcher reads it when an event arrives (`Online`: is a
         // print running?).
-        self.status.send_if_modified(|s| {
-            if *s != status {
-                *s = status;
-                true
-            } else {
-                false
-            }
-        });
+        self.out.publish_status(status);
         for ev in events {
-            self.emit(ev);
+            self.out.emit(ev);
         }
     }
 }
@@ -112,23 +97,10 @@ impl OctoPrintLink {
     pub fn start_concrete(cfg: OctoPrintConfig) -> Arc<OctoPrintLink> {
         let key = cfg.api_key.clone().unwrap_or_default();
         let rest = Rest::new(cfg.base(), key, Duration::from_secs(cfg.request_timeout_secs));
-        let shared = Arc::new(Shared {
-            cfg,
-            rest,
-            events: broadcast::channel(1024).0,
-            status: watch::channel(PrinterStatus::default()).0,
-            cameras: watch::channel(Vec::new()).0,
-            kick: Notify::new(),
-        });
-        let first = shared.events.subscribe();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(shared.clone(), stop_rx));
-        Arc::new(OctoPrintLink {
-            shared,
-            first_events: Mutex::new(Some(first)),
-            stop_tx,
-            task: Mutex::new(Some(task)),
-        })
+        let out = LinkChannels::new(&cfg.name);
+        let shared = Arc::new(Shared { cfg, rest, out, kick: Notify::new() });
+        let task = LinkTask::spawn(|stop| run(shared.clone(), stop));
+        Arc::new(OctoPrintLink { shared, task })
     }
 
     fn printer(&self) -> String {
@@ -142,68 +114,28 @@ impl OctoPrintLink {
         allowed: &[PrinterState],
         done: fn(PrinterState) -> bool,
     ) -> Result<(), PrinterError> {
-        let state = self.shared.status.borrow().state;
-        if state == PrinterState::Offline {
-            return Err(PrinterError::NotConnected { printer: self.printer() });
-        }
-        if !allowed.contains(&state) {
-            return Err(PrinterError::WrongState { printer: self.printer(), action: action.into(), state });
-        }
         let timeout = Duration::from_secs(self.shared.cfg.action_timeout_secs);
-        let mut rx = self.shared.status.subscribe();
-        rx.mark_unchanged();
         let refused = |message: String| PrinterError::Refused {
             printer: self.printer(),
             action: action.into(),
             message,
         };
-        match self.shared.rest.post("api/job", &body).await {
-            Ok(_) => {}
-            Err(RestError::Conflict(why)) => {
-                return Err(refused(format!(
+        let send = async {
+            match self.shared.rest.post("api/job", &body).await {
+                Ok(_) => Ok(()),
+                Err(RestError::Conflict(why)) => Err(refused(format!(
                     "OctoPrint answered 409 ({why}): the printer is not printing or not connected"
-                )));
-            }
-            Err(RestError::Unauthorized(code)) => {
-                return Err(refused(format!(
+                ))),
+                Err(RestError::Unauthorized(code)) => Err(refused(format!(
                     "OctoPrint refused the API key (HTTP {code}); set a valid api_key for this printer (printvigil setup octoprint)"
-                )));
+                ))),
+                Err(RestError::Network(_)) => Err(PrinterError::NotConnected { printer: self.printer() }),
+                Err(e) => Err(refused(e.to_string())),
             }
-            Err(RestError::Network(_)) => return Err(PrinterError::NotConnected { printer: self.printer() }),
-            Err(e) => return Err(refused(e.to_string())),
-        }
-        // Confirmed by the state: read it now and every second (the push socket, when up,
-        // is faster still).
-        let confirmed = tokio::time::timeout(timeout, async {
-            loop {
-                self.shared.kick.notify_one();
-                if done(rx.borrow_and_update().state) {
-                    return;
-                }
-                let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
-            }
-        })
-        .await;
-        match confirmed {
-            Ok(()) => Ok(()),
-            Err(_) => Err(PrinterError::NotConfirmed {
-                printer: self.printer(),
-                action: action.into(),
-                timeout,
-                state: self.shared.status.borrow().state,
-            }),
-        }
-    }
-}
-
-impl Drop for OctoPrintLink {
-    fn drop(&mut self) {
-        let _ = self.stop_tx.send(true);
-        if let Ok(mut t) = self.task.lock()
-            && let Some(t) = t.take()
-        {
-            t.abort();
-        }
+        };
+        // Confirmed by the state, read now and every second (the push socket, when up, is
+        // faster still).
+        self.shared.out.act(action, allowed, done, timeout, || self.shared.kick.notify_one(), send).await
     }
 }
 
@@ -213,16 +145,13 @@ impl PrinterLink for OctoPrintLink {
         &self.shared.cfg.name
     }
     fn events(&self) -> broadcast::Receiver<PrinterEvent> {
-        match self.first_events.lock().ok().and_then(|mut g| g.take()) {
-            Some(rx) => rx,
-            None => self.shared.events.subscribe(),
-        }
+        self.shared.out.events()
     }
     fn status(&self) -> watch::Receiver<PrinterStatus> {
-        self.shared.status.subscribe()
+        self.shared.out.status()
     }
     fn cameras(&self) -> watch::Receiver<Vec<CameraInfo>> {
-        self.shared.cameras.subscribe()
+        self.shared.out.cameras()
     }
     async fn pause(&self) -> Result<(), PrinterError> {
         self.action("pause", json!({"command": "pause", "action": "pause"}), &[PrinterState::Printing], |s| {
@@ -246,13 +175,7 @@ impl PrinterLink for OctoPrintLink {
         .await
     }
     async fn stop(&self) {
-        let _ = self.stop_tx.send(true);
-        let task = self.task.lock().ok().and_then(|mut g| g.take());
-        if let Some(task) = task
-            && tokio::time::timeout(Duration::from_secs(5), task).await.is_err()
-        {
-            warn!(printer = %self.shared.cfg.name, "link task did not stop in 5 s");
-        }
+        self.task.stop(&self.shared.cfg.name).await;
     }
 }
 
@@ -337,14 +260,7 @@ async fn read_cameras(shared: &Shared) {
     match shared.rest.get("api/settings").await {
         Ok(v) => {
             let cams = webcams::parse_settings(&v, shared.rest.base());
-            shared.cameras.send_if_modified(|c| {
-                if *c != cams {
-                    *c = cams;
-                    true
-                } else {
-                    false
-                }
-            });
+            shared.out.publish_cameras(cams);
         }
         Err(e) => warn!(printer = %shared.cfg.name, "cannot read OctoPrint's webcam settings: {e}"),
     }
