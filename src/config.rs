@@ -46,6 +46,8 @@ pub struct Config {
     pub watch: crate::watch::WatchConfig,
     /// The printers to watch (`[[printers]]` entries).
     pub printers: Vec<crate::printer::PrinterConfig>,
+    /// The status page and `/metrics`.
+    pub http: crate::http::HttpConfig,
 }
 
 impl Default for Config {
@@ -56,6 +58,7 @@ impl Default for Config {
             server: None,
             watch: crate::watch::WatchConfig::default(),
             printers: Vec::new(),
+            http: crate::http::HttpConfig::default(),
         }
     }
 }
@@ -185,6 +188,7 @@ impl Config {
             s.validate()?;
         }
         self.watch.validate()?;
+        self.http.validate()?;
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.printers.iter().enumerate() {
             let key = format!("printers[{i}]");

@@ -166,7 +166,7 @@ pub async fn run(opts: DemoOptions) -> Result<Summary, DemoError> {
         action: Action::Pause,
     };
     let parts = Parts {
-        detectors: vec![Detector::new(model)],
+        scheduler: crate::watch::frame_scheduler(vec![Detector::new(model)], config.watch.cadence()),
         mirror: Some(mirror.clone()),
         store: Arc::new(StateStore::open(&state_file(&state_dir))?),
         board: crate::watch::view::Board::new(),
@@ -264,6 +264,7 @@ pub async fn run(opts: DemoOptions) -> Result<Summary, DemoError> {
             }
             WatchEvent::CameraFailed { message, .. } => println!("camera    {message}"),
             WatchEvent::CameraBack { .. } => println!("camera    frames again"),
+            WatchEvent::FrameFailed { .. } => {}
         }
     }
     let _ = mirror.flush(Duration::from_secs(10)).await;

@@ -30,6 +30,10 @@
 //!   - `camera::v4l2` (feature `v4l2`): a local video device through `nokhwa`.
 //!   - [`camera::files`]: JPEG files from a directory or one file (replays, no camera).
 //! - [`bench`]: the `printvigil bench` figures (per-stage timings, memory).
+//! - [`http`]: the daemon's small HTTP server (`[http]`, loopback by default, a token for
+//!   other addresses): [`http::metrics`] (`/metrics` for Prometheus) and [`http::status`]
+//!   (the status page, its JSON, the latest frame with boxes, "resume watching" and
+//!   "snooze"); a sink reading the board, the events, the scheduler and the mirror.
 //! - [`logging`]: log lines to journald under systemd (`JOURNAL_STREAM`), else to stderr;
 //!   the `PRINTVIGIL_LOG` filter, with dependencies that log secrets capped at info.
 //! - [`printer`]: printer links, one module per firmware behind one trait
@@ -91,6 +95,7 @@ pub mod config;
 pub mod demo;
 pub mod detector;
 pub mod frameguard;
+pub mod http;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logging;

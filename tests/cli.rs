@@ -14,6 +14,8 @@ fn printvigil(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_printvigil"));
     // Keep the machine's own config out of the way; run in a scratch state dir.
     c.env("PRINTVIGIL_STATE_DIR", dir).env_remove("PRINTVIGIL_CONFIG").current_dir(dir);
+    // A daemon's status page on a free port, never the default one.
+    c.env("PRINTVIGIL_HTTP__BIND", "127.0.0.1:0");
     c
 }
 

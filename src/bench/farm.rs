@@ -201,7 +201,8 @@ pub async fn run(opts: FarmOptions, mut detectors: Vec<Detector>, threads: usize
     let before = super::Memory::now();
     let (tx, mut events) = broadcast::channel(1 << 16);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let parts = Parts { detectors, mirror: None, store, board: crate::watch::view::Board::new() };
+    let scheduler = crate::watch::frame_scheduler(detectors, config.watch.cadence());
+    let parts = Parts { scheduler, mirror: None, store, board: crate::watch::view::Board::new() };
     let cfg = config.clone();
     let supervisor = tokio::spawn(async move {
         supervise(&cfg, specs, parts, tx, async {

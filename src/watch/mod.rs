@@ -133,6 +133,13 @@ impl FrameTiming {
     }
 }
 
+/// A scored frame as the camera gave it, and its detections.
+#[derive(Debug)]
+pub struct ScoredFrame {
+    pub jpeg: Arc<Vec<u8>>,
+    pub detections: Vec<crate::detector::postprocess::Detection>,
+}
+
 /// Where a watch gets its frames.
 pub enum CameraChoice {
     /// A camera from the settings file.
@@ -170,6 +177,8 @@ pub enum WatchEvent {
         warn: bool,
         pause: bool,
         timing: FrameTiming,
+        /// The frame and what the detector found in it (for a live view; shared, not copied).
+        frame: Arc<ScoredFrame>,
     },
     /// A warning (failure suspected, not yet certain).
     Warned { printer: String, p: f64, frame: Option<PathBuf> },
@@ -186,4 +195,7 @@ pub enum WatchEvent {
     CameraFailed { printer: String, message: String },
     /// The camera gives frames again.
     CameraBack { printer: String },
+    /// A frame could not be had or scored (`stage`: `camera` or `detector`); the next one
+    /// is tried at the cadence.
+    FrameFailed { printer: String, stage: &'static str },
 }

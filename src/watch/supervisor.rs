@@ -87,8 +87,9 @@ pub fn specs_from_config(config: &Config, instance: &str) -> Vec<WatchSpec> {
 
 /// Everything a supervisor needs besides the printers.
 pub struct Parts {
-    /// One detector per inference session (at least one).
-    pub detectors: Vec<Detector>,
+    /// The inference scheduler over the detector sessions (see [`super::frame_scheduler`]);
+    /// the supervisor stops it when the watches have stopped.
+    pub scheduler: Arc<super::FrameScheduler>,
     pub mirror: Option<Arc<Mirror>>,
     pub store: Arc<StateStore>,
     /// Where the watches publish their views and take commands (the sinks read it).
@@ -106,7 +107,8 @@ impl Parts {
             Some(s) => open_mirror(s, &config.state_dir)?,
             None => None,
         };
-        Ok(Self { detectors, mirror, store, board: Board::new() })
+        let scheduler = super::frame_scheduler(detectors, config.watch.cadence());
+        Ok(Self { scheduler, mirror, store, board: Board::new() })
     }
 }
 
@@ -165,10 +167,7 @@ pub async fn supervise(
             config.watch.cadence_secs
         );
     }
-    if parts.detectors.is_empty() {
-        return Err(RunError::Detector("no detector session was given".into()));
-    }
-    let scheduler = super::frame_scheduler(parts.detectors, config.watch.cadence());
+    let scheduler = parts.scheduler.clone();
     let shared = Shared {
         scheduler: scheduler.clone(),
         sensitivity: config.detector.sensitivity,
@@ -331,5 +330,26 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
     tracing::info!("detector ready in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
     let specs = specs_from_config(config, &crate::server::hostname());
     let (events, _) = broadcast::channel(256);
-    supervise(config, specs, parts, events, signals()).await
+    // The status page and metrics: a sink; the watches run without it if it cannot start.
+    let http = if config.http.enabled {
+        let sources = crate::http::Sources {
+            board: parts.board.clone(),
+            scheduler: parts.scheduler.clone(),
+            mirror: parts.mirror.clone(),
+            frames_root: config.state_dir.join("frames"),
+            cadence: config.watch.cadence(),
+        };
+        match crate::http::Server::start(&config.http, sources, events.subscribe()).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("{e}; printers are watched as usual");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let result = supervise(config, specs, parts, events, signals()).await;
+    drop(http);
+    result
 }

@@ -496,6 +496,7 @@ impl Watcher {
                 if !stream_blip {
                     self.camera_failed(e.to_string());
                 }
+                self.emit(WatchEvent::FrameFailed { printer: self.spec_name.clone(), stage: "camera" });
                 return;
             }
         };
@@ -525,6 +526,7 @@ impl Watcher {
             }
             Err(e) => {
                 tracing::error!(printer = self.spec_name, "the detector failed on a frame ({e}); the next one will be tried");
+                self.emit(WatchEvent::FrameFailed { printer: self.spec_name.clone(), stage: "detector" });
                 return;
             }
         };
@@ -532,6 +534,7 @@ impl Watcher {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(printer = self.spec_name, "a frame could not be scored: {e}; the next one will be tried");
+                self.emit(WatchEvent::FrameFailed { printer: self.spec_name.clone(), stage: "detector" });
                 return;
             }
         };
@@ -565,6 +568,7 @@ impl Watcher {
             warn: verdict.warn,
             pause: verdict.pause,
             timing,
+            frame: Arc::new(super::ScoredFrame { jpeg: jpeg.clone(), detections: found.detections.clone() }),
         });
         if self.retry.swap(false, Ordering::Relaxed) {
             self.record.acted = false;
