@@ -270,7 +270,7 @@ pub(super) async fn saved_frame(State(app): State<Arc<App>>, Path((printer, file
 
 /// The page's controls must carry this header (see the module documentation of `http`).
 fn from_page(headers: &HeaderMap) -> Option<Response> {
-    (!headers.get("x-printvigil").is_some_and(|v| v == "1"))
+    headers.get("x-printvigil").is_none_or(|v| v != "1")
         .then(|| (StatusCode::FORBIDDEN, "controls need the X-Printvigil: 1 header\n").into_response())
 }
 
