@@ -27,7 +27,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-all_targets=(mjpeg jpeg moonraker server config)
+all_targets=(mjpeg jpeg moonraker server config bambu)
 mode=time secs=300 runs= sanitizer=address update=0 targets=()
 while [ $# -gt 0 ]; do
   case $1 in

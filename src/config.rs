@@ -48,6 +48,10 @@ pub struct Config {
     pub printers: Vec<crate::printer::PrinterConfig>,
     /// The status page and `/metrics`.
     pub http: crate::http::HttpConfig,
+    /// The MQTT broker to publish to (state, events, Home Assistant discovery); absent: none.
+    pub mqtt: Option<crate::sink::mqtt::MqttConfig>,
+    /// Notifications (`[[notify]]` entries: webhook, ntfy, Telegram, Discord).
+    pub notify: Vec<crate::sink::notify::NotifyConfig>,
 }
 
 impl Default for Config {
@@ -59,6 +63,8 @@ impl Default for Config {
             watch: crate::watch::WatchConfig::default(),
             printers: Vec::new(),
             http: crate::http::HttpConfig::default(),
+            mqtt: None,
+            notify: Vec::new(),
         }
     }
 }
@@ -189,7 +195,14 @@ impl Config {
         }
         self.watch.validate()?;
         self.http.validate()?;
+        if let Some(m) = &self.mqtt {
+            m.validate()?;
+        }
+        for (i, n) in self.notify.iter().enumerate() {
+            n.validate(&format!("notify[{i}]"))?;
+        }
         let mut names = std::collections::HashSet::new();
+        let mut slugs = std::collections::HashMap::new();
         for (i, p) in self.printers.iter().enumerate() {
             let key = format!("printers[{i}]");
             p.validate(&key)?;
@@ -198,6 +211,15 @@ impl Config {
                     &format!("{key}.name"),
                     &format!("{:?}", p.name()),
                     "another printer already has this name; give each printer its own name",
+                ));
+            }
+            if self.mqtt.is_some()
+                && let Some(other) = slugs.insert(crate::sink::mqtt::topics::slug(p.name()), p.name().to_string())
+            {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    &format!("{:?}", p.name()),
+                    &format!("on MQTT it would share a topic with printer {other:?} (names are cut to lower-case letters, digits, - and _); rename one of them"),
                 ));
             }
         }
@@ -396,6 +418,37 @@ mod tests {
         assert!(e.contains("server.client_auth"), "{e}");
         let e = Config::from_toml_str("[server]\nurl = \"https://x\"\nuplod = \"always\"\n").unwrap_err().to_string();
         assert!(e.contains("uplod") && e.contains("upload"), "{e}");
+    }
+
+    #[test]
+    fn mqtt_and_notify_sections_parse_and_their_secrets_stay_hidden() {
+        let c = Config::from_toml_str(
+            "[mqtt]\nurl = \"mqtts://bob:url-pass-1@broker.lan\"\nusername = \"pv\"\npassword = \"mqtt-pass-2\"\n\
+             [[notify]]\nkind = \"telegram\"\ntoken = \"123:tg-token-3\"\nchat_id = \"42\"\n\
+             [[notify]]\nkind = \"discord\"\nurl = \"https://discord.com/api/webhooks/1/dc-token-4\"\nevents = [\"pause\"]\n\
+             [[notify]]\nkind = \"webhook\"\nurl = \"https://h/hook\"\nheaders = { Authorization = \"Bearer hdr-5\" }\n\
+             [[printers]]\nname = \"a\"\nkind = \"simulated\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.as_ref().unwrap().password.as_ref().unwrap().expose(), "mqtt-pass-2");
+        assert_eq!(c.notify.len(), 3);
+        assert_eq!(c.notify[1].events, [crate::sink::notify::AlertKind::Pause]);
+        for shown in [format!("{c:?}"), serde_json::to_string(&c).unwrap()] {
+            for secret in ["url-pass-1", "mqtt-pass-2", "tg-token-3", "dc-token-4", "hdr-5"] {
+                assert!(!shown.contains(secret), "{secret} shown: {shown}");
+            }
+        }
+        let e = Config::from_toml_str("[[notify]]\nkind = \"ntfy\"\nurl = \"https://ntfy.sh/t\"\nevnts = []\n").unwrap_err().to_string();
+        assert!(e.contains("notify[0].evnts") && e.contains("events"), "{e}");
+        let e = Config::from_toml_str("[[notify]]\nkind = \"sms\"\n").unwrap_err().to_string();
+        assert!(e.contains("notify[0].kind"), "{e}");
+        let e = Config::from_toml_str("[[notify]]\nkind = \"ntfy\"\nurl = \"https://ntfy.sh/t\"\nevents = [\"explode\"]\n").unwrap_err().to_string();
+        assert!(e.contains("notify[0].events"), "{e}");
+        let e = Config::from_toml_str("[mqtt]\nurl = \"http://x\"\n").unwrap_err().to_string();
+        assert!(e.contains("mqtt.url"), "{e}");
+        let twins = "[mqtt]\nurl = \"mqtt://h\"\n[[printers]]\nname = \"Voron 2\"\nkind = \"simulated\"\n[[printers]]\nname = \"voron-2\"\nkind = \"simulated\"\n";
+        let e = Config::from_toml_str(twins).unwrap_err().to_string();
+        assert!(e.contains("printers[1].name") && e.contains("MQTT"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - [`moonraker`]: websocket text frames, one per line;
 //! - [`server`]: `[status hi, status lo, clock, body...]`;
 //! - [`config`]: TOML text.
+//! - [`bambu`]: MQTT report messages of a Bambu printer, one per line (an empty line: the
+//!   connection dropped); the first 16 bytes also as a camera frame header.
 //!
 //! Not part of the API: hidden from the documentation, may change at any time.
 
@@ -129,6 +131,48 @@ pub fn moonraker(data: &[u8]) {
             }
         }
         let _ = replay.status();
+    }
+}
+
+/// A Bambu printer's report topic: each line parsed, merged into the report state and
+/// read by the tracker, as the link does; the merged state stays bounded and each print
+/// starts and ends once.
+pub fn bambu(data: &[u8]) {
+    use crate::printer::bambu::report::{Message, Report, parse_message};
+    use crate::printer::bambu::tracker::Tracker;
+    use crate::printer::{PrinterEvent, PrinterStatus};
+    if let Ok(header) = <[u8; 16]>::try_from(&data[..data.len().min(16)]) {
+        let _ = crate::camera::bambu::frame_length(&header, 8 << 20);
+    }
+    let mut report = Report::default();
+    let mut tracker = Tracker::new("01P00A000000000");
+    let mut status = PrinterStatus::default();
+    let (mut started, mut current) = (std::collections::HashSet::new(), None);
+    for line in data.split(|&b| b == b'\n') {
+        let mut out = Vec::new();
+        if line.is_empty() {
+            report.clear();
+            tracker.offline("lost", &mut out, &mut status);
+        } else if let Ok(Message::Status(print)) = parse_message(line) {
+            report.merge(print);
+            assert!(report.keys() <= crate::printer::bambu::report::MAX_KEYS, "the merged state grew past its bound");
+            tracker.observe(&report.view(), &mut out, &mut status);
+        }
+        for ev in out {
+            match ev {
+                PrinterEvent::PrintStarted { job, .. } | PrinterEvent::Attached { job, .. } => {
+                    assert!(current.is_none(), "{job:?} started while {current:?} runs");
+                    assert!(started.insert(job.clone()), "{job:?} reported as started twice");
+                    current = Some(job);
+                }
+                PrinterEvent::Finished { job, .. } => {
+                    assert_eq!(current.take().as_ref(), Some(&job), "a print finished that was not running");
+                }
+                _ => {}
+            }
+        }
+        assert!(status.progress.is_none_or(|p| (0.0..=1.0).contains(&p)), "progress {:?}", status.progress);
+        let _ = tracker.take_notes();
     }
 }
 

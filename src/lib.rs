@@ -29,6 +29,8 @@
 //!   - [`camera::orientation`]: rotation/flips (lossless when whole MCUs, else re-encoded).
 //!   - `camera::v4l2` (feature `v4l2`): a local video device through `nokhwa`.
 //!   - [`camera::files`]: JPEG files from a directory or one file (replays, no camera).
+//!   - [`camera::bambu`]: a Bambu Lab A1/P1 printer's own camera (TLS on port 6000, an
+//!     access packet, length-prefixed JPEGs).
 //! - [`bench`]: the `printvigil bench` figures (per-stage timings, memory).
 //! - [`http`]: the daemon's small HTTP server (`[http]`, loopback by default, a token for
 //!   other addresses): [`http::metrics`] (`/metrics` for Prometheus) and [`http::status`]
@@ -56,6 +58,11 @@
 //!     folder: `config` (the entry), `rest` (X-Api-Key, capped answers, 401/403/409),
 //!     `push` (passive login, `/sockjs/websocket`), `tracker` (snapshots, print identity
 //!     from file + origin + start time, the events), `webcams` (`/api/settings`).
+//!   - [`printer::bambu`]: a Bambu Lab printer on the LAN (its own MQTT broker over TLS,
+//!     rumqttc), a folder: `config` (the entry, the camera's URL), [`printer::bambu::report`]
+//!     (reports merged field by field, command answers), [`printer::bambu::tracker`]
+//!     (states, print identity, error pauses, the events), `session` (TLS with the pinned
+//!     certificate, MQTT, `pushall`, troubles told once, retries, confirmed actions).
 //!   - [`printer::sim`]: a simulated printer (the demo's, the tests', `kind = "simulated"`).
 //! - [`schedule`]: the inference scheduler, one queue in front of the detector shared by
 //!   every watch: the freshest frame per printer, max-min fair turns, a warned printer
@@ -74,8 +81,22 @@
 //!   - [`server::outbox`]: the durable SQLite outbox and printer registration record.
 //!   - [`server::upload`]: upload policy and shrink-to-fit of frames.
 //!   - [`server::standin`]: a stand-in Obico server: the demo's, and the tests' fake.
+//! - [`sink`]: where what the watches see goes (besides the printer and the mirror), each
+//!   sink in its own tasks with bounded queues, never holding up a watch.
+//!   - [`sink::mqtt`]: state, events and frames on an MQTT broker (`rumqttc`), Home
+//!     Assistant discovery, commands back to the watches; a folder: `config`, `tls`,
+//!     `client` (connection, last will, reconnect), `queue` (bounded, drop-oldest),
+//!     `topics`, `telemetry`, `discovery`, `commands`.
+//!   - [`sink::notify`]: `[[notify]]` messages people see; a folder: `config`, `alert`,
+//!     `ratelimit`, `deliver` (tries, backoff, answers), `webhook`, `ntfy`, `telegram`,
+//!     `discord`.
+//!   - [`sink::views`]: following many printers' views from one sink task.
+//!   - [`sink::check`]: the sinks' lines of `printvigil check`; `printvigil notify test`.
 //! - [`setup`]: `printvigil setup`: finds a printer, asks it for keys, writes the config
-//!   (comments kept, [`setup::edit`]); one file per printer kind.
+//!   (comments kept, [`setup::edit`]); one file per printer kind ([`setup::octoprint`],
+//!   [`setup::bambu`]).
+//! - [`tlspin`]: TLS to devices with self-signed certificates, trusted by a pinned SHA-256
+//!   fingerprint (or explicitly not at all): Bambu printers' MQTT and camera, setup's probe.
 //! - `fuzzing` (hidden): what the fuzz targets (`fuzz/`) and their regression test run.
 //! - [`watch`]: one watch loop per printer (frames at the cadence, detect, smooth, decide,
 //!   act; start/finish/predict to the mirror) and the supervisor that runs them.
@@ -104,4 +125,6 @@ pub mod schedule;
 pub mod secret;
 pub mod server;
 pub mod setup;
+pub mod sink;
+pub mod tlspin;
 pub mod watch;

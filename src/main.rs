@@ -35,6 +35,14 @@ enum Command {
         /// Seconds between frames (a real print: 10).
         #[arg(long, default_value_t = 0.25)]
         cadence: f64,
+        /// Publish to this MQTT broker too (mqtt://host:1883, mqtts://...), with Home
+        /// Assistant discovery, under `<topic prefix>-demo`. Default: the config's [mqtt],
+        /// else a broker answering on 127.0.0.1:1883.
+        #[arg(long, value_name = "URL", conflicts_with = "no_mqtt")]
+        mqtt: Option<String>,
+        /// Publish to no broker.
+        #[arg(long)]
+        no_mqtt: bool,
     },
     /// Run JPEG frames, in order, through the detector and the smoother of one printer.
     Predict(PredictArgs),
@@ -56,6 +64,9 @@ enum Command {
     Logout,
     /// Check the setup line by line, with a fix for each failure.
     Check,
+    /// Notifications ([[notify]] entries).
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Connect printvigil to a printer's host and write what it needs into the config file.
     #[command(subcommand)]
     Setup(SetupCommand),
@@ -157,6 +168,43 @@ enum SetupCommand {
         #[arg(long, default_value_t = 600)]
         wait: u64,
     },
+    /// Connect once to a Bambu Lab printer, show its certificate's SHA-256 fingerprint,
+    /// and once you confirm it, log in with the access code and write host, serial,
+    /// access code and fingerprint (and its camera, A1/P1) into the printer's entry
+    /// (added when missing) in the config file.
+    Bambu {
+        /// The printer's address (IP or host name).
+        host: String,
+        /// The printer's name in the config file.
+        #[arg(long, default_value = "bambu")]
+        name: String,
+        /// The serial number (default: the name in the printer's certificate).
+        #[arg(long)]
+        serial: Option<String>,
+        /// The LAN access code (Settings > Network / WLAN on the printer's screen); asked
+        /// for when missing.
+        #[arg(long, env = "PRINTVIGIL_BAMBU_ACCESS_CODE", hide_env_values = true)]
+        access_code: Option<String>,
+        /// MQTT port (a printer behind a forwarder).
+        #[arg(long, default_value_t = printvigil::printer::bambu::DEFAULT_PORT)]
+        port: u16,
+        /// Camera port (a printer behind a forwarder).
+        #[arg(long, default_value_t = printvigil::printer::bambu::DEFAULT_CAMERA_PORT)]
+        camera_port: u16,
+        /// Trust the certificate shown without asking (for scripts: compare the
+        /// fingerprint yourself).
+        #[arg(long)]
+        yes: bool,
+        /// Seconds each network step may take.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum NotifyCommand {
+    /// Send every [[notify]] entry a test message (with a frame) and show each answer.
+    Test,
 }
 
 #[derive(Subcommand)]
@@ -232,6 +280,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
                 runtime()?.block_on(async {
                     let mut lines = printvigil::watch::check::run(&config).await;
                     lines.extend(server::check::run(&config).await);
+                    lines.extend(printvigil::sink::check::run(&config).await);
                     lines
                 })
             }
@@ -249,6 +298,21 @@ fn run(cli: Cli) -> Result<(), AnyError> {
         let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(printvigil::config::SYSTEM_CONFIG));
         let wait = std::time::Duration::from_secs(*wait);
         return Ok(runtime()?.block_on(printvigil::setup::octoprint::run(&path, name, url, wait, &mut std::io::stdout()))?);
+    }
+    if let Command::Setup(SetupCommand::Bambu { host, name, serial, access_code, port, camera_port, yes, timeout }) = &cli.command {
+        let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(printvigil::config::SYSTEM_CONFIG));
+        let options = printvigil::setup::bambu::Options {
+            name: name.clone(),
+            host: host.clone(),
+            port: *port,
+            camera_port: *camera_port,
+            serial: serial.clone(),
+            access_code: access_code.clone(),
+            yes: *yes,
+            timeout: std::time::Duration::from_secs((*timeout).max(1)),
+        };
+        let mut input = std::io::stdin().lock();
+        return Ok(runtime()?.block_on(printvigil::setup::bambu::run(&path, &options, &mut input, &mut std::io::stdout()))?);
     }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
@@ -268,15 +332,25 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             rt.shutdown_timeout(printvigil::watch::supervisor::EXIT_WAIT);
             Ok(result?)
         }
-        Command::Demo { dir, cadence } => {
+        Command::Demo { dir, cadence, mqtt, no_mqtt } => {
             if !(cadence.is_finite() && (0.01..=10.0).contains(&cadence)) {
                 return Err("--cadence must be between 0.01 and 10 seconds".into());
             }
             let dir = dir.unwrap_or_else(|| std::env::temp_dir().join("printvigil-demo"));
+            let mqtt = match (mqtt, no_mqtt) {
+                (_, true) => None,
+                (Some(url), _) => {
+                    let cfg = printvigil::sink::mqtt::MqttConfig::new(&url);
+                    cfg.validate().map_err(|e| format!("--mqtt: {e}"))?;
+                    Some(cfg)
+                }
+                (None, _) => config.mqtt.clone().or_else(printvigil::demo::local_broker),
+            };
             let summary = runtime()?.block_on(printvigil::demo::run(printvigil::demo::DemoOptions {
                 dir,
                 cadence: std::time::Duration::from_secs_f64(cadence),
                 onnxruntime: config.detector.onnxruntime.clone(),
+                mqtt,
             }))?;
             std::io::Write::write_all(&mut std::io::stdout(), summary.render().as_bytes())?;
             if !summary.complete() {
@@ -308,6 +382,20 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             out!("{}", api.tokens().revoke_and_forget().await?);
             Ok(())
         }),
+        Command::Notify(NotifyCommand::Test) => {
+            if config.notify.is_empty() {
+                return Err("no [[notify]] entries in the config (see config/printvigil.toml)".into());
+            }
+            let lines = runtime()?.block_on(printvigil::sink::check::test_notifications(&config.notify));
+            let failed = lines.iter().any(|l| !l.ok);
+            for l in lines {
+                out!("{l}");
+            }
+            if failed {
+                return Err("a test message could not be sent (see above)".into());
+            }
+            Ok(())
+        }
         Command::Check | Command::Setup(_) | Command::Model(ModelCommand::Prepare { .. }) => unreachable!(),
         Command::SimMirror { prints, frames, frame_ms } => runtime()?.block_on(sim_mirror(&config, prints, frames, frame_ms)),
     }

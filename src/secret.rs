@@ -73,6 +73,10 @@ impl SecretUrl {
         &self.0
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The URL with its password (if any) replaced by `***`.
     pub fn redacted(&self) -> String {
         let url = &self.0;

@@ -58,6 +58,11 @@ fn config() {
     replay("config", printvigil::fuzzing::config);
 }
 
+#[test]
+fn bambu() {
+    replay("bambu", printvigil::fuzzing::bambu);
+}
+
 /// Found by the `mjpeg` target: a frame that arrived whole in one read came out however
 /// far past the size cap it ended (the cap was checked only between reads).
 #[test]

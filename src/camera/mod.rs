@@ -6,6 +6,7 @@
 //!   newest complete frame.
 //! - `v4l2` (cargo feature `v4l2`): a local video device through `nokhwa`.
 //! - [`files`]: JPEG files from a directory (a recorded print replayed, or no camera at all).
+//! - [`bambu`]: the built-in camera of Bambu Lab A1/P1 printers (JPEG frames over TLS).
 //!
 //! [`from_config`] builds a camera from a [`CameraConfig`] and wraps it so that every
 //! frame is checked for a frozen feed ([`FrozenWatch`], not for files) and turned the right way up
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::printer::CameraInfo;
 use crate::secret::SecretUrl;
 
+pub mod bambu;
 pub mod files;
 pub mod mjpeg;
 pub mod orientation;
@@ -85,6 +87,20 @@ pub enum CameraError {
     Device { device: String, reason: String },
     #[error("could not read {path} ({reason}); check that it exists and that printvigil's user may read it")]
     File { path: String, reason: String },
+    #[error("nothing serves a Bambu camera at {url} ({reason})")]
+    NoBambuStream { url: SecretUrl, reason: String },
+    #[error(
+        "the printer closed the camera connection at {url} right after the access code: the access code is wrong (set access_code of the printer to the one on its screen), or another program holds the printer's camera"
+    )]
+    BambuAccess { url: SecretUrl },
+    #[error(
+        "the camera port at {url} shows a certificate with SHA-256 fingerprint {shown}, not the pinned one: run `printvigil setup bambu HOST` again, or set camera_fingerprint of the printer if its camera port has a certificate of its own"
+    )]
+    BambuCertificate { url: SecretUrl, shown: String },
+    #[error(
+        "{url} does not speak the A1/P1 camera protocol (it sent {what}); X1, H2 and P2S printers serve RTSPS on port 322 instead: use a local bridge's snapshot URL with kind = \"snapshot\""
+    )]
+    BambuProtocol { url: SecretUrl, what: String },
 }
 
 /// What kind of camera a config entry describes.
@@ -99,6 +115,9 @@ pub enum CameraKind {
     V4l2,
     /// JPEG files: a directory (played in name order) or one file.
     Files,
+    /// The built-in camera of a Bambu Lab A1/P1 printer (in a `kind = "bambu"` printer
+    /// entry, which supplies address, access code and certificate).
+    Bambu,
 }
 
 /// One camera in the settings file.
@@ -110,7 +129,9 @@ pub struct CameraConfig {
     pub name: Option<String>,
     pub kind: CameraKind,
     /// The snapshot or stream URL; for `v4l2` the device (`/dev/video0` or `0`); for
-    /// `files` a directory of JPEG files or one file. Shown with its password redacted.
+    /// `files` a directory of JPEG files or one file; for `bambu` filled in from the
+    /// printer entry. Shown with its password redacted.
+    #[serde(default, skip_serializing_if = "SecretUrl::is_empty")]
     pub url: SecretUrl,
     /// Clockwise rotation in degrees: 0, 90, 180 or 270.
     #[serde(default)]
@@ -231,6 +252,9 @@ impl CameraConfig {
             CameraKind::Files => {
                 files::local_path(self.url.expose()).map_err(|why| bad(format!("`url` = {:?} {why}", self.url)))?;
             }
+            CameraKind::Bambu => {
+                bambu::parse_url(&self.url).map_err(bad)?;
+            }
         }
         Ok(())
     }
@@ -244,6 +268,7 @@ pub fn from_config(cfg: &CameraConfig) -> Result<Box<dyn Camera>, CameraError> {
         CameraKind::Snapshot => Box::new(snapshot::SnapshotCamera::new(cfg)?),
         CameraKind::Mjpeg => Box::new(mjpeg::MjpegCamera::new(cfg)?),
         CameraKind::Files => Box::new(files::FilesCamera::new(cfg)?),
+        CameraKind::Bambu => Box::new(bambu::BambuCamera::new(cfg)?),
         #[cfg(feature = "v4l2")]
         CameraKind::V4l2 => Box::new(v4l2::V4l2Camera::new(cfg)?),
         #[cfg(not(feature = "v4l2"))]

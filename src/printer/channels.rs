@@ -21,6 +21,42 @@ use tracing::{debug, info};
 
 use super::{CameraInfo, PrinterError, PrinterEvent, PrinterState, PrinterStatus};
 
+/// What a watch may ask of a printer; each is confirmed by the state the printer reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+impl Act {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Act::Pause => "pause",
+            Act::Resume => "resume",
+            Act::Cancel => "cancel",
+        }
+    }
+
+    /// The states the action may be asked in.
+    pub fn allowed(self) -> &'static [PrinterState] {
+        match self {
+            Act::Pause => &[PrinterState::Printing],
+            Act::Resume => &[PrinterState::Paused],
+            Act::Cancel => &[PrinterState::Printing, PrinterState::Paused],
+        }
+    }
+
+    /// The reported state shows the action done.
+    pub fn done(self, state: PrinterState) -> bool {
+        match self {
+            Act::Pause => state == PrinterState::Paused,
+            Act::Resume => state == PrinterState::Printing,
+            Act::Cancel => !matches!(state, PrinterState::Printing | PrinterState::Paused),
+        }
+    }
+}
+
 /// How far a slow event receiver may fall behind before it gets `Lagged`.
 const EVENT_BUFFER: usize = 1024;
 
@@ -137,26 +173,19 @@ impl LinkChannels {
 
     /// Carries out an action the way every link does: refused at once when the printer is
     /// offline or in a state that does not allow it; otherwise `send` asks the printer,
-    /// and the action is done once the reported state satisfies `done` within `timeout`.
-    /// `poke` runs before every look at the state (a link that polls reads the state now);
-    /// the state is looked at on every change and at least once a second.
-    pub async fn act<F>(
-        &self,
-        action: &str,
-        allowed: &[PrinterState],
-        done: fn(PrinterState) -> bool,
-        timeout: Duration,
-        poke: impl Fn(),
-        send: F,
-    ) -> Result<(), PrinterError>
+    /// and the action is done once the reported state shows it within `timeout`. `poke`
+    /// runs before every look at the state (a link that polls reads the state now); the
+    /// state is looked at on every change and at least once a second.
+    pub async fn act<F>(&self, act: Act, timeout: Duration, poke: impl Fn(), send: F) -> Result<(), PrinterError>
     where
         F: Future<Output = Result<(), PrinterError>>,
     {
+        let action = act.as_str();
         let state = self.state();
         if state == PrinterState::Offline {
             return Err(PrinterError::NotConnected { printer: self.name.clone() });
         }
-        if !allowed.contains(&state) {
+        if !act.allowed().contains(&state) {
             return Err(PrinterError::WrongState { printer: self.name.clone(), action: action.into(), state });
         }
         let mut rx = self.status.subscribe();
@@ -165,7 +194,7 @@ impl LinkChannels {
         let confirmed = tokio::time::timeout(timeout, async {
             loop {
                 poke();
-                if done(rx.borrow_and_update().state) {
+                if act.done(rx.borrow_and_update().state) {
                     return;
                 }
                 let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
@@ -253,17 +282,17 @@ mod tests {
     async fn actions_are_refused_sent_confirmed_or_not_confirmed() {
         let c = std::sync::Arc::new(LinkChannels::new("p"));
         let t = Duration::from_secs(5);
-        let paused = |s| s == PrinterState::Paused;
-        let r = c.act("pause", &[PrinterState::Printing], paused, t, || {}, async { Ok(()) }).await;
+        let r = c.act(Act::Pause, t, || {}, async { Ok(()) }).await;
         assert!(matches!(r, Err(PrinterError::NotConnected { .. })), "{r:?}");
         c.publish_status(PrinterStatus { state: PrinterState::Idle, ..Default::default() });
-        let r = c.act("pause", &[PrinterState::Printing], paused, t, || {}, async { Ok(()) }).await;
+        let r = c.act(Act::Pause, t, || {}, async { Ok(()) }).await;
         assert!(matches!(r, Err(PrinterError::WrongState { .. })), "{r:?}");
+        assert!(matches!(c.act(Act::Cancel, t, || {}, async { Ok(()) }).await, Err(PrinterError::WrongState { .. })));
         c.publish_status(printing());
-        let r = c.act("pause", &[PrinterState::Printing], paused, t, || {}, async { Ok(()) }).await;
+        let r = c.act(Act::Pause, t, || {}, async { Ok(()) }).await;
         assert!(matches!(r, Err(PrinterError::NotConfirmed { state: PrinterState::Printing, .. })), "{r:?}");
         let refused = PrinterError::Refused { printer: "p".into(), action: "pause".into(), message: "no".into() };
-        let r = c.act("pause", &[PrinterState::Printing], paused, t, || {}, async { Err(refused) }).await;
+        let r = c.act(Act::Pause, t, || {}, async { Err(refused) }).await;
         assert!(matches!(r, Err(PrinterError::Refused { .. })), "{r:?}");
         let c2 = c.clone();
         let sent = async move {
@@ -273,6 +302,8 @@ mod tests {
             });
             Ok(())
         };
-        c.act("pause", &[PrinterState::Printing], paused, t, || {}, sent).await.unwrap();
+        c.act(Act::Pause, t, || {}, sent).await.unwrap();
+        let r = c.act(Act::Resume, t, || {}, async { Ok(()) }).await;
+        assert!(matches!(r, Err(PrinterError::NotConfirmed { state: PrinterState::Paused, .. })), "{r:?}");
     }
 }

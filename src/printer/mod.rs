@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
 use crate::secret::Secret;
+use channels::{Act, LinkChannels};
 
+pub mod bambu;
 pub mod channels;
 pub mod marlin;
 pub mod moonraker;
@@ -162,36 +164,71 @@ pub enum PrinterError {
     Timeout { printer: String, method: String, timeout: Duration },
     #[error("printer `{printer}`: the connection closed before `{method}` was answered")]
     Closed { printer: String, method: String },
+    #[error("printer `{printer}` ignored `{action}` for {timeout:?}: {hint}")]
+    Ignored { printer: String, action: String, timeout: Duration, hint: String },
     #[error("printer `{printer}` cannot {action} now: it is {state:?}")]
     WrongState { printer: String, action: String, state: PrinterState },
 }
 
 /// The link to one printer. Implemented once per firmware; used as `Arc<dyn PrinterLink>`.
+///
+/// A firmware module provides its [`LinkChannels`] (what it publishes), how to send a
+/// request ([`PrinterLink::request`]) and how to stop; the confirmation of actions is the
+/// same for all (see [`channels`]).
 #[async_trait::async_trait]
 pub trait PrinterLink: Send + Sync {
+    /// The link's channels (events, status, cameras).
+    fn channels(&self) -> &LinkChannels;
+    /// How long an action may take until the printer reports it done.
+    fn action_timeout(&self) -> Duration;
+    /// Sends `act` to the printer; returns once the printer took the request (its
+    /// reported state then confirms it).
+    async fn request(&self, act: Act) -> Result<(), PrinterError>;
+    /// Stops the link's task and closes its connection.
+    async fn stop(&self);
+
+    /// Runs before each look at the state while an action is being confirmed (a link that
+    /// polls reads the state now).
+    fn poke(&self) {}
     /// The printer's name from the configuration.
-    fn name(&self) -> &str;
+    fn name(&self) -> &str {
+        self.channels().name()
+    }
     /// The events. The first call gets every event since the link was created; later
     /// calls get events from then on. A receiver that falls more than 1024 events behind
     /// gets `RecvError::Lagged` (the status watch always has the latest state).
-    fn events(&self) -> broadcast::Receiver<PrinterEvent>;
+    fn events(&self) -> broadcast::Receiver<PrinterEvent> {
+        self.channels().events()
+    }
     /// The latest status; changes whenever the printer reports something.
-    fn status(&self) -> watch::Receiver<PrinterStatus>;
+    fn status(&self) -> watch::Receiver<PrinterStatus> {
+        self.channels().status()
+    }
     /// The printer's cameras, re-read when the printer's host changes them.
-    fn cameras(&self) -> watch::Receiver<Vec<CameraInfo>>;
+    fn cameras(&self) -> watch::Receiver<Vec<CameraInfo>> {
+        self.channels().cameras()
+    }
+    /// Asks for `act` and waits until the printer reports it done.
+    async fn perform(&self, act: Act) -> Result<(), PrinterError> {
+        self.channels().act(act, self.action_timeout(), || self.poke(), self.request(act)).await
+    }
     /// Pauses the print; returns once the printer reports it paused.
-    async fn pause(&self) -> Result<(), PrinterError>;
+    async fn pause(&self) -> Result<(), PrinterError> {
+        self.perform(Act::Pause).await
+    }
     /// Resumes a paused print; returns once the printer reports it printing.
-    async fn resume(&self) -> Result<(), PrinterError>;
+    async fn resume(&self) -> Result<(), PrinterError> {
+        self.perform(Act::Resume).await
+    }
     /// Cancels the print; returns once the printer reports it no longer printing.
-    async fn cancel(&self) -> Result<(), PrinterError>;
-    /// Stops the link's task and closes its connection.
-    async fn stop(&self);
+    async fn cancel(&self) -> Result<(), PrinterError> {
+        self.perform(Act::Cancel).await
+    }
 }
 
 /// One `[[printers]]` entry of the configuration; `kind = "..."` picks the firmware path
-/// (`moonraker`, `octoprint`, `simulated` to try printvigil without a printer; OctoPrint, serial
-/// and Bambu links add variants).
+/// (`moonraker`, `marlin`, `octoprint`, `bambu`, `simulated` to try printvigil without a
+/// printer).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PrinterConfig {
@@ -202,6 +239,8 @@ pub enum PrinterConfig {
     /// A printer driven by OctoPrint.
     #[serde(rename = "octoprint")]
     OctoPrint(octoprint::OctoPrintConfig),
+    /// A Bambu Lab printer on the local network (MQTT over TLS).
+    Bambu(bambu::BambuConfig),
     /// A simulated printer running a scripted print (demo, trying printvigil out).
     Simulated(sim::SimConfig),
 }
@@ -213,17 +252,20 @@ impl PrinterConfig {
             PrinterConfig::Moonraker(m) => &m.name,
             PrinterConfig::Marlin(m) => &m.name,
             PrinterConfig::OctoPrint(o) => &o.name,
+            PrinterConfig::Bambu(b) => &b.name,
             PrinterConfig::Simulated(s) => &s.name,
         }
     }
 
-    /// The camera configured for this printer, if any (else the link's discovery).
-    pub fn camera(&self) -> Option<&crate::camera::CameraConfig> {
+    /// The camera configured for this printer, if any (else the link's discovery), with
+    /// what the printer entry supplies filled in (a Bambu printer's own camera).
+    pub fn camera(&self) -> Option<crate::camera::CameraConfig> {
         match self {
-            PrinterConfig::Moonraker(m) => m.camera.as_ref(),
-            PrinterConfig::Marlin(m) => m.camera.as_ref(),
-            PrinterConfig::OctoPrint(o) => o.camera.as_ref(),
-            PrinterConfig::Simulated(s) => s.camera.as_ref(),
+            PrinterConfig::Moonraker(m) => m.camera.clone(),
+            PrinterConfig::Marlin(m) => m.camera.clone(),
+            PrinterConfig::OctoPrint(o) => o.camera.clone(),
+            PrinterConfig::Bambu(b) => b.camera_config(),
+            PrinterConfig::Simulated(s) => s.camera.clone(),
         }
     }
 
@@ -233,6 +275,7 @@ impl PrinterConfig {
             PrinterConfig::Moonraker(m) => m.action_on_failure,
             PrinterConfig::Marlin(m) => m.action_on_failure,
             PrinterConfig::OctoPrint(o) => o.action_on_failure,
+            PrinterConfig::Bambu(b) => b.action_on_failure,
             PrinterConfig::Simulated(s) => s.action_on_failure,
         }
     }
@@ -247,17 +290,20 @@ impl PrinterConfig {
                 "give the printer a short name (1 to 64 characters), e.g. name = \"voron\"",
             ));
         }
+        // The entry's own keys first: a Bambu camera's URL is made from them.
+        match self {
+            PrinterConfig::Moonraker(m) => m.validate(key)?,
+            PrinterConfig::Marlin(m) => m.validate(key)?,
+            PrinterConfig::OctoPrint(o) => o.validate(key)?,
+            PrinterConfig::Bambu(b) => b.validate(key)?,
+            PrinterConfig::Simulated(s) => s.validate(key)?,
+        }
         if let Some(cam) = self.camera() {
             cam.validate().map_err(|e| {
                 crate::config::invalid(&format!("{key}.camera"), &format!("{:?}", cam.url), &e.to_string())
             })?;
         }
-        match self {
-            PrinterConfig::Moonraker(m) => m.validate(key),
-            PrinterConfig::Marlin(m) => m.validate(key),
-            PrinterConfig::OctoPrint(o) => o.validate(key),
-            PrinterConfig::Simulated(s) => s.validate(key),
-        }
+        Ok(())
     }
 
     /// Starts the link for this printer. `instance` tells printvigil instances that watch
@@ -267,6 +313,7 @@ impl PrinterConfig {
             PrinterConfig::Moonraker(m) => moonraker::MoonrakerLink::start(m.clone(), instance),
             PrinterConfig::Marlin(m) => marlin::MarlinLink::start(m.clone()),
             PrinterConfig::OctoPrint(o) => octoprint::OctoPrintLink::start(o.clone()),
+            PrinterConfig::Bambu(b) => bambu::BambuLink::start(b.clone(), instance),
             PrinterConfig::Simulated(s) => sim::SimPrinter::start(s),
         }
     }

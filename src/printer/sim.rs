@@ -23,10 +23,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::channels::LinkChannels;
+use super::channels::{Act, LinkChannels};
 use super::{
     CameraInfo, JobId, JobOutcome, PrinterError, PrinterEvent, PrinterLink, PrinterState, PrinterStatus,
     Temperature,
@@ -413,12 +413,15 @@ impl SimPrinter {
         Ok(())
     }
 
-    async fn action(
-        &self,
-        action: &str,
-        allowed: &[PrinterState],
-        apply: fn(&SimPrinter, &mut Inner),
-    ) -> Result<(), PrinterError> {
+    /// An action as the simulated printer carries it out: recorded when it arrives (also
+    /// when refused), checked, held for the action delay, checked again, applied.
+    async fn action(&self, act: Act) -> Result<(), PrinterError> {
+        let (action, allowed) = (act.as_str(), act.allowed());
+        let apply: fn(&SimPrinter, &mut Inner) = match act {
+            Act::Pause => |sim, g| sim.set_paused(g, true),
+            Act::Resume => |sim, g| sim.set_paused(g, false),
+            Act::Cancel => |sim, g| sim.end_print(g, JobOutcome::Cancelled),
+        };
         lock(&self.actions).push((action.to_string(), tokio::time::Instant::now().into_std()));
         info!(printer = %self.name, action, "simulated printer: action received");
         self.check(&self.lock(), action, allowed)?;
@@ -513,29 +516,19 @@ async fn script(sim: Weak<SimPrinter>, cfg: SimConfig, mut status: watch::Receiv
 
 #[async_trait::async_trait]
 impl PrinterLink for SimPrinter {
-    fn name(&self) -> &str {
-        &self.name
+    fn channels(&self) -> &LinkChannels {
+        &self.out
     }
-    fn events(&self) -> broadcast::Receiver<PrinterEvent> {
-        self.out.events()
+    fn action_timeout(&self) -> Duration {
+        Duration::from_secs(30)
     }
-    fn status(&self) -> watch::Receiver<PrinterStatus> {
-        self.out.status()
+    async fn request(&self, act: Act) -> Result<(), PrinterError> {
+        self.action(act).await
     }
-    fn cameras(&self) -> watch::Receiver<Vec<CameraInfo>> {
-        self.out.cameras()
-    }
-    async fn pause(&self) -> Result<(), PrinterError> {
-        self.action("pause", &[PrinterState::Printing], |sim, g| sim.set_paused(g, true)).await
-    }
-    async fn resume(&self) -> Result<(), PrinterError> {
-        self.action("resume", &[PrinterState::Paused], |sim, g| sim.set_paused(g, false)).await
-    }
-    async fn cancel(&self) -> Result<(), PrinterError> {
-        self.action("cancel", &[PrinterState::Printing, PrinterState::Paused], |sim, g| {
-            sim.end_print(g, JobOutcome::Cancelled)
-        })
-        .await
+    /// The simulated printer's own checks (it records refused actions too); its state
+    /// changes as the action is applied, so the action is confirmed when this returns.
+    async fn perform(&self, act: Act) -> Result<(), PrinterError> {
+        self.action(act).await
     }
     /// Ends the script; later actions are refused as `NotConnected`.
     async fn stop(&self) {
@@ -551,6 +544,7 @@ impl PrinterLink for SimPrinter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::broadcast;
     use tokio::sync::broadcast::error::TryRecvError;
 
     fn drain(rx: &mut broadcast::Receiver<PrinterEvent>) -> Vec<PrinterEvent> {

@@ -6,7 +6,10 @@
 //! loading (it is checked before the file is replaced). One file per printer kind.
 //! - [`edit`]: the comment-keeping config editor and the atomic, mode-keeping write.
 //! - [`octoprint`]: OctoPrint's Application Keys workflow (the user clicks Allow).
+//! - [`bambu`]: a Bambu Lab printer's certificate fingerprint (the user confirms it), serial
+//!   and access code, checked by logging in once.
 
+pub mod bambu;
 pub mod edit;
 pub mod octoprint;
 

@@ -28,8 +28,9 @@ pub async fn run(config: &Config) -> Vec<Line> {
         let online = printer_line(p.name(), link.as_ref(), offline_fix(p)).await;
         let ok = online.ok;
         out.push(online);
-        if ok || p.camera().is_some() {
-            out.push(camera_line(p.name(), p.camera(), link.as_ref()).await);
+        let camera = p.camera();
+        if ok || camera.is_some() {
+            out.push(camera_line(p.name(), camera.as_ref(), link.as_ref()).await);
         }
         link.stop().await;
     }
@@ -142,6 +143,9 @@ fn offline_fix(p: &crate::printer::PrinterConfig) -> &'static str {
         }
         crate::printer::PrinterConfig::OctoPrint(_) => {
             "check the printer's `url` and `api_key`, and that OctoPrint is running and connected to the printer"
+        }
+        crate::printer::PrinterConfig::Bambu(_) => {
+            "check the printer's `host`, `serial`, `access_code` and `fingerprint` (the log line above says which), that it is switched on, and that LAN-only mode is on"
         }
         _ => "check the printer's `url` and API key, and that Moonraker and Klipper are running",
     }

@@ -79,7 +79,7 @@ pub fn specs_from_config(config: &Config, instance: &str) -> Vec<WatchSpec> {
             // One printer: the server's `printer_id` setting applies to it.
             mirror_key: if single { crate::server::DEFAULT_PRINTER.to_string() } else { p.name().to_string() },
             link: p.connect(instance),
-            camera: p.camera().cloned().map(CameraChoice::Config).unwrap_or(CameraChoice::Discover),
+            camera: p.camera().map(CameraChoice::Config).unwrap_or(CameraChoice::Discover),
             action: p.action_on_failure().unwrap_or(config.watch.action_on_failure),
         })
         .collect()
@@ -349,7 +349,14 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
     } else {
         None
     };
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let sinks = crate::sink::Sinks::start(config, &parts.board, &events, &names, parts.mirror.clone());
     let result = supervise(config, specs, parts, events, signals()).await;
+    sinks.stop(SINK_STOP).await;
     drop(http);
     result
 }
+
+/// How long the sinks get to say goodbye after the watches stopped (MQTT's `offline`,
+/// notifications still queued).
+const SINK_STOP: Duration = Duration::from_secs(1);

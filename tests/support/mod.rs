@@ -2,13 +2,17 @@
 //! `mod support;`.
 #![allow(dead_code)]
 
+pub mod bambu;
 pub mod daemon;
 pub mod fake_obico;
 pub mod klipper;
 pub mod marlin;
+pub mod mosquitto;
+pub mod mqtt_client;
 pub mod notify;
 pub mod octoprint;
 pub mod proxy;
+pub mod recorder;
 pub mod snapcam;
 
 use std::path::PathBuf;

@@ -23,11 +23,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, watch};
 use tracing::warn;
 
-use super::channels::LinkChannels;
-use super::{CameraInfo, PrinterError, PrinterEvent, PrinterLink, PrinterState, PrinterStatus};
+use super::channels::{Act, LinkChannels};
+use super::{PrinterError, PrinterEvent, PrinterLink};
 
 mod config;
 pub mod line;
@@ -41,13 +40,6 @@ pub use line::{HostAction, Line, LineBuffer, MAX_LINE, parse_line};
 pub use port::{OpenError, candidates};
 
 /// An action the async side asks the thread for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Act {
-    Pause,
-    Resume,
-    Cancel,
-}
-
 pub(crate) struct Request {
     act: Act,
     reply: tokio::sync::oneshot::Sender<Result<(), String>>,
@@ -127,23 +119,6 @@ impl MarlinLink {
         self.shared.cfg.name.clone()
     }
 
-    async fn action(&self, act: Act, action: &str, allowed: &[PrinterState], done: fn(PrinterState) -> bool) -> Result<(), PrinterError> {
-        let timeout = Duration::from_secs(self.shared.cfg.action_timeout_secs);
-        let send = async {
-            let (tx, reply) = tokio::sync::oneshot::channel();
-            let sent = self.requests.lock().map(|r| r.send(Request { act, reply: tx }).is_ok()).unwrap_or(false);
-            if !sent {
-                return Err(PrinterError::NotConnected { printer: self.printer() });
-            }
-            match tokio::time::timeout(timeout, reply).await {
-                Ok(Ok(Ok(()))) => Ok(()),
-                Ok(Ok(Err(message))) => Err(PrinterError::Refused { printer: self.printer(), action: action.into(), message }),
-                Ok(Err(_)) => Err(PrinterError::Closed { printer: self.printer(), method: action.into() }),
-                Err(_) => Err(PrinterError::Timeout { printer: self.printer(), method: action.into(), timeout }),
-            }
-        };
-        self.shared.out.act(action, allowed, done, timeout, || {}, send).await
-    }
 }
 
 impl Drop for MarlinLink {
@@ -155,29 +130,26 @@ impl Drop for MarlinLink {
 
 #[async_trait::async_trait]
 impl PrinterLink for MarlinLink {
-    fn name(&self) -> &str {
-        &self.shared.cfg.name
+    fn channels(&self) -> &LinkChannels {
+        &self.shared.out
     }
-    fn events(&self) -> broadcast::Receiver<PrinterEvent> {
-        self.shared.out.events()
+    fn action_timeout(&self) -> Duration {
+        Duration::from_secs(self.shared.cfg.action_timeout_secs)
     }
-    fn status(&self) -> watch::Receiver<PrinterStatus> {
-        self.shared.out.status()
-    }
-    fn cameras(&self) -> watch::Receiver<Vec<CameraInfo>> {
-        self.shared.out.cameras()
-    }
-    async fn pause(&self) -> Result<(), PrinterError> {
-        self.action(Act::Pause, "pause", &[PrinterState::Printing], |s| s == PrinterState::Paused).await
-    }
-    async fn resume(&self) -> Result<(), PrinterError> {
-        self.action(Act::Resume, "resume", &[PrinterState::Paused], |s| s == PrinterState::Printing).await
-    }
-    async fn cancel(&self) -> Result<(), PrinterError> {
-        self.action(Act::Cancel, "cancel", &[PrinterState::Printing, PrinterState::Paused], |s| {
-            !matches!(s, PrinterState::Printing | PrinterState::Paused)
-        })
-        .await
+    async fn request(&self, act: Act) -> Result<(), PrinterError> {
+        let action = act.as_str();
+        let timeout = self.action_timeout();
+        let (tx, reply) = tokio::sync::oneshot::channel();
+        let sent = self.requests.lock().map(|r| r.send(Request { act, reply: tx }).is_ok()).unwrap_or(false);
+        if !sent {
+            return Err(PrinterError::NotConnected { printer: self.printer() });
+        }
+        match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(message))) => Err(PrinterError::Refused { printer: self.printer(), action: action.into(), message }),
+            Ok(Err(_)) => Err(PrinterError::Closed { printer: self.printer(), method: action.into() }),
+            Err(_) => Err(PrinterError::Timeout { printer: self.printer(), method: action.into(), timeout }),
+        }
     }
     async fn stop(&self) {
         self.shared.stop.store(true, Ordering::Relaxed);

@@ -29,10 +29,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::{broadcast, watch};
 
-use super::channels::{LinkChannels, LinkTask};
-use super::{CameraInfo, PrinterError, PrinterEvent, PrinterLink, PrinterState, PrinterStatus};
+use super::channels::{Act, LinkChannels, LinkTask};
+use super::{PrinterError, PrinterEvent, PrinterLink};
 use rpc::{CallError, Rpc};
 
 mod config;
@@ -106,62 +105,30 @@ impl MoonrakerLink {
         self.shared.cfg.name.clone()
     }
 
-    async fn action(
-        &self,
-        action: &str,
-        method: &str,
-        allowed: &[PrinterState],
-        done: fn(PrinterState) -> bool,
-    ) -> Result<(), PrinterError> {
-        let timeout = Duration::from_secs(self.shared.cfg.action_timeout_secs);
-        let send = async {
-            let rpc = self.shared.current_rpc().ok_or_else(|| PrinterError::NotConnected { printer: self.printer() })?;
-            rpc.call_timeout(method, json!({}), timeout).await.map_err(|e| match e {
-                CallError::Rpc { message, .. } => {
-                    PrinterError::Refused { printer: self.printer(), action: action.into(), message }
-                }
-                other => other.into_printer_error(&self.shared.cfg.name, method),
-            })?;
-            Ok(())
-        };
-        self.shared.out.act(action, allowed, done, timeout, || {}, send).await
-    }
 }
 
 #[async_trait::async_trait]
 impl PrinterLink for MoonrakerLink {
-    fn name(&self) -> &str {
-        &self.shared.cfg.name
+    fn channels(&self) -> &LinkChannels {
+        &self.shared.out
     }
-    fn events(&self) -> broadcast::Receiver<PrinterEvent> {
-        self.shared.out.events()
+    fn action_timeout(&self) -> Duration {
+        Duration::from_secs(self.shared.cfg.action_timeout_secs)
     }
-    fn status(&self) -> watch::Receiver<PrinterStatus> {
-        self.shared.out.status()
-    }
-    fn cameras(&self) -> watch::Receiver<Vec<CameraInfo>> {
-        self.shared.out.cameras()
-    }
-    async fn pause(&self) -> Result<(), PrinterError> {
-        self.action("pause", "printer.print.pause", &[PrinterState::Printing], |s| {
-            s == PrinterState::Paused
-        })
-        .await
-    }
-    async fn resume(&self) -> Result<(), PrinterError> {
-        self.action("resume", "printer.print.resume", &[PrinterState::Paused], |s| {
-            s == PrinterState::Printing
-        })
-        .await
-    }
-    async fn cancel(&self) -> Result<(), PrinterError> {
-        self.action(
-            "cancel",
-            "printer.print.cancel",
-            &[PrinterState::Printing, PrinterState::Paused],
-            |s| !matches!(s, PrinterState::Printing | PrinterState::Paused),
-        )
-        .await
+    async fn request(&self, act: Act) -> Result<(), PrinterError> {
+        let method = match act {
+            Act::Pause => "printer.print.pause",
+            Act::Resume => "printer.print.resume",
+            Act::Cancel => "printer.print.cancel",
+        };
+        let rpc = self.shared.current_rpc().ok_or_else(|| PrinterError::NotConnected { printer: self.printer() })?;
+        rpc.call_timeout(method, json!({}), self.action_timeout()).await.map_err(|e| match e {
+            CallError::Rpc { message, .. } => {
+                PrinterError::Refused { printer: self.printer(), action: act.as_str().into(), message }
+            }
+            other => other.into_printer_error(&self.shared.cfg.name, method),
+        })?;
+        Ok(())
     }
     async fn stop(&self) {
         self.task.stop(&self.shared.cfg.name).await;

@@ -29,12 +29,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::channels::{LinkChannels, LinkTask};
-use super::{CameraInfo, PrinterError, PrinterEvent, PrinterLink, PrinterState, PrinterStatus};
+use super::channels::{Act, LinkChannels, LinkTask};
+use super::{PrinterError, PrinterEvent, PrinterLink, PrinterStatus};
 use push::Push;
 use rest::{Rest, RestError};
 use tracker::{Snapshot, Tracker};
@@ -107,72 +107,39 @@ impl OctoPrintLink {
         self.shared.cfg.name.clone()
     }
 
-    async fn action(
-        &self,
-        action: &str,
-        body: Value,
-        allowed: &[PrinterState],
-        done: fn(PrinterState) -> bool,
-    ) -> Result<(), PrinterError> {
-        let timeout = Duration::from_secs(self.shared.cfg.action_timeout_secs);
-        let refused = |message: String| PrinterError::Refused {
-            printer: self.printer(),
-            action: action.into(),
-            message,
-        };
-        let send = async {
-            match self.shared.rest.post("api/job", &body).await {
-                Ok(_) => Ok(()),
-                Err(RestError::Conflict(why)) => Err(refused(format!(
-                    "OctoPrint answered 409 ({why}): the printer is not printing or not connected"
-                ))),
-                Err(RestError::Unauthorized(code)) => Err(refused(format!(
-                    "OctoPrint refused the API key (HTTP {code}); set a valid api_key for this printer (printvigil setup octoprint)"
-                ))),
-                Err(RestError::Network(_)) => Err(PrinterError::NotConnected { printer: self.printer() }),
-                Err(e) => Err(refused(e.to_string())),
-            }
-        };
-        // Confirmed by the state, read now and every second (the push socket, when up, is
-        // faster still).
-        self.shared.out.act(action, allowed, done, timeout, || self.shared.kick.notify_one(), send).await
-    }
 }
 
 #[async_trait::async_trait]
 impl PrinterLink for OctoPrintLink {
-    fn name(&self) -> &str {
-        &self.shared.cfg.name
+    fn channels(&self) -> &LinkChannels {
+        &self.shared.out
     }
-    fn events(&self) -> broadcast::Receiver<PrinterEvent> {
-        self.shared.out.events()
+    fn action_timeout(&self) -> Duration {
+        Duration::from_secs(self.shared.cfg.action_timeout_secs)
     }
-    fn status(&self) -> watch::Receiver<PrinterStatus> {
-        self.shared.out.status()
+    /// Confirmed by the state, read now and every second (the push socket, when up, is
+    /// faster still).
+    fn poke(&self) {
+        self.shared.kick.notify_one();
     }
-    fn cameras(&self) -> watch::Receiver<Vec<CameraInfo>> {
-        self.shared.out.cameras()
-    }
-    async fn pause(&self) -> Result<(), PrinterError> {
-        self.action("pause", json!({"command": "pause", "action": "pause"}), &[PrinterState::Printing], |s| {
-            s == PrinterState::Paused
-        })
-        .await
-    }
-    async fn resume(&self) -> Result<(), PrinterError> {
-        self.action("resume", json!({"command": "pause", "action": "resume"}), &[PrinterState::Paused], |s| {
-            s == PrinterState::Printing
-        })
-        .await
-    }
-    async fn cancel(&self) -> Result<(), PrinterError> {
-        self.action(
-            "cancel",
-            json!({"command": "cancel"}),
-            &[PrinterState::Printing, PrinterState::Paused],
-            |s| !matches!(s, PrinterState::Printing | PrinterState::Paused),
-        )
-        .await
+    async fn request(&self, act: Act) -> Result<(), PrinterError> {
+        let body = match act {
+            Act::Pause => json!({"command": "pause", "action": "pause"}),
+            Act::Resume => json!({"command": "pause", "action": "resume"}),
+            Act::Cancel => json!({"command": "cancel"}),
+        };
+        let refused = |message: String| PrinterError::Refused { printer: self.printer(), action: act.as_str().into(), message };
+        match self.shared.rest.post("api/job", &body).await {
+            Ok(_) => Ok(()),
+            Err(RestError::Conflict(why)) => Err(refused(format!(
+                "OctoPrint answered 409 ({why}): the printer is not printing or not connected"
+            ))),
+            Err(RestError::Unauthorized(code)) => Err(refused(format!(
+                "OctoPrint refused the API key (HTTP {code}); set a valid api_key for this printer (printvigil setup octoprint)"
+            ))),
+            Err(RestError::Network(_)) => Err(PrinterError::NotConnected { printer: self.printer() }),
+            Err(e) => Err(refused(e.to_string())),
+        }
     }
     async fn stop(&self) {
         self.task.stop(&self.shared.cfg.name).await;
@@ -374,6 +341,7 @@ mod tests {
     //! refuse an action the link believed possible (the print ended between the link's
     //! last view and the request), and send an answer over the size cap.
     use super::*;
+    use crate::printer::PrinterState;
     use axum::http::StatusCode;
     use axum::routing::get;
 
