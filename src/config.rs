@@ -79,11 +79,10 @@ pub struct DetectorConfig {
     /// and `/usr/lib/printvigil/`.
     pub onnxruntime: Option<PathBuf>,
     /// ONNX Runtime intra-op threads per session; 0 = choose: all cores but one (the
-    /// printer host keeps one), at most 4 per session (see [`crate::schedule::plan`]).
+    /// printer host keeps one), split among the sessions (see [`crate::schedule::plan`]).
     pub intra_threads: usize,
     /// Inference sessions side by side, each scoring its own frame (several printers);
-    /// 0 = choose: as many as the spare cores hold at `intra_threads` each, no more than
-    /// the printers. Each session adds its working memory (the weights are shared).
+    /// 0 = one. Each session holds its own weights (~270 MiB with Obico's model).
     pub sessions: usize,
     /// Obico's detective sensitivity, 0.8 (fewer alerts) .. 1.2 (more): [`SENSITIVITY`].
     pub sensitivity: f64,

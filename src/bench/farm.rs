@@ -16,7 +16,10 @@
 //! - resident memory (peak sampled during the run, and `VmHWM`) against the goal
 //!   `300 MiB + 2 MiB x N`.
 //!
-//! The first frames of each printer (the run's start) are left out of the figures.
+//! The figures cover the window from the moment every printer has had its first frame
+//! scored (the start, when all printers ask at once, is left out) to the end. Under
+//! saturation a run needs about ten rounds of the printers in that window for the counts
+//! (and Jain's index) to mean something: `--duration` accordingly.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -117,9 +120,6 @@ pub fn quantile(v: &[Duration], q: f64) -> Duration {
 pub fn rss_goal_mib(printers: usize) -> f64 {
     300.0 + 2.0 * printers as f64
 }
-
-/// Frames of each printer left out at the start.
-const SKIP: usize = 2;
 
 #[derive(Debug, Clone, Copy)]
 struct Seen {
@@ -252,8 +252,8 @@ fn summarise(seen: &HashMap<String, Vec<Seen>>, printers: usize, total: Duration
     let mut names: Vec<&String> = seen.keys().collect();
     names.sort();
     let warned_name = (printers >= 2).then(|| "printer-00".to_string());
-    // The window: from the latest of the printers' first counted frames to the end.
-    let from = names.iter().filter_map(|n| seen[*n].get(SKIP).map(|s| s.decided)).max();
+    // The window: from the moment every printer had its first frame scored, to the end.
+    let from = if names.len() == printers { names.iter().filter_map(|n| seen[*n].first().map(|s| s.decided)).max() } else { None };
     let to = names.iter().filter_map(|n| seen[*n].last().map(|s| s.decided)).max();
     let window = match (from, to) {
         (Some(a), Some(b)) if b > a => b - a,
@@ -267,8 +267,9 @@ fn summarise(seen: &HashMap<String, Vec<Seen>>, printers: usize, total: Duration
     let mut counts = Vec::new();
     for n in &names {
         let v = &seen[*n];
-        let counted: Vec<&Seen> = v.iter().skip(SKIP).collect();
-        let in_window = from.map_or(counted.len(), |f| v.iter().filter(|s| s.decided >= f).count());
+        // Frames after the window opened (the one that opened it excluded).
+        let counted: Vec<&Seen> = v.iter().filter(|s| from.is_some_and(|f| s.decided > f)).collect();
+        let in_window = counted.len();
         let intervals: Vec<Duration> = counted.windows(2).map(|w| w[1].decided - w[0].decided).collect();
         let warned = warned_name.as_ref() == Some(*n);
         if warned {

@@ -30,26 +30,20 @@ pub struct Plan {
     pub threads: usize,
 }
 
-/// Most intra-op threads one session gets by default: a convolution network's run splits
-/// well over a few threads, and past that more sessions side by side (each on its own
-/// frame) use the cores better than more threads on one frame.
-pub const MAX_DEFAULT_THREADS: usize = 4;
-
 /// Sessions and threads per session for `cores` cores. `threads` and `sessions` are the
-/// settings (0 = choose). One core is left to the printer host; a session gets up to
-/// [`MAX_DEFAULT_THREADS`] threads, and the other cores hold more sessions, never more
-/// than `printers` (a session no printer can keep busy only costs memory).
+/// settings (0 = choose); `printers` caps the sessions (a session no printer keeps busy
+/// only costs memory).
 ///
-/// | cores | default |
-/// |---|---|
-/// | 1 or 2 | 1 session x 1 thread |
-/// | 4 | 1 session x 3 threads |
-/// | 8 | 1 session x 4 threads (7 spare: 4 + 3 would give a lopsided second session) |
-/// | 16 | 3 sessions x 4 threads |
+/// By default one session gets every core but one (the printer host keeps one): 1 thread
+/// on 2 cores, 3 on 4, 15 on 16. One session, because sessions do not share their
+/// weights: measured with the full-size model, a second session adds ~270 MiB (555 MiB for
+/// two against 299 for one), past the farm's memory goal (one model in memory, 300 MiB +
+/// 2 MiB per printer). A host with memory to spare sets `detector.sessions` (and
+/// `intra_threads`, e.g. 4 x 4 threads on 16 cores) for more frames per second.
 pub fn plan(cores: usize, threads: usize, sessions: usize, printers: usize) -> Plan {
     let spare = cores.saturating_sub(1).max(1);
-    let threads = if threads > 0 { threads } else { spare.min(MAX_DEFAULT_THREADS) };
-    let sessions = if sessions > 0 { sessions } else { (spare / threads).clamp(1, printers.max(1)) };
+    let sessions = if sessions > 0 { sessions.min(printers.max(1)) } else { 1 };
+    let threads = if threads > 0 { threads } else { (spare / sessions).max(1) };
     Plan { sessions, threads }
 }
 
@@ -62,10 +56,10 @@ mod tests {
         assert_eq!(plan(1, 0, 0, 4), Plan { sessions: 1, threads: 1 });
         assert_eq!(plan(2, 0, 0, 4), Plan { sessions: 1, threads: 1 });
         assert_eq!(plan(4, 0, 0, 4), Plan { sessions: 1, threads: 3 });
-        assert_eq!(plan(8, 0, 0, 4), Plan { sessions: 1, threads: 4 });
-        assert_eq!(plan(16, 0, 0, 32), Plan { sessions: 3, threads: 4 });
-        assert_eq!(plan(16, 0, 0, 2), Plan { sessions: 2, threads: 4 }, "no more sessions than printers");
-        assert_eq!(plan(16, 2, 0, 32), Plan { sessions: 7, threads: 2 });
-        assert_eq!(plan(2, 0, 2, 1), Plan { sessions: 2, threads: 1 }, "explicit settings win");
+        assert_eq!(plan(16, 0, 0, 32), Plan { sessions: 1, threads: 15 });
+        assert_eq!(plan(16, 0, 3, 32), Plan { sessions: 3, threads: 5 }, "sessions split the spare cores");
+        assert_eq!(plan(16, 4, 4, 32), Plan { sessions: 4, threads: 4 });
+        assert_eq!(plan(16, 0, 8, 2), Plan { sessions: 2, threads: 7 }, "no more sessions than printers");
+        assert_eq!(plan(2, 2, 2, 4), Plan { sessions: 2, threads: 2 }, "explicit settings win");
     }
 }

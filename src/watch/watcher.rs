@@ -586,9 +586,9 @@ impl Watcher {
             self.record.acted = true;
             self.act(self.action, decided, p);
         }
-        // A warning (or a pause not carried out: the cooldown, a refused action): the next
-        // frame may be the one that pauses, so it goes first.
-        self.urgent = (verdict.warn || verdict.pause) && !self.record.acted;
+        // A warning (or a pause decision not carried out: the cooldown, a refused action):
+        // the next frame may be the one that pauses, so it goes first.
+        self.urgent = verdict.warn || (verdict.pause && !self.record.acted);
         self.save();
         let warn = verdict.warn && self.last_warn.is_none_or(|t| t.elapsed() >= self.shared.cfg.cooldown());
         if warn {
