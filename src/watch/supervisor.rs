@@ -182,7 +182,10 @@ pub async fn supervise(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut loops = Vec::new();
     let mut links: Vec<Arc<dyn PrinterLink>> = Vec::new();
-    for spec in specs {
+    let count = specs.len() as u32;
+    for (i, spec) in specs.into_iter().enumerate() {
+        // The watches' frames spread over the cadence.
+        let phase = config.watch.cadence() * i as u32 / count.max(1);
         if let Some(m) = &parts.mirror {
             // The mirror's log lines name the printer, not its key (`default` for one printer).
             m.set_label(&spec.mirror_key, &spec.name);
@@ -191,7 +194,7 @@ pub async fn supervise(
         links.push(spec.link.clone());
         let name = spec.name.clone();
         let registration = parts.board.register(&spec.name);
-        let handle = tokio::spawn(watcher::run(spec, shared.clone(), registration, vitals.clone(), epoch, stop_rx.clone()));
+        let handle = tokio::spawn(watcher::run(spec, shared.clone(), registration, vitals.clone(), epoch, phase, stop_rx.clone()));
         loops.push((name, vitals, handle));
     }
     let names: Vec<&str> = loops.iter().map(|l| l.0.as_str()).collect();

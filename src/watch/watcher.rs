@@ -112,13 +112,15 @@ struct Watcher {
 }
 
 /// Runs one printer's watch until `shutdown` turns true; `registration` is the printer's
-/// place on the board (the supervisor registers every printer before any watch starts).
+/// place on the board (the supervisor registers every printer before any watch starts);
+/// its first frame comes `phase` after the start (watches started together spread out).
 pub async fn run(
     spec: WatchSpec,
     shared: Shared,
     mut registration: Registration,
     vitals: Arc<Vitals>,
     epoch: Instant,
+    phase: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let record = match shared.store.load(&spec.name) {
@@ -163,7 +165,9 @@ pub async fn run(
     };
     let mut events = w.link.events();
     let mut status = w.link.status();
-    let mut ticker = tokio::time::interval(w.shared.cfg.cadence());
+    // Watches started together tick `phase` apart, so that their frames do not all reach
+    // the detector at the same moment (and wait behind each other).
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, w.shared.cfg.cadence());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     w.sync_status(&status.borrow_and_update().clone());
