@@ -14,7 +14,8 @@
 # python3-pip fetches ONNX Runtime's wheel; python3-venv makes the test venvs.
 # Tests: libusb-dev builds the Klipper peer's C helper, libsodium23 is loaded by Moonraker,
 # systemd brings systemd-analyze for the unit checks, mosquitto is the MQTT broker peer,
-# tmux types into `printvigil setup` as a person does.
+# chromium (headless) loads the status page, tmux types into `printvigil setup` as a
+# person does.
 # Package: lintian checks the .deb, debootstrap makes the Debian root it is installed into,
 # the cross compilers (C and C++: libjpeg-turbo, SQLite, aws-lc) build for 64- and 32-bit
 # Pi OS, qemu-user runs those builds (scripts/package.sh, scripts/test-package.sh,
@@ -24,7 +25,7 @@
 set -euo pipefail
 
 build=(gcc g++ libc6-dev make cmake nasm python3-pip python3-venv)
-tests=(libusb-dev libsodium23 systemd mosquitto tmux)
+tests=(libusb-dev libsodium23 systemd mosquitto chromium tmux)
 package=(lintian debootstrap gcc-aarch64-linux-gnu g++-aarch64-linux-gnu gcc-arm-linux-gnueabihf
   g++-arm-linux-gnueabihf qemu-user)
 
@@ -33,7 +34,7 @@ for arg in "$@"; do
   case "$arg" in
     --test) wanted+=("${tests[@]}") ;;
     --package) wanted+=("${package[@]}") ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "setup-system: unknown argument: $arg (see --help)" >&2; exit 2 ;;
   esac
 done

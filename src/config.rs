@@ -46,6 +46,12 @@ pub struct Config {
     pub watch: crate::watch::WatchConfig,
     /// The printers to watch (`[[printers]]` entries).
     pub printers: Vec<crate::printer::PrinterConfig>,
+    /// The status page and `/metrics`.
+    pub http: crate::http::HttpConfig,
+    /// The MQTT broker to publish to (state, events, Home Assistant discovery); absent: none.
+    pub mqtt: Option<crate::sink::mqtt::MqttConfig>,
+    /// Notifications (`[[notify]]` entries: webhook, ntfy, Telegram, Discord).
+    pub notify: Vec<crate::sink::notify::NotifyConfig>,
 }
 
 impl Default for Config {
@@ -56,6 +62,9 @@ impl Default for Config {
             server: None,
             watch: crate::watch::WatchConfig::default(),
             printers: Vec::new(),
+            http: crate::http::HttpConfig::default(),
+            mqtt: None,
+            notify: Vec::new(),
         }
     }
 }
@@ -69,15 +78,19 @@ pub struct DetectorConfig {
     /// Path of `libonnxruntime.so`; tried before `ORT_DYLIB_PATH`, the executable's folder
     /// and `/usr/lib/printvigil/`.
     pub onnxruntime: Option<PathBuf>,
-    /// ONNX Runtime intra-op threads; 0 = all cores but one (the printer host keeps one).
+    /// ONNX Runtime intra-op threads per session; 0 = choose: all cores but one (the
+    /// printer host keeps one), split among the sessions (see [`crate::schedule::plan`]).
     pub intra_threads: usize,
+    /// Inference sessions side by side, each scoring its own frame (several printers);
+    /// 0 = one. Each session holds its own weights (~270 MiB with Obico's model).
+    pub sessions: usize,
     /// Obico's detective sensitivity, 0.8 (fewer alerts) .. 1.2 (more): [`SENSITIVITY`].
     pub sensitivity: f64,
 }
 
 impl Default for DetectorConfig {
     fn default() -> Self {
-        Self { model: None, onnxruntime: None, intra_threads: 0, sensitivity: 1.0 }
+        Self { model: None, onnxruntime: None, intra_threads: 0, sessions: 0, sensitivity: 1.0 }
     }
 }
 
@@ -89,13 +102,15 @@ impl DetectorConfig {
         })
     }
 
-    /// Intra-op thread count after resolving `0` (auto): all cores but one, at least one.
+    /// Intra-op thread count per session after resolving `0` (auto).
     pub fn threads(&self) -> usize {
-        if self.intra_threads > 0 {
-            return self.intra_threads;
-        }
+        self.plan(1).threads
+    }
+
+    /// Sessions and threads per session for watching `printers` printers on this host.
+    pub fn plan(&self, printers: usize) -> crate::schedule::Plan {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        cores.saturating_sub(1).max(1)
+        crate::schedule::plan(cores, self.intra_threads, self.sessions, printers)
     }
 }
 
@@ -167,11 +182,26 @@ impl Config {
                 "use 0 (all cores but one) or a small thread count such as 2",
             ));
         }
+        if d.sessions > 64 {
+            return Err(invalid(
+                "detector.sessions",
+                &d.sessions.to_string(),
+                "use 0 (as many as the cores hold) or a small count such as 2; each session adds memory",
+            ));
+        }
         if let Some(s) = &self.server {
             s.validate()?;
         }
         self.watch.validate()?;
+        self.http.validate()?;
+        if let Some(m) = &self.mqtt {
+            m.validate()?;
+        }
+        for (i, n) in self.notify.iter().enumerate() {
+            n.validate(&format!("notify[{i}]"))?;
+        }
         let mut names = std::collections::HashSet::new();
+        let mut slugs = std::collections::HashMap::new();
         for (i, p) in self.printers.iter().enumerate() {
             let key = format!("printers[{i}]");
             p.validate(&key)?;
@@ -180,6 +210,15 @@ impl Config {
                     &format!("{key}.name"),
                     &format!("{:?}", p.name()),
                     "another printer already has this name; give each printer its own name",
+                ));
+            }
+            if self.mqtt.is_some()
+                && let Some(other) = slugs.insert(crate::sink::mqtt::topics::slug(p.name()), p.name().to_string())
+            {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    &format!("{:?}", p.name()),
+                    &format!("on MQTT it would share a topic with printer {other:?} (names are cut to lower-case letters, digits, - and _); rename one of them"),
                 ));
             }
         }
@@ -378,6 +417,37 @@ mod tests {
         assert!(e.contains("server.client_auth"), "{e}");
         let e = Config::from_toml_str("[server]\nurl = \"https://x\"\nuplod = \"always\"\n").unwrap_err().to_string();
         assert!(e.contains("uplod") && e.contains("upload"), "{e}");
+    }
+
+    #[test]
+    fn mqtt_and_notify_sections_parse_and_their_secrets_stay_hidden() {
+        let c = Config::from_toml_str(
+            "[mqtt]\nurl = \"mqtts://bob:url-pass-1@broker.lan\"\nusername = \"pv\"\npassword = \"mqtt-pass-2\"\n\
+             [[notify]]\nkind = \"telegram\"\ntoken = \"123:tg-token-3\"\nchat_id = \"42\"\n\
+             [[notify]]\nkind = \"discord\"\nurl = \"https://discord.com/api/webhooks/1/dc-token-4\"\nevents = [\"pause\"]\n\
+             [[notify]]\nkind = \"webhook\"\nurl = \"https://h/hook\"\nheaders = { Authorization = \"Bearer hdr-5\" }\n\
+             [[printers]]\nname = \"a\"\nkind = \"simulated\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.as_ref().unwrap().password.as_ref().unwrap().expose(), "mqtt-pass-2");
+        assert_eq!(c.notify.len(), 3);
+        assert_eq!(c.notify[1].events, [crate::sink::notify::AlertKind::Pause]);
+        for shown in [format!("{c:?}"), serde_json::to_string(&c).unwrap()] {
+            for secret in ["url-pass-1", "mqtt-pass-2", "tg-token-3", "dc-token-4", "hdr-5"] {
+                assert!(!shown.contains(secret), "{secret} shown: {shown}");
+            }
+        }
+        let e = Config::from_toml_str("[[notify]]\nkind = \"ntfy\"\nurl = \"https://ntfy.sh/t\"\nevnts = []\n").unwrap_err().to_string();
+        assert!(e.contains("notify[0].evnts") && e.contains("events"), "{e}");
+        let e = Config::from_toml_str("[[notify]]\nkind = \"sms\"\n").unwrap_err().to_string();
+        assert!(e.contains("notify[0].kind"), "{e}");
+        let e = Config::from_toml_str("[[notify]]\nkind = \"ntfy\"\nurl = \"https://ntfy.sh/t\"\nevents = [\"explode\"]\n").unwrap_err().to_string();
+        assert!(e.contains("notify[0].events"), "{e}");
+        let e = Config::from_toml_str("[mqtt]\nurl = \"http://x\"\n").unwrap_err().to_string();
+        assert!(e.contains("mqtt.url"), "{e}");
+        let twins = "[mqtt]\nurl = \"mqtt://h\"\n[[printers]]\nname = \"Voron 2\"\nkind = \"simulated\"\n[[printers]]\nname = \"voron-2\"\nkind = \"simulated\"\n";
+        let e = Config::from_toml_str(twins).unwrap_err().to_string();
+        assert!(e.contains("printers[1].name") && e.contains("MQTT"), "{e}");
     }
 
     #[test]

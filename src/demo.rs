@@ -5,6 +5,11 @@
 //! real watch loop and supervisor smooth, warn and pause; an in-process stand-in Obico
 //! server receives start, predict and finish through the real outbox. Frames come every
 //! fraction of a second instead of every 10 s so the demo takes seconds, not minutes.
+//!
+//! With a broker (`--mqtt URL`, the config's `[mqtt]`, or one answering on
+//! 127.0.0.1:1883) the demo publishes too, under `<topic prefix>-demo` with its own
+//! availability: Home Assistant shows a `demo` device whose failure score rises, whose
+//! "Failing" turns on and whose last decision frame appears as the print is paused.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -78,6 +83,16 @@ pub struct DemoOptions {
     pub cadence: Duration,
     /// `detector.onnxruntime` from the config, if set.
     pub onnxruntime: Option<PathBuf>,
+    /// A broker to publish to as well (its prefix and client id get `-demo` added).
+    pub mqtt: Option<crate::sink::mqtt::MqttConfig>,
+}
+
+/// The standard MQTT port on this host, when a broker answers there.
+pub fn local_broker() -> Option<crate::sink::mqtt::MqttConfig> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1883));
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300))
+        .ok()
+        .map(|_| crate::sink::mqtt::MqttConfig::new("mqtt://127.0.0.1:1883"))
 }
 
 /// What the demo saw, for the summary.
@@ -165,13 +180,27 @@ pub async fn run(opts: DemoOptions) -> Result<Summary, DemoError> {
         camera: CameraChoice::Ready(Box::new(camera)),
         action: Action::Pause,
     };
+    let board = crate::watch::view::Board::new();
     let parts = Parts {
-        detector: Some(Detector::new(model)),
+        scheduler: crate::watch::frame_scheduler(vec![Detector::new(model)], config.watch.cadence()),
         mirror: Some(mirror.clone()),
         store: Arc::new(StateStore::open(&state_file(&state_dir))?),
-        board: crate::watch::view::Board::new(),
+        board: board.clone(),
     };
     let (tx, mut events) = broadcast::channel(1024);
+    if let Some(mut m) = opts.mqtt.clone() {
+        let host = crate::server::hostname();
+        m.topic_prefix = Some(format!("{}-demo", m.prefix(&host)));
+        m.client_id = Some(format!("{}-demo", m.client_id_for(&host)));
+        m.reconnect_max_secs = m.reconnect_max_secs.min(5.0);
+        println!(
+            "MQTT      publishing to {} under {}/{PRINTER}/ (Home Assistant: device `{PRINTER}`)",
+            m.url,
+            m.topic_prefix.as_deref().unwrap_or_default()
+        );
+        config.mqtt = Some(m);
+    }
+    let sinks = crate::sink::Sinks::start(&config, &board, &tx, &[PRINTER.to_string()], Some(mirror.clone()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let cfg = config.clone();
     let supervisor = tokio::spawn(async move {
@@ -264,11 +293,13 @@ pub async fn run(opts: DemoOptions) -> Result<Summary, DemoError> {
             }
             WatchEvent::CameraFailed { message, .. } => println!("camera    {message}"),
             WatchEvent::CameraBack { .. } => println!("camera    frames again"),
+            WatchEvent::FrameFailed { .. } => {}
         }
     }
     let _ = mirror.flush(Duration::from_secs(10)).await;
     let _ = stop_tx.send(());
     supervisor.await.map_err(|e| DemoError::Server(e.to_string()))??;
+    sinks.stop(Duration::from_secs(2)).await;
     let got = server.received();
     sum.server_starts = got.starts;
     sum.server_predicts = got.predicts;

@@ -32,6 +32,10 @@
 //!   - [`camera::bambu`]: a Bambu Lab A1/P1 printer's own camera (TLS on port 6000, an
 //!     access packet, length-prefixed JPEGs).
 //! - [`bench`]: the `printvigil bench` figures (per-stage timings, memory).
+//! - [`http`]: the daemon's small HTTP server (`[http]`, loopback by default, a token for
+//!   other addresses): [`http::metrics`] (`/metrics` for Prometheus) and [`http::status`]
+//!   (the status page, its JSON, the latest frame with boxes, "resume watching" and
+//!   "snooze"); a sink reading the board, the events, the scheduler and the mirror.
 //! - [`logging`]: log lines to journald under systemd (`JOURNAL_STREAM`), else to stderr;
 //!   the `PRINTVIGIL_LOG` filter, with dependencies that log secrets capped at info.
 //! - [`printer`]: printer links, one module per firmware behind one trait
@@ -60,6 +64,12 @@
 //!     (states, print identity, error pauses, the events), `session` (TLS with the pinned
 //!     certificate, MQTT, `pushall`, troubles told once, retries, confirmed actions).
 //!   - [`printer::sim`]: a simulated printer (the demo's, the tests', `kind = "simulated"`).
+//! - [`schedule`]: the inference scheduler, one queue in front of the detector shared by
+//!   every watch: the freshest frame per printer, max-min fair turns, a warned printer
+//!   first, one worker per session, the load and the stretch of every cadence.
+//!   - [`schedule::queue`]: the queue's rules, a plain data structure.
+//!   - [`schedule::pool`]: the worker threads, clients, tickets, the stop.
+//!   - [`schedule::load`]: per-frame cost, load, stretch, per-printer figures.
 //! - [`secret`]: a string type that redacts itself (tokens, keys, passwords).
 //! - [`server`]: the mirror to an Obico-compatible server (a sink).
 //!   - [`server::config`]: the `[server]` settings.
@@ -71,6 +81,17 @@
 //!   - [`server::outbox`]: the durable SQLite outbox and printer registration record.
 //!   - [`server::upload`]: upload policy and shrink-to-fit of frames.
 //!   - [`server::standin`]: a stand-in Obico server: the demo's, and the tests' fake.
+//! - [`sink`]: where what the watches see goes (besides the printer and the mirror), each
+//!   sink in its own tasks with bounded queues, never holding up a watch.
+//!   - [`sink::mqtt`]: state, events and frames on an MQTT broker (`rumqttc`), Home
+//!     Assistant discovery, commands back to the watches; a folder: `config`, `tls`,
+//!     `client` (connection, last will, reconnect), `queue` (bounded, drop-oldest),
+//!     `topics`, `telemetry`, `discovery`, `commands`.
+//!   - [`sink::notify`]: `[[notify]]` messages people see; a folder: `config`, `alert`,
+//!     `ratelimit`, `deliver` (tries, backoff, answers), `webhook`, `ntfy`, `telegram`,
+//!     `discord`.
+//!   - [`sink::views`]: following many printers' views from one sink task.
+//!   - [`sink::check`]: the sinks' lines of `printvigil check`; `printvigil notify test`.
 //! - [`setup`]: `printvigil setup`: finds a printer, asks it for keys, writes the config
 //!   (comments kept, [`setup::edit`]); one file per printer kind ([`setup::octoprint`],
 //!   [`setup::bambu`]).
@@ -95,12 +116,15 @@ pub mod config;
 pub mod demo;
 pub mod detector;
 pub mod frameguard;
+pub mod http;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logging;
 pub mod printer;
+pub mod schedule;
 pub mod secret;
 pub mod server;
 pub mod setup;
+pub mod sink;
 pub mod tlspin;
 pub mod watch;

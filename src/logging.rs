@@ -10,7 +10,9 @@
 //!
 //! Whatever the filter, some dependencies are capped ([`secrets_guard`]): the websocket
 //! library writes the raw upgrade request (with Moonraker's `X-Api-Key`) and every frame's
-//! bytes at `trace`, so `PRINTVIGIL_LOG=trace` must not reach it.
+//! bytes at `trace`, so `PRINTVIGIL_LOG=trace` must not reach it. reqwest logs a
+//! redirect's full URL at `debug` (a Telegram request URL holds the bot token), and the
+//! MQTT client is kept at `info` with it.
 
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
@@ -31,7 +33,12 @@ pub const SYSLOG_IDENTIFIER: &str = "printvigil";
 /// Dependencies that log secrets (request headers, frame payloads) below some level, and
 /// the most verbose level each may log at, whatever `PRINTVIGIL_LOG` says.
 pub const CAPPED_TARGETS: &[(&str, LevelFilter)] =
-    &[("tungstenite", LevelFilter::INFO), ("tokio_tungstenite", LevelFilter::INFO)];
+    &[
+        ("tungstenite", LevelFilter::INFO),
+        ("tokio_tungstenite", LevelFilter::INFO),
+        ("reqwest", LevelFilter::INFO),
+        ("rumqttc", LevelFilter::INFO),
+    ];
 
 /// A filter layer that caps [`CAPPED_TARGETS`] and lets everything else through; part of
 /// every subscriber [`init`] builds (layer it next to the `PRINTVIGIL_LOG` filter).

@@ -37,6 +37,14 @@ enum Command {
         /// Seconds between frames (a real print: 10).
         #[arg(long, default_value_t = 0.25)]
         cadence: f64,
+        /// Publish to this MQTT broker too (mqtt://host:1883, mqtts://...), with Home
+        /// Assistant discovery, under `<topic prefix>-demo`. Default: the config's [mqtt],
+        /// else a broker answering on 127.0.0.1:1883.
+        #[arg(long, value_name = "URL", conflicts_with = "no_mqtt")]
+        mqtt: Option<String>,
+        /// Publish to no broker.
+        #[arg(long)]
+        no_mqtt: bool,
     },
     /// Run JPEG frames, in order, through the detector and the smoother of one printer.
     Predict(PredictArgs),
@@ -58,6 +66,9 @@ enum Command {
     Logout,
     /// Check the setup line by line, with a fix for each failure.
     Check,
+    /// Notifications ([[notify]] entries).
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Set printvigil up. Bare `setup` is the first run on a Klipper host (as `setup
     /// moonraker`): finds Moonraker and its cameras, scores a frame, asks for the server,
     /// writes the config file (`--config`, default /etc/printvigil/config.toml), runs check.
@@ -126,6 +137,22 @@ struct BenchArgs {
     /// (the library's defaults, the same thread count), frames alternating between the two.
     #[arg(long)]
     compare: bool,
+    /// A print farm instead: this many simulated printers with file cameras, watched at once
+    /// through the inference scheduler (intervals, fairness, frame age, memory).
+    #[arg(long)]
+    printers: Option<usize>,
+    /// With --printers: seconds between frames of each printer.
+    #[arg(long, default_value_t = 10.0)]
+    cadence: f64,
+    /// With --printers: seconds the printers print.
+    #[arg(long, default_value_t = 120.0)]
+    duration: f64,
+    /// With --printers: inference sessions (default: `detector.sessions`, else as the cores allow).
+    #[arg(long)]
+    sessions: Option<usize>,
+    /// With --printers: one line per printer too.
+    #[arg(long)]
+    per_printer: bool,
 }
 
 #[derive(Args)]
@@ -253,6 +280,12 @@ enum SetupCommand {
 }
 
 #[derive(Subcommand)]
+enum NotifyCommand {
+    /// Send every [[notify]] entry a test message (with a frame) and show each answer.
+    Test,
+}
+
+#[derive(Subcommand)]
 enum ModelCommand {
     /// Download Obico's production model (resumable; size and sha256 verified).
     Fetch {
@@ -333,6 +366,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
                 runtime()?.block_on(async {
                     let mut lines = printvigil::watch::check::run(&config).await;
                     lines.extend(server::check::run(&config).await);
+                    lines.extend(printvigil::sink::check::run(&config).await);
                     lines
                 })
             }
@@ -415,15 +449,25 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             rt.shutdown_timeout(printvigil::watch::supervisor::EXIT_WAIT);
             Ok(result?)
         }
-        Command::Demo { dir, cadence } => {
+        Command::Demo { dir, cadence, mqtt, no_mqtt } => {
             if !(cadence.is_finite() && (0.01..=10.0).contains(&cadence)) {
                 return Err("--cadence must be between 0.01 and 10 seconds".into());
             }
             let dir = dir.unwrap_or_else(|| std::env::temp_dir().join("printvigil-demo"));
+            let mqtt = match (mqtt, no_mqtt) {
+                (_, true) => None,
+                (Some(url), _) => {
+                    let cfg = printvigil::sink::mqtt::MqttConfig::new(&url);
+                    cfg.validate().map_err(|e| format!("--mqtt: {e}"))?;
+                    Some(cfg)
+                }
+                (None, _) => config.mqtt.clone().or_else(printvigil::demo::local_broker),
+            };
             let summary = runtime()?.block_on(printvigil::demo::run(printvigil::demo::DemoOptions {
                 dir,
                 cadence: std::time::Duration::from_secs_f64(cadence),
                 onnxruntime: config.detector.onnxruntime.clone(),
+                mqtt,
             }))?;
             std::io::Write::write_all(&mut std::io::stdout(), summary.render().as_bytes())?;
             if !summary.complete() {
@@ -455,6 +499,20 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             out!("{}", api.tokens().revoke_and_forget().await?);
             Ok(())
         }),
+        Command::Notify(NotifyCommand::Test) => {
+            if config.notify.is_empty() {
+                return Err("no [[notify]] entries in the config (see config/printvigil.toml)".into());
+            }
+            let lines = runtime()?.block_on(printvigil::sink::check::test_notifications(&config.notify));
+            let failed = lines.iter().any(|l| !l.ok);
+            for l in lines {
+                out!("{l}");
+            }
+            if failed {
+                return Err("a test message could not be sent (see above)".into());
+            }
+            Ok(())
+        }
         Command::Check | Command::Setup(_) | Command::Model(ModelCommand::Prepare { .. }) => unreachable!(),
         Command::SimMirror { prints, frames, frame_ms } => runtime()?.block_on(sim_mirror(&config, prints, frames, frame_ms)),
     }
@@ -588,6 +646,9 @@ fn predict(config: &Config, args: PredictArgs) -> Result<(), AnyError> {
 }
 
 fn bench(config: &Config, args: BenchArgs) -> Result<(), AnyError> {
+    if let Some(printers) = args.printers {
+        return farm_bench(config, args, printers);
+    }
     let before = printvigil::bench::Memory::now();
     let t = std::time::Instant::now();
     let mut detector = load_detector(config, &args.model)?;
@@ -627,6 +688,50 @@ fn bench(config: &Config, args: BenchArgs) -> Result<(), AnyError> {
             piped.stage(|t| t.infer).0.as_secs_f64() * 1000.0
         );
     }
+    Ok(())
+}
+
+fn farm_bench(config: &Config, args: BenchArgs, printers: usize) -> Result<(), AnyError> {
+    if !(1..=256).contains(&printers) {
+        return Err("--printers must be between 1 and 256".into());
+    }
+    if !(args.cadence.is_finite() && (0.01..=3600.0).contains(&args.cadence)) {
+        return Err("--cadence must be between 0.01 and 3600 seconds".into());
+    }
+    if !(args.duration.is_finite() && (1.0..=86400.0).contains(&args.duration)) {
+        return Err("--duration must be between 1 and 86400 seconds".into());
+    }
+    let mut plan = config.detector.plan(printers);
+    if let Some(t) = args.model.threads {
+        plan.threads = t.max(1);
+    }
+    if let Some(s) = args.sessions {
+        plan.sessions = s.max(1);
+    }
+    let path = args.model.model.clone().unwrap_or_else(|| config.detector.model_path(&config.state_dir));
+    let settings = SessionSettings { threads: plan.threads, memory: tuning(&args.model.tune) };
+    let detectors = (0..plan.sessions)
+        .map(|_| Model::load(&path, config.detector.onnxruntime.as_deref(), settings).map(Detector::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let frames = if args.frames.is_empty() {
+        printvigil::bench::synthetic_frames(8, 1280, 720)
+    } else {
+        args.frames.iter().map(|p| read_frame(p)).collect::<Result<_, _>>()?
+    };
+    let dir = printvigil::bench::farm::default_dir();
+    let opts = printvigil::bench::farm::FarmOptions {
+        printers,
+        cadence: std::time::Duration::from_secs_f64(args.cadence),
+        duration: std::time::Duration::from_secs_f64(args.duration),
+        frames,
+        dir: dir.clone(),
+    };
+    out!("model: {}", path.display());
+    let rt = runtime()?;
+    let result = rt.block_on(printvigil::bench::farm::run(opts, detectors, plan.threads));
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    printvigil::bench::farm::clean(&dir);
+    print!("{}", result?.render(args.per_printer));
     Ok(())
 }
 

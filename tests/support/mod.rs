@@ -8,9 +8,11 @@ pub mod fake_obico;
 pub mod klipper;
 pub mod marlin;
 pub mod mosquitto;
+pub mod mqtt_client;
 pub mod notify;
 pub mod octoprint;
 pub mod proxy;
+pub mod recorder;
 pub mod snapcam;
 
 use std::path::PathBuf;

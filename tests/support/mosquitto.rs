@@ -368,3 +368,21 @@ impl Drop for Mosquitto {
         self.kill();
     }
 }
+
+impl Mosquitto {
+    /// The broker's URL as printvigil's `mqtt.url` takes it (`mqtt://` or `mqtts://`).
+    pub fn url(&self) -> String {
+        let scheme = if self.options.tls.is_some() { "mqtts" } else { "mqtt" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Certs {
+    /// Writes the client certificate and key (PEM) into `dir`; returns their paths.
+    pub fn write_client(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        let (cert, key) = (dir.join("client.pem"), dir.join("client.key"));
+        std::fs::write(&cert, &self.client_pem).unwrap();
+        std::fs::write(&key, &self.client_key_pem).unwrap();
+        (cert, key)
+    }
+}
