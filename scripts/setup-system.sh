@@ -12,19 +12,20 @@
 # Build: gcc, g++, libc6-dev, make, cmake and nasm build libjpeg-turbo (the turbojpeg crate);
 # python3-pip fetches ONNX Runtime's wheel; python3-venv makes the test venvs.
 # Tests: libusb-dev builds the Klipper peer's C helper, libsodium23 is loaded by Moonraker,
-# systemd brings systemd-analyze for the unit checks, mosquitto is the MQTT broker peer.
+# systemd brings systemd-analyze for the unit checks, mosquitto is the MQTT broker peer,
+# chromium (headless) loads the status page.
 #
 # PRINTVIGIL_SETUP_UID overrides the user id the script believes it runs as (tests).
 set -euo pipefail
 
 build=(gcc g++ libc6-dev make cmake nasm python3-pip python3-venv)
-tests=(libusb-dev libsodium23 systemd mosquitto)
+tests=(libusb-dev libsodium23 systemd mosquitto chromium)
 
 wanted=("${build[@]}")
 for arg in "$@"; do
   case "$arg" in
     --test) wanted+=("${tests[@]}") ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "setup-system: unknown argument: $arg (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -46,6 +46,8 @@ pub struct Config {
     pub watch: crate::watch::WatchConfig,
     /// The printers to watch (`[[printers]]` entries).
     pub printers: Vec<crate::printer::PrinterConfig>,
+    /// The status page and `/metrics`.
+    pub http: crate::http::HttpConfig,
     /// The MQTT broker to publish to (state, events, Home Assistant discovery); absent: none.
     pub mqtt: Option<crate::sink::mqtt::MqttConfig>,
     /// Notifications (`[[notify]]` entries: webhook, ntfy, Telegram, Discord).
@@ -60,6 +62,7 @@ impl Default for Config {
             server: None,
             watch: crate::watch::WatchConfig::default(),
             printers: Vec::new(),
+            http: crate::http::HttpConfig::default(),
             mqtt: None,
             notify: Vec::new(),
         }
@@ -75,15 +78,19 @@ pub struct DetectorConfig {
     /// Path of `libonnxruntime.so`; tried before `ORT_DYLIB_PATH`, the executable's folder
     /// and `/usr/lib/printvigil/`.
     pub onnxruntime: Option<PathBuf>,
-    /// ONNX Runtime intra-op threads; 0 = all cores but one (the printer host keeps one).
+    /// ONNX Runtime intra-op threads per session; 0 = choose: all cores but one (the
+    /// printer host keeps one), split among the sessions (see [`crate::schedule::plan`]).
     pub intra_threads: usize,
+    /// Inference sessions side by side, each scoring its own frame (several printers);
+    /// 0 = one. Each session holds its own weights (~270 MiB with Obico's model).
+    pub sessions: usize,
     /// Obico's detective sensitivity, 0.8 (fewer alerts) .. 1.2 (more): [`SENSITIVITY`].
     pub sensitivity: f64,
 }
 
 impl Default for DetectorConfig {
     fn default() -> Self {
-        Self { model: None, onnxruntime: None, intra_threads: 0, sensitivity: 1.0 }
+        Self { model: None, onnxruntime: None, intra_threads: 0, sessions: 0, sensitivity: 1.0 }
     }
 }
 
@@ -95,13 +102,15 @@ impl DetectorConfig {
         })
     }
 
-    /// Intra-op thread count after resolving `0` (auto): all cores but one, at least one.
+    /// Intra-op thread count per session after resolving `0` (auto).
     pub fn threads(&self) -> usize {
-        if self.intra_threads > 0 {
-            return self.intra_threads;
-        }
+        self.plan(1).threads
+    }
+
+    /// Sessions and threads per session for watching `printers` printers on this host.
+    pub fn plan(&self, printers: usize) -> crate::schedule::Plan {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        cores.saturating_sub(1).max(1)
+        crate::schedule::plan(cores, self.intra_threads, self.sessions, printers)
     }
 }
 
@@ -173,10 +182,18 @@ impl Config {
                 "use 0 (all cores but one) or a small thread count such as 2",
             ));
         }
+        if d.sessions > 64 {
+            return Err(invalid(
+                "detector.sessions",
+                &d.sessions.to_string(),
+                "use 0 (as many as the cores hold) or a small count such as 2; each session adds memory",
+            ));
+        }
         if let Some(s) = &self.server {
             s.validate()?;
         }
         self.watch.validate()?;
+        self.http.validate()?;
         if let Some(m) = &self.mqtt {
             m.validate()?;
         }

@@ -182,7 +182,7 @@ pub async fn run(opts: DemoOptions) -> Result<Summary, DemoError> {
     };
     let board = crate::watch::view::Board::new();
     let parts = Parts {
-        detector: Detector::new(model),
+        scheduler: crate::watch::frame_scheduler(vec![Detector::new(model)], config.watch.cadence()),
         mirror: Some(mirror.clone()),
         store: Arc::new(StateStore::open(&state_file(&state_dir))?),
         board: board.clone(),
@@ -293,6 +293,7 @@ pub async fn run(opts: DemoOptions) -> Result<Summary, DemoError> {
             }
             WatchEvent::CameraFailed { message, .. } => println!("camera    {message}"),
             WatchEvent::CameraBack { .. } => println!("camera    frames again"),
+            WatchEvent::FrameFailed { .. } => {}
         }
     }
     let _ = mirror.flush(Duration::from_secs(10)).await;

@@ -32,6 +32,10 @@
 //!   - [`camera::bambu`]: a Bambu Lab A1/P1 printer's own camera (TLS on port 6000, an
 //!     access packet, length-prefixed JPEGs).
 //! - [`bench`]: the `printvigil bench` figures (per-stage timings, memory).
+//! - [`http`]: the daemon's small HTTP server (`[http]`, loopback by default, a token for
+//!   other addresses): [`http::metrics`] (`/metrics` for Prometheus) and [`http::status`]
+//!   (the status page, its JSON, the latest frame with boxes, "resume watching" and
+//!   "snooze"); a sink reading the board, the events, the scheduler and the mirror.
 //! - [`logging`]: log lines to journald under systemd (`JOURNAL_STREAM`), else to stderr;
 //!   the `PRINTVIGIL_LOG` filter, with dependencies that log secrets capped at info.
 //! - [`printer`]: printer links, one module per firmware behind one trait
@@ -60,6 +64,12 @@
 //!     (states, print identity, error pauses, the events), `session` (TLS with the pinned
 //!     certificate, MQTT, `pushall`, troubles told once, retries, confirmed actions).
 //!   - [`printer::sim`]: a simulated printer (the demo's, the tests', `kind = "simulated"`).
+//! - [`schedule`]: the inference scheduler, one queue in front of the detector shared by
+//!   every watch: the freshest frame per printer, max-min fair turns, a warned printer
+//!   first, one worker per session, the load and the stretch of every cadence.
+//!   - [`schedule::queue`]: the queue's rules, a plain data structure.
+//!   - [`schedule::pool`]: the worker threads, clients, tickets, the stop.
+//!   - [`schedule::load`]: per-frame cost, load, stretch, per-printer figures.
 //! - [`secret`]: a string type that redacts itself (tokens, keys, passwords).
 //! - [`server`]: the mirror to an Obico-compatible server (a sink).
 //!   - [`server::config`]: the `[server]` settings.
@@ -106,10 +116,12 @@ pub mod config;
 pub mod demo;
 pub mod detector;
 pub mod frameguard;
+pub mod http;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logging;
 pub mod printer;
+pub mod schedule;
 pub mod secret;
 pub mod server;
 pub mod setup;

@@ -134,6 +134,22 @@ struct BenchArgs {
     /// (the library's defaults, the same thread count), frames alternating between the two.
     #[arg(long)]
     compare: bool,
+    /// A print farm instead: this many simulated printers with file cameras, watched at once
+    /// through the inference scheduler (intervals, fairness, frame age, memory).
+    #[arg(long)]
+    printers: Option<usize>,
+    /// With --printers: seconds between frames of each printer.
+    #[arg(long, default_value_t = 10.0)]
+    cadence: f64,
+    /// With --printers: seconds the printers print.
+    #[arg(long, default_value_t = 120.0)]
+    duration: f64,
+    /// With --printers: inference sessions (default: `detector.sessions`, else as the cores allow).
+    #[arg(long)]
+    sessions: Option<usize>,
+    /// With --printers: one line per printer too.
+    #[arg(long)]
+    per_printer: bool,
 }
 
 #[derive(Subcommand)]
@@ -486,6 +502,9 @@ fn predict(config: &Config, args: PredictArgs) -> Result<(), AnyError> {
 }
 
 fn bench(config: &Config, args: BenchArgs) -> Result<(), AnyError> {
+    if let Some(printers) = args.printers {
+        return farm_bench(config, args, printers);
+    }
     let before = printvigil::bench::Memory::now();
     let t = std::time::Instant::now();
     let mut detector = load_detector(config, &args.model)?;
@@ -525,6 +544,50 @@ fn bench(config: &Config, args: BenchArgs) -> Result<(), AnyError> {
             piped.stage(|t| t.infer).0.as_secs_f64() * 1000.0
         );
     }
+    Ok(())
+}
+
+fn farm_bench(config: &Config, args: BenchArgs, printers: usize) -> Result<(), AnyError> {
+    if !(1..=256).contains(&printers) {
+        return Err("--printers must be between 1 and 256".into());
+    }
+    if !(args.cadence.is_finite() && (0.01..=3600.0).contains(&args.cadence)) {
+        return Err("--cadence must be between 0.01 and 3600 seconds".into());
+    }
+    if !(args.duration.is_finite() && (1.0..=86400.0).contains(&args.duration)) {
+        return Err("--duration must be between 1 and 86400 seconds".into());
+    }
+    let mut plan = config.detector.plan(printers);
+    if let Some(t) = args.model.threads {
+        plan.threads = t.max(1);
+    }
+    if let Some(s) = args.sessions {
+        plan.sessions = s.max(1);
+    }
+    let path = args.model.model.clone().unwrap_or_else(|| config.detector.model_path(&config.state_dir));
+    let settings = SessionSettings { threads: plan.threads, memory: tuning(&args.model.tune) };
+    let detectors = (0..plan.sessions)
+        .map(|_| Model::load(&path, config.detector.onnxruntime.as_deref(), settings).map(Detector::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let frames = if args.frames.is_empty() {
+        printvigil::bench::synthetic_frames(8, 1280, 720)
+    } else {
+        args.frames.iter().map(|p| read_frame(p)).collect::<Result<_, _>>()?
+    };
+    let dir = printvigil::bench::farm::default_dir();
+    let opts = printvigil::bench::farm::FarmOptions {
+        printers,
+        cadence: std::time::Duration::from_secs_f64(args.cadence),
+        duration: std::time::Duration::from_secs_f64(args.duration),
+        frames,
+        dir: dir.clone(),
+    };
+    out!("model: {}", path.display());
+    let rt = runtime()?;
+    let result = rt.block_on(printvigil::bench::farm::run(opts, detectors, plan.threads));
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    printvigil::bench::farm::clean(&dir);
+    print!("{}", result?.render(args.per_printer));
     Ok(())
 }
 

@@ -14,6 +14,8 @@ fn printvigil(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_printvigil"));
     // Keep the machine's own config out of the way; run in a scratch state dir.
     c.env("PRINTVIGIL_STATE_DIR", dir).env_remove("PRINTVIGIL_CONFIG").current_dir(dir);
+    // A daemon's status page on a free port, never the default one.
+    c.env("PRINTVIGIL_HTTP__BIND", "127.0.0.1:0");
     c
 }
 
@@ -197,6 +199,8 @@ fn check_reports_the_detector_printers_and_cameras_line_by_line() {
     for want in [
         "ok    state directory",
         "ok    detector",
+        "ok    detector capacity: 2 printer(s) x",
+        "of the detector at a 10 s cadence",
         "ok    printer sim: Idle",
         "ok    camera of sim",
         "a 480x360 frame",
@@ -419,4 +423,33 @@ fn config_shows_no_password_of_any_url() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!shown.contains("s3rverpass") && !shown.contains("pr1nterpass"), "{shown}");
     assert!(shown.contains("https://mirror:***@obico.example/") && shown.contains("http://klipper:***@192.168.1.20:7125"), "{shown}");
+}
+
+/// `bench --printers 2`, short and with the demo model: the farm runs through the real
+/// watches and scheduler and prints its figures (the bench itself is run by hand).
+#[test]
+fn bench_printers_runs_a_small_farm_and_prints_its_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = printvigil(dir.path())
+        .env("ORT_DYLIB_PATH", ort_path())
+        .env("TMPDIR", dir.path())
+        .args(["bench", "--model"])
+        .arg(repo("models/demo.onnx"))
+        .args(["--printers", "2", "--cadence", "0.1", "--duration", "3", "--per-printer"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().find(|l| l.starts_with("BENCH farm ")).unwrap_or_else(|| panic!("{stdout}"));
+    let figure = |k: &str| -> f64 {
+        line.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{k} in {line}"))
+    };
+    assert_eq!(figure("printers"), 2.0);
+    assert!(figure("frames_per_s") > 0.0, "{line}");
+    assert!((0.5..=1.0).contains(&figure("jain")), "{line}");
+    assert!(figure("rss_peak_mib") > 0.0, "{line}");
+    assert!(stdout.contains("printer-00") && stdout.contains("(warned)"), "{stdout}");
+    assert!(figure("warn_next_p50_s") > 0.0, "the warned printer warned and was scored again: {line}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().starts_with("printvigil-farm-bench")), "the bench cleans up: {left:?}");
 }

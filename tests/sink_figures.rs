@@ -77,7 +77,10 @@ async fn figures_decision_to_broker_and_to_notification() {
     let camera = TestCamera(Arc::new(Mutex::new(frame("02-healthy.jpg"))));
     let board = Board::new();
     let parts = Parts {
-        detector: Detector::new(Model::load(&repo().join("models/demo.onnx"), None, SessionSettings::new(1)).unwrap()),
+        scheduler: printvigil::watch::frame_scheduler(
+            vec![Detector::new(Model::load(&repo().join("models/demo.onnx"), None, SessionSettings::new(1)).unwrap())],
+            config.watch.cadence(),
+        ),
         mirror: None,
         store: Arc::new(StateStore::open(&state_file(dir.path())).unwrap()),
         board: board.clone(),

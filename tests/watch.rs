@@ -120,7 +120,7 @@ impl Rig {
         };
         let board = Board::new();
         let parts = Parts {
-            detector: detector(),
+            scheduler: printvigil::watch::frame_scheduler(vec![detector()], config.watch.cadence()),
             mirror,
             store: Arc::new(StateStore::open(&state_file(&config.state_dir)).unwrap()),
             board: board.clone(),

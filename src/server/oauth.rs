@@ -344,6 +344,9 @@ pub struct TokenManager {
     store: Option<TokenStore>,
     current: Mutex<Option<Token>>,
     loaded: std::sync::atomic::AtomicBool,
+    /// Tokens obtained (renewals and first tokens), and attempts that failed (metrics).
+    renewed: std::sync::atomic::AtomicU64,
+    renew_failed: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for TokenManager {
@@ -384,7 +387,15 @@ impl TokenManager {
             static_token: cfg.token.clone(),
             current: Mutex::new(None),
             loaded: std::sync::atomic::AtomicBool::new(false),
+            renewed: Default::default(),
+            renew_failed: Default::default(),
         })
+    }
+
+    /// Tokens obtained from the server so far, and attempts that failed.
+    pub fn renewals(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.renewed.load(Relaxed), self.renew_failed.load(Relaxed))
     }
 
     pub fn is_static(&self) -> bool {
@@ -434,6 +445,8 @@ impl TokenManager {
         }
         let old = cur.clone();
         let result = self.renew(old.as_ref(), now).await;
+        let counter = if result.is_ok() { &self.renewed } else { &self.renew_failed };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match result {
             Ok(t) => {
                 if let Some(store) = &self.store

@@ -359,6 +359,11 @@ impl Outbox {
         Ok(n.max(0) as u64)
     }
 
+    /// When the oldest event not sent yet was queued (Unix ms).
+    pub fn oldest_pending_ms(&self) -> Result<Option<i64>, OutboxError> {
+        Ok(self.conn().query_row("SELECT MIN(created_ms) FROM outbox WHERE state = 'pending'", [], |r| r.get(0))?)
+    }
+
     pub fn pending(&self) -> Result<u64, OutboxError> {
         Ok(self.conn().query_row(
             "SELECT COUNT(*) FROM outbox WHERE state = 'pending'",

@@ -15,7 +15,7 @@ const LINK_WAIT: Duration = Duration::from_secs(15);
 pub async fn run(config: &Config) -> Vec<Line> {
     let mut out = Vec::new();
     out.push(state_dir(config));
-    out.push(detector(config).await);
+    out.extend(detector(config).await);
     if config.printers.is_empty() {
         out.push(Line::fail(
             "printers",
@@ -79,14 +79,59 @@ fn writable(dir: &std::path::Path) -> bool {
     unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
 
-async fn detector(config: &Config) -> Line {
-    match super::supervisor::load_detector(config).await {
-        Ok(d) => {
-            let (w, h) = d.model().input_size();
-            let shown = d.model().path().display();
-            Line::ok("detector", format!("{shown} loaded ({w}x{h} input, {} threads)", config.detector.threads()))
+async fn detector(config: &Config) -> Vec<Line> {
+    let plan = config.detector.plan(config.printers.len());
+    let mut d = match super::supervisor::load_detectors(config, 1, plan.threads).await {
+        Ok(mut d) => d.remove(0),
+        Err(e) => {
+            return vec![Line::fail("detector", e.to_string(), "see above; `printvigil model fetch` installs Obico's model")];
         }
-        Err(e) => Line::fail("detector", e.to_string(), "see above; `printvigil model fetch` installs Obico's model"),
+    };
+    let (w, h) = d.model().input_size();
+    let shown = d.model().path().display().to_string();
+    let mut out = vec![Line::ok(
+        "detector",
+        format!("{shown} loaded ({w}x{h} input, {} session(s) x {} thread(s))", plan.sessions, plan.threads),
+    )];
+    if !config.printers.is_empty() {
+        out.push(capacity(config, &mut d, plan).await);
+    }
+    out
+}
+
+/// Whether the detector keeps up with the printers at the cadence: one camera-sized frame
+/// is timed (after a first one that warms the session up).
+async fn capacity(config: &Config, d: &mut crate::detector::Detector, plan: crate::schedule::Plan) -> Line {
+    let what = "detector capacity";
+    let timed = tokio::task::block_in_place(|| {
+        let frame = crate::bench::synthetic_frames(1, 1280, 720).remove(0);
+        d.detect(&frame)?;
+        let t = std::time::Instant::now();
+        d.detect(&frame)?;
+        Ok::<_, crate::detector::DetectError>(t.elapsed())
+    });
+    let per_frame = match timed {
+        Ok(t) => t,
+        Err(e) => return Line::fail(what, format!("a test frame could not be scored: {e}"), "see above"),
+    };
+    let n = config.printers.len();
+    let cadence = config.watch.cadence();
+    let load = crate::schedule::expected_load(n, per_frame, cadence, plan.sessions);
+    let detail = format!(
+        "{n} printer(s) x {:.0} ms a frame over {} session(s) = {:.0} % of the detector at a {:.0} s cadence",
+        per_frame.as_secs_f64() * 1000.0,
+        plan.sessions,
+        load * 100.0,
+        cadence.as_secs_f64()
+    );
+    if load <= 1.0 {
+        Line::ok(what, detail)
+    } else {
+        Line::fail(
+            what,
+            format!("{detail}: each printer would be scored every {:.1} s, not every {:.0} s", cadence.as_secs_f64() * load, cadence.as_secs_f64()),
+            "watch fewer printers on this host, give it more cores (and `detector.sessions`), or lengthen `watch.cadence_secs`; the daemon still watches every printer, each at the stretched cadence",
+        )
     }
 }
 

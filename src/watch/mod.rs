@@ -95,6 +95,51 @@ impl WatchConfig {
     }
 }
 
+/// The scheduler every watch submits its frames to: JPEG in, detections out.
+pub type FrameScheduler =
+    crate::schedule::Scheduler<Arc<Vec<u8>>, Result<crate::detector::FrameDetections, crate::detector::DetectError>>;
+
+/// Builds the scheduler over detector sessions, one worker each.
+pub fn frame_scheduler(detectors: Vec<crate::detector::Detector>, cadence: Duration) -> Arc<FrameScheduler> {
+    let scorers = detectors
+        .into_iter()
+        .map(|mut d| {
+            Box::new(move |jpeg: &Arc<Vec<u8>>| d.detect(jpeg)) as crate::schedule::ScoreFn<Arc<Vec<u8>>, _>
+        })
+        .collect();
+    crate::schedule::Scheduler::new(scorers, cadence)
+}
+
+/// Where a frame's time went, from the camera to the decision.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameTiming {
+    /// When the camera's frame arrived.
+    pub grabbed: Instant,
+    /// From the grab to the start of inference: the frame's age when scored (its wait in
+    /// the scheduler's queue, mostly).
+    pub age: Duration,
+    /// Inference: decode, resize, the model, post-processing.
+    pub infer: Duration,
+    /// From the grab to the decision (end to end).
+    pub latency: Duration,
+    /// The frame was submitted as urgent (the printer had just warned).
+    pub urgent: bool,
+}
+
+impl FrameTiming {
+    /// When the decision was made.
+    pub fn decided(&self) -> Instant {
+        self.grabbed + self.latency
+    }
+}
+
+/// A scored frame as the camera gave it, and its detections.
+#[derive(Debug)]
+pub struct ScoredFrame {
+    pub jpeg: Arc<Vec<u8>>,
+    pub detections: Vec<crate::detector::postprocess::Detection>,
+}
+
 /// Where a watch gets its frames.
 pub enum CameraChoice {
     /// A camera from the settings file.
@@ -123,7 +168,18 @@ pub enum WatchEvent {
     /// reconnect, its smoothing state kept.
     PrintStarted { printer: String, job: String, file: String, continued: bool },
     /// A frame was scored.
-    Scored { printer: String, frame_num: u64, p: f64, ewm: f64, normalized_p: f64, warn: bool, pause: bool },
+    Scored {
+        printer: String,
+        frame_num: u64,
+        p: f64,
+        ewm: f64,
+        normalized_p: f64,
+        warn: bool,
+        pause: bool,
+        timing: FrameTiming,
+        /// The frame and what the detector found in it (for a live view; shared, not copied).
+        frame: Arc<ScoredFrame>,
+    },
     /// A warning (failure suspected, not yet certain).
     Warned { printer: String, p: f64, frame: Option<PathBuf> },
     /// A pause decision: the action is being carried out. `decided` is when the verdict
@@ -139,4 +195,7 @@ pub enum WatchEvent {
     CameraFailed { printer: String, message: String },
     /// The camera gives frames again.
     CameraBack { printer: String },
+    /// A frame could not be had or scored (`stage`: `camera` or `detector`); the next one
+    /// is tried at the cadence.
+    FrameFailed { printer: String, stage: &'static str },
 }

@@ -49,14 +49,22 @@ pub const EXIT_WAIT: Duration = Duration::from_secs(1);
 
 /// Loads the detector the config names (on a blocking thread: a large model takes seconds).
 pub async fn load_detector(config: &Config) -> Result<Detector, RunError> {
+    let mut d = load_detectors(config, 1, 1).await?;
+    Ok(d.remove(0))
+}
+
+/// Loads `sessions` sessions of the model, with the configured threads each. The first
+/// load makes the optimised copy if needed; every session maps the same weights file.
+pub async fn load_detectors(config: &Config, sessions: usize, threads: usize) -> Result<Vec<Detector>, RunError> {
     let path = config.detector.model_path(&config.state_dir);
     let ort = config.detector.onnxruntime.clone();
-    let settings = SessionSettings::new(config.detector.threads());
-    let model = tokio::task::spawn_blocking(move || Model::load(&path, ort.as_deref(), settings))
-        .await
-        .map_err(|e| RunError::Detector(e.to_string()))?
-        .map_err(|e| RunError::Detector(e.to_string()))?;
-    Ok(Detector::new(model))
+    let settings = SessionSettings::new(threads);
+    tokio::task::spawn_blocking(move || {
+        (0..sessions.max(1)).map(|_| Model::load(&path, ort.as_deref(), settings).map(Detector::new)).collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| RunError::Detector(e.to_string()))?
+    .map_err(|e: crate::detector::model::ModelError| RunError::Detector(e.to_string()))
 }
 
 /// The watch specs for the configured printers; `instance` tells this printvigil apart on
@@ -79,7 +87,9 @@ pub fn specs_from_config(config: &Config, instance: &str) -> Vec<WatchSpec> {
 
 /// Everything a supervisor needs besides the printers.
 pub struct Parts {
-    pub detector: Detector,
+    /// The inference scheduler over the detector sessions (see [`super::frame_scheduler`]);
+    /// the supervisor stops it when the watches have stopped.
+    pub scheduler: Arc<super::FrameScheduler>,
     pub mirror: Option<Arc<Mirror>>,
     pub store: Arc<StateStore>,
     /// Where the watches publish their views and take commands (the sinks read it).
@@ -89,13 +99,16 @@ pub struct Parts {
 impl Parts {
     /// The detector, the state database and the server mirror (when configured) from the config.
     pub async fn from_config(config: &Config) -> Result<Self, RunError> {
-        let detector = load_detector(config).await?;
+        let plan = config.detector.plan(config.printers.len());
+        let detectors = load_detectors(config, plan.sessions, plan.threads).await?;
+        tracing::info!("{} inference session(s), {} thread(s) each", plan.sessions, plan.threads);
         let store = Arc::new(StateStore::open(&state_file(&config.state_dir))?);
         let mirror = match &config.server {
             Some(s) => open_mirror(s, &config.state_dir)?,
             None => None,
         };
-        Ok(Self { detector, mirror, store, board: Board::new() })
+        let scheduler = super::frame_scheduler(detectors, config.watch.cadence());
+        Ok(Self { scheduler, mirror, store, board: Board::new() })
     }
 }
 
@@ -124,9 +137,11 @@ pub fn open_mirror(cfg: &crate::server::ServerConfig, state_dir: &std::path::Pat
     }
 }
 
-/// The service's STATUS line: each watch's, then what is wrong with the server mirror.
-fn status_line(watches: &[String], config: &Config, mirror: Option<&Mirror>) -> String {
+/// The service's STATUS line: each watch's, whether the detector keeps up, then what is
+/// wrong with the server mirror.
+fn status_line(watches: &[String], config: &Config, load: &crate::schedule::Load, mirror: Option<&Mirror>) -> String {
     let mut parts = watches.to_vec();
+    parts.extend(load.describe());
     match mirror {
         Some(m) => parts.extend(m.health()),
         None if config.server.is_some() => parts.push("server mirror off (outbox unusable, see the log)".into()),
@@ -152,8 +167,9 @@ pub async fn supervise(
             config.watch.cadence_secs
         );
     }
+    let scheduler = parts.scheduler.clone();
     let shared = Shared {
-        detector: Arc::new(std::sync::Mutex::new(parts.detector)),
+        scheduler: scheduler.clone(),
         sensitivity: config.detector.sensitivity,
         mirror: parts.mirror.clone(),
         store: parts.store,
@@ -166,7 +182,10 @@ pub async fn supervise(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut loops = Vec::new();
     let mut links: Vec<Arc<dyn PrinterLink>> = Vec::new();
-    for spec in specs {
+    let count = specs.len() as u32;
+    for (i, spec) in specs.into_iter().enumerate() {
+        // The watches' frames spread over the cadence.
+        let phase = config.watch.cadence() * i as u32 / count.max(1);
         if let Some(m) = &parts.mirror {
             // The mirror's log lines name the printer, not its key (`default` for one printer).
             m.set_label(&spec.mirror_key, &spec.name);
@@ -175,7 +194,7 @@ pub async fn supervise(
         links.push(spec.link.clone());
         let name = spec.name.clone();
         let registration = parts.board.register(&spec.name);
-        let handle = tokio::spawn(watcher::run(spec, shared.clone(), registration, vitals.clone(), epoch, stop_rx.clone()));
+        let handle = tokio::spawn(watcher::run(spec, shared.clone(), registration, vitals.clone(), epoch, phase, stop_rx.clone()));
         loops.push((name, vitals, handle));
     }
     let names: Vec<&str> = loops.iter().map(|l| l.0.as_str()).collect();
@@ -189,6 +208,7 @@ pub async fn supervise(
     let mut last_status = String::new();
     let mut last_ping = Instant::now();
     let mut stuck_reported = false;
+    let mut behind = false;
     // Checked often enough that a ping is never late: with a 2 s watchdog, every 0.5 s.
     let period = watchdog
         .map(|wd| (wd / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)))
@@ -202,7 +222,15 @@ pub async fn supervise(
         }
         let status: Vec<String> =
             loops.iter().map(|l| l.1.status.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect();
-        let status = status_line(&status, config, parts.mirror.as_deref());
+        let load = scheduler.load();
+        if load.saturated() != behind {
+            behind = load.saturated();
+            match load.describe() {
+                Some(line) => tracing::warn!("{line}; fewer printers, more cores or sessions, or a longer cadence catch up"),
+                None => tracing::info!("the detector keeps up again: every printer is scored at the cadence"),
+            }
+        }
+        let status = status_line(&status, config, &load, parts.mirror.as_deref());
         if status != last_status {
             notify(&[sd_notify::NotifyState::Status(&status)]);
             last_status = status;
@@ -247,6 +275,11 @@ pub async fn supervise(
             abort.abort();
             tracing::warn!(printer = name, "the watch did not stop in time; its state was saved at its last frame");
         }
+    }
+    // Frames still queued are dropped (the watches that sent them are gone); a frame being
+    // scored is finished.
+    if !scheduler.shutdown(Duration::from_millis(500)).await {
+        tracing::debug!("a frame was still being scored at the stop");
     }
     // The links get a moment at the end, the server what is left before it.
     let link_share = Duration::from_secs(1);
@@ -300,10 +333,30 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
     tracing::info!("detector ready in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
     let specs = specs_from_config(config, &crate::server::hostname());
     let (events, _) = broadcast::channel(256);
+    // The status page and metrics: a sink; the watches run without it if it cannot start.
+    let http = if config.http.enabled {
+        let sources = crate::http::Sources {
+            board: parts.board.clone(),
+            scheduler: parts.scheduler.clone(),
+            mirror: parts.mirror.clone(),
+            frames_root: config.state_dir.join("frames"),
+            cadence: config.watch.cadence(),
+        };
+        match crate::http::Server::start(&config.http, sources, events.subscribe()).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("{e}; printers are watched as usual");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     let sinks = crate::sink::Sinks::start(config, &parts.board, &events, &names, parts.mirror.clone());
     let result = supervise(config, specs, parts, events, signals()).await;
     sinks.stop(SINK_STOP).await;
+    drop(http);
     result
 }
 

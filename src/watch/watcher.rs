@@ -14,10 +14,11 @@ use super::frames::{FrameStore, safe_name};
 use super::control::{Command, CommandError, MAX_SNOOZE, Outcome};
 use super::state::{PrinterRecord, StateStore};
 use super::view::{Board, Decision, LastDecision, PrinterView, Registration, WatchPhase};
-use super::{Action, CameraChoice, WatchConfig, WatchEvent, WatchSpec};
+use super::{Action, CameraChoice, FrameScheduler, FrameTiming, WatchConfig, WatchEvent, WatchSpec};
 use crate::camera::{self, Camera, CameraError};
 use crate::detector::smoothing::{Verdict, frame_p};
-use crate::detector::{Detector, annotate, preprocess};
+use crate::detector::{DetectError, FrameDetections, annotate, preprocess};
+use crate::schedule::{Client, Priority, Scored, Ticket, Unscored};
 use crate::printer::{CameraInfo, JobOutcome, PrinterEvent, PrinterState};
 use crate::server::{FinishStatus, Mirror, upload::FrameScore};
 
@@ -34,8 +35,9 @@ const UNNAMED: &str = "unnamed-print.gcode";
 /// What every watch shares.
 #[derive(Clone)]
 pub struct Shared {
-    /// One model in memory for all printers; frames take turns.
-    pub detector: Arc<Mutex<Detector>>,
+    /// One model in memory for all printers: frames are scored in the turns the
+    /// scheduler gives (freshest frame per printer, fair, a warned printer first).
+    pub scheduler: Arc<FrameScheduler>,
     pub sensitivity: f64,
     pub mirror: Option<Arc<Mirror>>,
     pub store: Arc<StateStore>,
@@ -64,8 +66,25 @@ enum Phase {
     Offline,
 }
 
+type FrameInput = Arc<Vec<u8>>;
+type FrameOutput = Result<FrameDetections, DetectError>;
+
+/// A frame submitted to the scheduler, waiting for its score.
+struct Pending {
+    ticket: Ticket<FrameInput, FrameOutput>,
+    jpeg: Arc<Vec<u8>>,
+    grabbed: Instant,
+    urgent: bool,
+}
+
 struct Watcher {
     spec_name: String,
+    /// This printer's place at the detector.
+    client: Client<FrameInput, FrameOutput>,
+    /// The frame submitted and not yet scored (a newer frame replaces it).
+    pending: Option<Pending>,
+    /// The last frame warned: the next one is scored first.
+    urgent: bool,
     mirror_key: String,
     link: Arc<dyn crate::printer::PrinterLink>,
     camera_choice: Option<CameraChoice>,
@@ -93,13 +112,15 @@ struct Watcher {
 }
 
 /// Runs one printer's watch until `shutdown` turns true; `registration` is the printer's
-/// place on the board (the supervisor registers every printer before any watch starts).
+/// place on the board (the supervisor registers every printer before any watch starts);
+/// its first frame comes `phase` after the start (watches started together spread out).
 pub async fn run(
     spec: WatchSpec,
     shared: Shared,
     mut registration: Registration,
     vitals: Arc<Vitals>,
     epoch: Instant,
+    phase: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let record = match shared.store.load(&spec.name) {
@@ -113,7 +134,11 @@ pub async fn run(
         shared.frames_root.join(safe_name(&spec.name)),
         shared.cfg.frames_max_mib.saturating_mul(1 << 20),
     );
+    let client = shared.scheduler.client(&spec.name);
     let mut w = Watcher {
+        client,
+        pending: None,
+        urgent: false,
         spec_name: spec.name,
         mirror_key: spec.mirror_key,
         link: spec.link,
@@ -140,7 +165,9 @@ pub async fn run(
     };
     let mut events = w.link.events();
     let mut status = w.link.status();
-    let mut ticker = tokio::time::interval(w.shared.cfg.cadence());
+    // Watches started together tick `phase` apart, so that their frames do not all reach
+    // the detector at the same moment (and wait behind each other).
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, w.shared.cfg.cadence());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     w.sync_status(&status.borrow_and_update().clone());
@@ -182,8 +209,12 @@ pub async fn run(
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => break,
-                    _ = w.score_one() => {}
+                    _ = w.grab_and_submit() => {}
                 }
+            }
+            scored = async { (&mut w.pending.as_mut().expect("checked by the guard").ticket).await }, if w.pending.is_some() => {
+                let pending = w.pending.take().expect("checked by the guard");
+                w.on_scored(scored, pending);
             }
             Some((command, reply)) = registration.commands.recv() => w.on_command(command, reply),
             _ = heartbeat.tick() => {}
@@ -240,6 +271,9 @@ impl Watcher {
             self.resumed_at = None;
             self.last_warn = None;
             self.last_decision = None;
+            // A frame of another print must not count for this one.
+            self.pending = None;
+            self.urgent = false;
         }
         self.phase = if paused { Phase::Paused } else { Phase::Printing };
         self.save();
@@ -289,6 +323,8 @@ impl Watcher {
         }
         self.phase = Phase::Idle;
         self.last_p = None;
+        self.pending = None;
+        self.urgent = false;
         self.emit(WatchEvent::PrintFinished { printer: self.spec_name.clone(), job: job.into(), outcome });
     }
 
@@ -442,9 +478,15 @@ impl Watcher {
         self.camera_error = Some(message);
     }
 
-    /// One frame: grab, detect, smooth, decide, act; sinks after.
-    async fn score_one(&mut self) {
+    /// A frame from the camera, submitted to the scheduler (replacing one still waiting).
+    /// When the frame submitted before is being scored, its answer is moments away and
+    /// it is fresh: this turn is skipped rather than throw that work away.
+    async fn grab_and_submit(&mut self) {
         if self.record.not_watching {
+            self.pending = None;
+            return;
+        }
+        if self.pending.as_ref().is_some_and(|p| p.ticket.started()) {
             return;
         }
         if !self.ensure_camera() {
@@ -458,6 +500,7 @@ impl Watcher {
                 if !stream_blip {
                     self.camera_failed(e.to_string());
                 }
+                self.emit(WatchEvent::FrameFailed { printer: self.spec_name.clone(), stage: "camera" });
                 return;
             }
         };
@@ -465,28 +508,51 @@ impl Watcher {
             tracing::info!(printer = self.spec_name, "the camera gives frames again; detection goes on");
             self.emit(WatchEvent::CameraBack { printer: self.spec_name.clone() });
         }
-        let detector = self.shared.detector.clone();
         let jpeg = Arc::new(frame.jpeg);
-        let input = jpeg.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            let mut d = detector.lock().unwrap_or_else(|p| p.into_inner());
-            d.detect(&input)
-        })
-        .await;
-        let found = match found {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) => {
-                tracing::warn!(printer = self.spec_name, "a frame could not be scored: {e}; the next one will be tried");
+        let priority = if self.urgent { Priority::Urgent } else { Priority::Normal };
+        let ticket = self.client.submit(jpeg.clone(), priority);
+        self.pending = Some(Pending { ticket, jpeg, grabbed: Instant::now(), urgent: self.urgent });
+    }
+
+    /// A frame's score came back: smooth, decide, act; sinks after.
+    fn on_scored(&mut self, scored: Result<Scored<FrameOutput>, Unscored>, pending: Pending) {
+        let Pending { jpeg, grabbed, urgent, .. } = pending;
+        if self.record.not_watching {
+            // Detection was turned off while the frame waited.
+            return;
+        }
+        let scored = match scored {
+            Ok(s) => s,
+            Err(Unscored::Superseded) => return,
+            Err(Unscored::Stopped) => {
+                tracing::debug!(printer = self.spec_name, "the detector stopped; frame dropped");
                 return;
             }
             Err(e) => {
                 tracing::error!(printer = self.spec_name, "the detector failed on a frame ({e}); the next one will be tried");
+                self.emit(WatchEvent::FrameFailed { printer: self.spec_name.clone(), stage: "detector" });
                 return;
             }
         };
+        let found = match scored.output {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(printer = self.spec_name, "a frame could not be scored: {e}; the next one will be tried");
+                self.emit(WatchEvent::FrameFailed { printer: self.spec_name.clone(), stage: "detector" });
+                return;
+            }
+        };
+        let started = scored.done - scored.took;
         let p = frame_p(&found.detections, 1.0);
         let verdict = self.record.smoothing.observe(p, self.shared.sensitivity);
         let decided = Instant::now();
+        let timing = FrameTiming {
+            grabbed,
+            age: started.saturating_duration_since(grabbed),
+            infer: scored.took,
+            latency: decided.saturating_duration_since(grabbed),
+            urgent,
+        };
         self.last_p = Some(p);
         let s = self.record.smoothing;
         tracing::debug!(
@@ -505,6 +571,8 @@ impl Watcher {
             normalized_p: verdict.normalized_p,
             warn: verdict.warn,
             pause: verdict.pause,
+            timing,
+            frame: Arc::new(super::ScoredFrame { jpeg: jpeg.clone(), detections: found.detections.clone() }),
         });
         if self.retry.swap(false, Ordering::Relaxed) {
             self.record.acted = false;
@@ -522,6 +590,9 @@ impl Watcher {
             self.record.acted = true;
             self.act(self.action, decided, p);
         }
+        // A warning (or a pause decision not carried out: the cooldown, a refused action):
+        // the next frame may be the one that pauses, so it goes first.
+        self.urgent = verdict.warn || (verdict.pause && !self.record.acted);
         self.save();
         let warn = verdict.warn && self.last_warn.is_none_or(|t| t.elapsed() >= self.shared.cfg.cooldown());
         if warn {

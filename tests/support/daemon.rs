@@ -73,6 +73,8 @@ impl Daemon {
             _ => LOG_FILTER.to_string(),
         };
         cmd.env("PRINTVIGIL_LOG", filter);
+        // The status page on a port of its own (the log names it), never the default one.
+        cmd.env("PRINTVIGIL_HTTP__BIND", "127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -157,7 +157,7 @@ pub fn event_json(ev: &WatchEvent, now: SystemTime, since: impl Fn(std::time::In
         }
         WatchEvent::CameraFailed { printer, message } => (printer, json!({"event": "camera_lost", "message": message})),
         WatchEvent::CameraBack { printer } => (printer, json!({"event": "camera_back"})),
-        WatchEvent::Scored { .. } | WatchEvent::FrameSaved { .. } => return None,
+        WatchEvent::Scored { .. } | WatchEvent::FrameSaved { .. } | WatchEvent::FrameFailed { .. } => return None,
     };
     let mut body = body;
     body["printer"] = json!(printer);
@@ -227,7 +227,9 @@ mod tests {
         assert_eq!(j["event"], "pause_failed");
         assert_eq!(j["error"], "no");
         assert!(event_json(&WatchEvent::CameraBack { printer: "v".into() }, now, since).is_some());
-        let s = WatchEvent::Scored { printer: "v".into(), frame_num: 1, p: 0.0, ewm: 0.0, normalized_p: 0.0, warn: false, pause: false };
+        let timing = crate::watch::FrameTiming { grabbed: i, age: Duration::ZERO, infer: Duration::ZERO, latency: Duration::ZERO, urgent: false };
+        let frame = std::sync::Arc::new(crate::watch::ScoredFrame { jpeg: Default::default(), detections: vec![] });
+        let s = WatchEvent::Scored { printer: "v".into(), frame_num: 1, p: 0.0, ewm: 0.0, normalized_p: 0.0, warn: false, pause: false, timing, frame };
         assert!(event_json(&s, now, since).is_none());
     }
 }

@@ -1,7 +1,10 @@
 //! `printvigil bench`: runs frames through the whole detection pipeline and prints per-stage
 //! figures (median, min, max), the ratio total / `session.run`, and the process's memory.
 //! `--compare` times printvigil's session against a plain ONNX Runtime session of the same
-//! model, frame by frame, in one process.
+//! model, frame by frame, in one process. `--printers N` ([`farm`]) runs N simulated
+//! printers through the real watches and the inference scheduler.
+
+pub mod farm;
 
 use std::time::Duration;
 
