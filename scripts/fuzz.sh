@@ -8,7 +8,7 @@
 #   scripts/fuzz.sh --update-corpus [TARGET...]
 #
 #   TARGET           mjpeg, jpeg, moonraker, server, config (default: all of them)
-#   --smoke          about a minute per target (CI)
+#   --smoke          half a minute per target (CI)
 #   --time SECS      fuzz each target for SECS seconds (default 300)
 #   --runs N         fuzz each target for N executions instead (e.g. 10000000)
 #   --sanitizer S    address (default), none (faster, catches less), memory, thread, leak
@@ -31,7 +31,7 @@ all_targets=(mjpeg jpeg moonraker server config bambu)
 mode=time secs=300 runs= sanitizer=address update=0 targets=()
 while [ $# -gt 0 ]; do
   case $1 in
-    --smoke) mode=time secs=60 ;;
+    --smoke) mode=time secs=30 ;;
     --time) mode=time secs=$2; shift ;;
     --runs) mode=runs runs=$2; shift ;;
     --sanitizer) sanitizer=$2; shift ;;
