@@ -32,6 +32,8 @@
 //!   - [`camera::bambu`]: a Bambu Lab A1/P1 printer's own camera (TLS on port 6000, an
 //!     access packet, length-prefixed JPEGs).
 //! - [`bench`]: the `printvigil bench` figures (per-stage timings, memory).
+//!   - [`bench::farm`]: `bench --printers N`, a simulated farm through the real watches
+//!     and the scheduler (intervals, fairness, frame age, a warned printer, memory).
 //! - [`http`]: the daemon's small HTTP server (`[http]`, loopback by default, a token for
 //!   other addresses): [`http::metrics`] (`/metrics` for Prometheus) and [`http::status`]
 //!   (the status page, its JSON, the latest frame with boxes, "resume watching" and
