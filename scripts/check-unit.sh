@@ -26,7 +26,8 @@ trap 'rm -rf "$work"' EXIT
 failed=0
 
 # verify: it refuses a unit whose ExecStart binary does not exist. When printvigil is not
-# installed, a copy of the unit runs `true` instead; everything else is verified as is.
+# installed, a copy of the unit runs `true` instead (in ExecStart and the ExecCondition
+# lines); everything else is verified as is.
 exec_path=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$unit" | head -n1)
 if [ -x "$exec_path" ]; then
   to_verify=$unit
@@ -34,7 +35,7 @@ else
   stand_in=$(type -P true)
   echo "check-unit: $exec_path is not installed; verifying a copy whose ExecStart runs $stand_in"
   to_verify=$work/$name
-  sed "s|^ExecStart=$exec_path|ExecStart=$stand_in|" "$unit" > "$to_verify"
+  sed -E "s|^(Exec[A-Za-z]+=[-+!@:]*)$exec_path|\\1$stand_in|" "$unit" > "$to_verify"
 fi
 if out=$(systemd-analyze verify --man=no "$to_verify" 2>&1) && [ -z "$out" ]; then
   echo "ok    systemd-analyze verify $name"

@@ -6,6 +6,9 @@
 #   scripts/fetch-onnxruntime.sh --arch aarch64  # for a 64-bit Raspberry Pi
 #   scripts/fetch-onnxruntime.sh --dest /usr/lib/printvigil
 #
+# ONNX Runtime's LICENSE and ThirdPartyNotices.txt from the same wheel go beside it (the
+# Debian package ships them).
+#
 # armv7 (32-bit Pi OS): no onnxruntime wheel exists; printvigil runs there without inference.
 set -euo pipefail
 version=1.31.1
@@ -16,7 +19,7 @@ while [ $# -gt 0 ]; do
     --arch) arch=$2; shift 2 ;;
     --dest) dest=$2; shift 2 ;;
     --version) version=$2; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -31,7 +34,7 @@ esac
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ -n "$dest" ] || dest="$root/.runtime/onnxruntime/$arch"
 target="$dest/libonnxruntime.so"
-if [ -s "$target" ] && [ "$(cat "$dest/VERSION" 2>/dev/null)" = "$version" ]; then
+if [ -s "$target" ] && [ -s "$dest/LICENSE" ] && [ "$(cat "$dest/VERSION" 2>/dev/null)" = "$version" ]; then
   echo "$target"
   exit 0
 fi
@@ -44,13 +47,18 @@ wheel=$(ls "$work"/onnxruntime-*.whl)
 python3 - "$wheel" "$work/lib" "$version" <<'PY'
 import sys, zipfile
 wheel, out, version = sys.argv[1:]
-member = f"onnxruntime/capi/libonnxruntime.so.{version}"
+members = {f"onnxruntime/capi/libonnxruntime.so.{version}": out,
+           "onnxruntime/LICENSE": out + ".LICENSE",
+           "onnxruntime/ThirdPartyNotices.txt": out + ".ThirdPartyNotices.txt"}
 with zipfile.ZipFile(wheel) as z:
-    with z.open(member) as src, open(out, "wb") as dst:
-        while chunk := src.read(1 << 20):
-            dst.write(chunk)
+    for member, path in members.items():
+        with z.open(member) as src, open(path, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
 PY
 mkdir -p "$dest"
+install -m 0644 "$work/lib.LICENSE" "$dest/LICENSE"
+install -m 0644 "$work/lib.ThirdPartyNotices.txt" "$dest/ThirdPartyNotices.txt"
 install -m 0644 "$work/lib" "$target.tmp"
 mv -f "$target.tmp" "$target"
 echo "$version" > "$dest/VERSION"

@@ -8,24 +8,33 @@
 #
 #   scripts/setup-system.sh          # what `scripts/demo.sh` needs: the build
 #   scripts/setup-system.sh --test   # also what the tests' peers need (`scripts/test.sh`, CI)
+#   scripts/setup-system.sh --package  # also what packaging and cross builds need (CI)
 #
 # Build: gcc, g++, libc6-dev, make, cmake and nasm build libjpeg-turbo (the turbojpeg crate);
 # python3-pip fetches ONNX Runtime's wheel; python3-venv makes the test venvs.
 # Tests: libusb-dev builds the Klipper peer's C helper, libsodium23 is loaded by Moonraker,
 # systemd brings systemd-analyze for the unit checks, mosquitto is the MQTT broker peer,
-# chromium (headless) loads the status page.
+# chromium (headless) loads the status page, tmux types into `printvigil setup` as a
+# person does.
+# Package: lintian checks the .deb, debootstrap makes the Debian root it is installed into,
+# the cross compilers (C and C++: libjpeg-turbo, SQLite, aws-lc) build for 64- and 32-bit
+# Pi OS, qemu-user runs those builds (scripts/package.sh, scripts/test-package.sh,
+# scripts/test-cross.sh).
 #
 # PRINTVIGIL_SETUP_UID overrides the user id the script believes it runs as (tests).
 set -euo pipefail
 
 build=(gcc g++ libc6-dev make cmake nasm python3-pip python3-venv)
-tests=(libusb-dev libsodium23 systemd mosquitto chromium)
+tests=(libusb-dev libsodium23 systemd mosquitto chromium tmux)
+package=(lintian debootstrap gcc-aarch64-linux-gnu g++-aarch64-linux-gnu gcc-arm-linux-gnueabihf
+  g++-arm-linux-gnueabihf qemu-user)
 
 wanted=("${build[@]}")
 for arg in "$@"; do
   case "$arg" in
     --test) wanted+=("${tests[@]}") ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --package) wanted+=("${package[@]}") ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "setup-system: unknown argument: $arg (see --help)" >&2; exit 2 ;;
   esac
 done

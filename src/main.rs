@@ -21,6 +21,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the setup flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Watch the configured printers until stopped (the service's command).
@@ -67,9 +69,10 @@ enum Command {
     /// Notifications ([[notify]] entries).
     #[command(subcommand)]
     Notify(NotifyCommand),
-    /// Connect printvigil to a printer's host and write what it needs into the config file.
-    #[command(subcommand)]
-    Setup(SetupCommand),
+    /// Set printvigil up. Bare `setup` is the first run on a Klipper host (as `setup
+    /// moonraker`): finds Moonraker and its cameras, scores a frame, asks for the server,
+    /// writes the config file (`--config`, default /etc/printvigil/config.toml), runs check.
+    Setup(SetupArgs),
     /// Drive simulated prints through the server mirror (used by the fault tests).
     #[command(hide = true)]
     SimMirror {
@@ -152,8 +155,83 @@ struct BenchArgs {
     per_printer: bool,
 }
 
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct SetupArgs {
+    #[command(subcommand)]
+    command: Option<SetupCommand>,
+    #[command(flatten)]
+    moonraker: MoonrakerSetupArgs,
+}
+
+/// Every question of the Moonraker first run as a flag: given, it is not asked. Without a
+/// terminal (or with --yes) nothing is asked: the flags and the defaults are taken.
+#[derive(Args, Clone, Default)]
+struct MoonrakerSetupArgs {
+    /// Moonraker's address (default: searched on this host: 7125 and the ports Moonraker
+    /// processes listen on).
+    #[arg(long)]
+    moonraker_url: Option<String>,
+    /// Moonraker's API key (asked only when Moonraker wants one).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// The printer's name in the config (default: the entry for this Moonraker, else the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// `auto` (Moonraker's first camera, followed when it changes; the default), a number
+    /// from Moonraker's camera list, `none` (leave the entry's camera as it is), or a
+    /// snapshot/stream URL.
+    #[arg(long)]
+    camera: Option<String>,
+    /// Score one frame from the camera (asked; without a terminal, the default).
+    #[arg(long, overrides_with = "no_score_frame")]
+    score_frame: bool,
+    /// Do not score a frame.
+    #[arg(long)]
+    no_score_frame: bool,
+    /// Download Obico's model (about 200 MB) when it is missing, to score that frame.
+    #[arg(long)]
+    fetch_model: bool,
+    /// The Obico-compatible server's address; `none`: no server (removes a [server] section).
+    #[arg(long)]
+    server: Option<String>,
+    /// A user-bound token made on the server.
+    #[arg(long)]
+    server_token: Option<String>,
+    /// Link a user account with `printvigil login` (paste mode) instead of a token.
+    #[arg(long)]
+    server_login: bool,
+    /// The server's OAuth client id, for --server-login.
+    #[arg(long)]
+    server_client_id: Option<String>,
+    /// The OAuth client's secret, for --server-login (when the server gave the client one).
+    #[arg(long)]
+    server_client_secret: Option<String>,
+    /// Ask nothing: take the flags and the defaults (as without a terminal).
+    #[arg(long, short = 'y')]
+    yes: bool,
+    /// Do not run `check` at the end.
+    #[arg(long)]
+    no_check: bool,
+}
+
 #[derive(Subcommand)]
 enum SetupCommand {
+    /// The first run on a Klipper host (what bare `printvigil setup` does).
+    Moonraker(MoonrakerSetupArgs),
+    /// Merge a fleet image's first-boot settings (/boot/firmware/printvigil.toml) into the
+    /// config file once and delete the file (a file that does not load is moved to
+    /// /etc/printvigil/firstboot-refused.toml instead). The service runs this as root at
+    /// every start; without the file it does nothing.
+    Firstboot {
+        /// The first-boot file.
+        #[arg(long, default_value = printvigil::setup::firstboot::BOOT_FILE)]
+        from: PathBuf,
+    },
+    /// Exit 0 when the config names a printer, 1 (with what to do) when it names none: the
+    /// service's start condition. A config that does not load exits 0 (the service then
+    /// reports what is wrong with it).
+    Configured,
     /// Ask OctoPrint for an API key (its Application Keys workflow: you click Allow in
     /// OctoPrint) and write it as `api_key` of the printer's entry (added when missing) in
     /// the config file (`--config`, default /etc/printvigil/config.toml).
@@ -245,6 +323,14 @@ macro_rules! out {
 }
 
 fn main() -> ExitCode {
+    // ONNX Runtime 1.31's Linux build keeps a telemetry queue and a device id under
+    // ~/.cache/Microsoft and sends events to Microsoft when it can; ort's "telemetry off"
+    // does not stop that, this variable does. printvigil sends nothing anywhere but to the
+    // printer and the configured server. (Set it to 0 to let ONNX Runtime decide.)
+    if std::env::var_os("ORT_DISABLE_TELEMETRY").is_none() {
+        // SAFETY: the first thing main does: no other thread exists yet.
+        unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
+    }
     let cli = Cli::parse();
     printvigil::logging::init();
     // Optimised model copies are made by this binary run as a helper (`model prepare`).
@@ -293,13 +379,37 @@ fn run(cli: Cli) -> Result<(), AnyError> {
         }
         return if failed { Err("some checks failed; each FAIL line says how to fix it".into()) } else { Ok(()) };
     }
+    let config_path = || cli.config.clone().unwrap_or_else(|| PathBuf::from(printvigil::config::SYSTEM_CONFIG));
+    if let Command::Setup(SetupArgs { command: Some(SetupCommand::Firstboot { from }), .. }) = &cli.command {
+        let path = config_path();
+        let outcome = printvigil::setup::firstboot::apply(from, &path)?;
+        match printvigil::setup::firstboot::report(&outcome, from, &path) {
+            Some((line, true)) => return Err(line.into()),
+            Some((line, false)) => out!("{line}"),
+            None => {}
+        }
+        return Ok(());
+    }
+    if let Command::Setup(SetupArgs { command: Some(SetupCommand::Configured), .. }) = &cli.command {
+        match Config::load(cli.config.as_deref()) {
+            Ok(config) => match printvigil::setup::firstboot::configured(&config, &config_path()) {
+                Ok(line) => out!("{line}"),
+                Err(line) => {
+                    eprintln!("printvigil: {line}");
+                    std::process::exit(1);
+                }
+            },
+            Err(e) => eprintln!("printvigil: the config does not load ({e}); the service starts and reports it"),
+        }
+        return Ok(());
+    }
     // Before loading: the entry may still lack the key this writes.
-    if let Command::Setup(SetupCommand::Octoprint { name, url, wait }) = &cli.command {
+    if let Command::Setup(SetupArgs { command: Some(SetupCommand::Octoprint { name, url, wait }), .. }) = &cli.command {
         let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(printvigil::config::SYSTEM_CONFIG));
         let wait = std::time::Duration::from_secs(*wait);
         return Ok(runtime()?.block_on(printvigil::setup::octoprint::run(&path, name, url, wait, &mut std::io::stdout()))?);
     }
-    if let Command::Setup(SetupCommand::Bambu { host, name, serial, access_code, port, camera_port, yes, timeout }) = &cli.command {
+    if let Command::Setup(SetupArgs { command: Some(SetupCommand::Bambu { host, name, serial, access_code, port, camera_port, yes, timeout }), .. }) = &cli.command {
         let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(printvigil::config::SYSTEM_CONFIG));
         let options = printvigil::setup::bambu::Options {
             name: name.clone(),
@@ -313,6 +423,13 @@ fn run(cli: Cli) -> Result<(), AnyError> {
         };
         let mut input = std::io::stdin().lock();
         return Ok(runtime()?.block_on(printvigil::setup::bambu::run(&path, &options, &mut input, &mut std::io::stdout()))?);
+    }
+    if let Command::Setup(SetupArgs { command, moonraker }) = &cli.command {
+        let args = match command {
+            Some(SetupCommand::Moonraker(a)) => a,
+            _ => moonraker,
+        };
+        return setup_moonraker(config_path(), args);
     }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
@@ -399,6 +516,33 @@ fn run(cli: Cli) -> Result<(), AnyError> {
         Command::Check | Command::Setup(_) | Command::Model(ModelCommand::Prepare { .. }) => unreachable!(),
         Command::SimMirror { prints, frames, frame_ms } => runtime()?.block_on(sim_mirror(&config, prints, frames, frame_ms)),
     }
+}
+
+fn setup_moonraker(config: PathBuf, a: &MoonrakerSetupArgs) -> Result<(), AnyError> {
+    use std::io::IsTerminal as _;
+    let opts = printvigil::setup::moonraker::Options {
+        config,
+        moonraker_url: a.moonraker_url.clone(),
+        api_key: a.api_key.clone(),
+        name: a.name.clone(),
+        camera: a.camera.clone(),
+        score_frame: if a.no_score_frame { Some(false) } else if a.score_frame { Some(true) } else { None },
+        fetch_model: a.fetch_model.then_some(true),
+        server: a.server.clone(),
+        server_token: a.server_token.clone(),
+        server_login: a.server_login,
+        server_client_id: a.server_client_id.clone(),
+        server_client_secret: a.server_client_secret.clone(),
+        no_check: a.no_check,
+    };
+    let interactive = !a.yes && std::io::stdin().is_terminal();
+    let mut stdout = std::io::stdout();
+    let mut prompter = printvigil::setup::prompt::Prompter::new(
+        Box::new(std::io::BufReader::new(std::io::stdin())),
+        &mut stdout,
+        interactive,
+    );
+    Ok(runtime()?.block_on(printvigil::setup::moonraker::run(&opts, &mut prompter))?)
 }
 
 /// Replaces the password of every URL string in `v` by `***`.

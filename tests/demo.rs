@@ -24,11 +24,17 @@ fn the_demo_tells_the_whole_story_and_saves_the_frames() {
         .arg(dir.path().join("demo"))
         .env("ORT_DYLIB_PATH", ort)
         .env_remove("PRINTVIGIL_CONFIG")
+        .env_remove("ORT_DISABLE_TELEMETRY")
+        .env("HOME", dir.path())
+        .env_remove("XDG_CACHE_HOME")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    // ONNX Runtime 1.31 keeps a telemetry queue (and a device id) under ~/.cache/Microsoft
+    // unless told not to: printvigil tells it.
+    assert!(!dir.path().join(".cache").exists(), "ONNX Runtime telemetry state was written to HOME");
     for want in ["started on the simulated printer", "(warm-up)", "WARNING", "PAUSE requested", "finished: Cancelled", "Summary"] {
         assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
     }

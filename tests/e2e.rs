@@ -16,14 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use support::daemon::{Daemon, frame_numbers};
-use support::fake_obico::{self, Call, FakeObico, Settings, audit};
+use support::daemon::{self, Daemon, frame_numbers};
+use support::fake_obico::{self, Call, FakeObico, Settings, assert_one_print, wait_calls};
 use support::klipper::{Options, Peers, dwell_gcode};
 use support::snapcam::{Mode, SnapCam};
 
 const LONG: Duration = Duration::from_secs(60);
-/// Seconds between scored frames: fast, so a case takes seconds, not minutes.
-const CADENCE: f64 = 0.25;
 /// Obico's warm-up: no decision before this frame.
 const WARM_UP: u64 = 30;
 
@@ -57,33 +55,13 @@ struct Setup<'a> {
 impl Case {
     fn new(name: &'static str, s: &Setup<'_>) -> Case {
         let dir = tempfile::Builder::new().prefix(&format!("printvigil-e2e-{name}-")).tempdir().unwrap();
-        let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/demo.onnx");
-        let mut text = format!(
-            "state_dir = {:?}\n\
-             [detector]\nmodel = {:?}\nintra_threads = 1\n\
-             [watch]\ncadence_secs = {CADENCE}\nallow_fast_cadence = true\n{}\n",
-            dir.path().join("state").display().to_string(),
-            model.display().to_string(),
-            s.watch,
-        );
-        if let Some(fake) = s.server {
-            let set = Settings::default();
-            text.push_str(&format!(
-                "[server]\nurl = {:?}\nclient_id = {:?}\nclient_secret = {:?}\nprinter_name = \"sim\"\n\
-                 upload = \"always\"\nupload_min_interval_secs = 0.0\nrequest_timeout_secs = 2.0\n\
-                 backoff_initial_ms = 100\nbackoff_cap_secs = 1.0\n",
-                fake.url(),
-                set.client_id,
-                set.client_secret.expose()
-            ));
-        }
-        text.push_str(&format!(
+        let printer = format!(
             "[[printers]]\nname = \"sim\"\nkind = \"moonraker\"\nurl = {:?}\n\
              camera = {{ kind = \"snapshot\", url = {:?}, timeout_secs = 2 }}\n",
             s.peers.url(),
             s.cam.url()
-        ));
-        std::fs::write(dir.path().join("printvigil.toml"), text).unwrap();
+        );
+        daemon::write_config(dir.path(), s.server, s.watch, &printer);
         Case { path: dir.path().to_path_buf(), dir: Some(dir), name, runs: 0 }
     }
 
@@ -136,51 +114,8 @@ async fn newest_job(peers: &Peers) -> (String, String) {
     (id, j["filename"].as_str().unwrap().to_string())
 }
 
-/// The fake server's id of printer `sim` (registered by the daemon).
-fn printer_id(fake: &FakeObico) -> i64 {
-    let p: Vec<_> = fake.printers().into_iter().filter(|p| p.name == "sim").collect();
-    assert_eq!(p.len(), 1, "one printer registered: {p:#?}");
-    p[0].id
-}
-
 fn count(calls: &[Call], kind: &str) -> usize {
     calls.iter().filter(|c| c.kind == kind).count()
-}
-
-async fn wait_calls(fake: &FakeObico, what: &str, limit: Duration, ok: impl Fn(&[Call]) -> bool) -> Vec<Call> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let calls = fake.calls();
-        if ok(&calls) {
-            return calls;
-        }
-        assert!(Instant::now() < deadline, "the server never got {what} within {limit:?}: {calls:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The server saw, for this print: one start (the file), predicts in between, one finish
-/// (`status`), nothing lost, duplicated or out of order.
-fn assert_one_print(fake: &FakeObico, job: &str, file: &str, status: &str, want_predicts: bool) {
-    let calls = fake.calls();
-    let id = printer_id(fake);
-    let (lost, dup, order) = audit(&calls, id, &[job.to_string()]);
-    assert_eq!((lost, dup, order), (0, 0, 0), "lost, duplicated, out of order: {calls:#?}");
-    let mine: Vec<&Call> = calls.iter().filter(|c| c.printer == id && c.kind != "create").collect();
-    let starts: Vec<usize> = (0..mine.len()).filter(|&i| mine[i].kind == "start").collect();
-    let finishes: Vec<usize> = (0..mine.len()).filter(|&i| mine[i].kind.starts_with("finish")).collect();
-    assert_eq!(starts.len(), 1, "exactly one start_print: {mine:#?}");
-    assert_eq!(finishes.len(), 1, "exactly one finish_print: {mine:#?}");
-    assert_eq!(mine[starts[0]].arg, file);
-    assert_eq!((mine[finishes[0]].kind.as_str(), mine[finishes[0]].arg.as_str()), ("finish", status));
-    let predicts: Vec<usize> = (0..mine.len()).filter(|&i| mine[i].kind == "predict").collect();
-    if want_predicts {
-        assert!(!predicts.is_empty(), "frames were sent to predict: {mine:#?}");
-    }
-    assert!(
-        predicts.iter().all(|&i| i > starts[0] && i < finishes[0]),
-        "every predict between the start and the finish: {mine:#?}"
-    );
 }
 
 fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
@@ -255,7 +190,7 @@ async fn healthy_print(peers: &Peers) {
     assert_consecutive(&frames);
     assert!(lines_with(&log, "FAILURE DETECTED").is_empty() && lines_with(&log, "PAUSED").is_empty(), "{log}");
     assert!(lines_with(&log, "may be failing").is_empty(), "no warning on healthy frames");
-    assert_one_print(&fake, &job, "a-healthy.gcode", "success", true);
+    assert_one_print(&fake, &job, "a-healthy.gcode", "success", true, "");
     let status = d.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "SIGTERM: clean exit, got {status}\n{}", d.tail(20));
     eprintln!(
@@ -319,7 +254,7 @@ async fn failing_print_pauses_once(peers: &Peers) {
     wait_state(peers, "cancelled", LONG).await;
     d.wait_line("print cancelled", LONG).await;
     wait_calls(&fake, "the finish", LONG, |c| count(c, "finish") + count(c, "finish_not_printing") > 0).await;
-    assert_one_print(&fake, &job, "b-failing.gcode", "cancelled", true);
+    assert_one_print(&fake, &job, "b-failing.gcode", "cancelled", true, "");
     let status = d.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "{status}");
     eprintln!(
@@ -365,7 +300,7 @@ async fn sigkill_and_restart_continue_the_print(peers: &Peers) {
     wait_state(peers, "cancelled", LONG).await;
     d2.wait_line("print cancelled", LONG).await;
     wait_calls(&fake, "the finish", LONG, |c| count(c, "finish") + count(c, "finish_not_printing") > 0).await;
-    assert_one_print(&fake, &job, "c-restart.gcode", "cancelled", true);
+    assert_one_print(&fake, &job, "c-restart.gcode", "cancelled", true, "");
     assert!(d2.terminate(Duration::from_secs(20)).await.success());
     eprintln!(
         "case c: killed after frame {}, stored {stored}, restarted at frame {}",
@@ -412,7 +347,7 @@ async fn server_down_for_the_whole_print(peers: &Peers) {
     let delivered = back.elapsed();
     // Nothing more comes later (no repeat of an event).
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_one_print(&fake, &job, "d-offline.gcode", "cancelled", false);
+    assert_one_print(&fake, &job, "d-offline.gcode", "cancelled", false, "");
     assert!(d.terminate(Duration::from_secs(20)).await.success());
     eprintln!(
         "case d: paused {:.0} ms after the decision with the server down; queued events delivered {:.1} s after it came back",

@@ -10,64 +10,25 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use support::bambu::{CODE, CamMode, SERIAL, SimCamera, SimPrinter, broker, fingerprint};
-use support::daemon::{Daemon, cpu_ticks, ticks_per_sec};
-use support::fake_obico::{self, Settings, audit};
+use support::daemon::{self, Daemon, cpu_ticks, ticks_per_sec};
+use support::fake_obico::{self, Settings, assert_one_print, wait_finish};
 use support::mosquitto::Mosquitto;
 
 const LONG: Duration = Duration::from_secs(60);
-const CADENCE: f64 = 0.25;
 /// Obico's warm-up: no decision before this frame.
 const WARM_UP: u64 = 30;
 
+/// The daemon's configuration, in `dir`: the simulated printer on broker `m`, its camera `cam`, server `fake`.
 fn write_config(dir: &std::path::Path, m: &Mosquitto, cam: &SimCamera, fake: &fake_obico::FakeObico) -> PathBuf {
-    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/demo.onnx");
-    let set = Settings::default();
-    let config = format!(
-        "state_dir = {:?}\n[detector]\nmodel = {:?}\nintra_threads = 1\n\
-         [watch]\ncadence_secs = {CADENCE}\nallow_fast_cadence = true\ncooldown_secs = 0.0\n\
-         [server]\nurl = {:?}\nclient_id = {:?}\nclient_secret = {:?}\nprinter_name = \"sim\"\n\
-         upload = \"always\"\nupload_min_interval_secs = 0.0\nrequest_timeout_secs = 2.0\n\
-         backoff_initial_ms = 100\nbackoff_cap_secs = 1.0\n\
-         [[printers]]\nname = \"sim\"\nkind = \"bambu\"\nhost = \"127.0.0.1\"\nport = {}\nserial = {SERIAL:?}\n\
+    let printer = format!(
+        "[[printers]]\nname = \"sim\"\nkind = \"bambu\"\nhost = \"127.0.0.1\"\nport = {}\nserial = {SERIAL:?}\n\
          access_code = {CODE:?}\nfingerprint = {:?}\ncamera_port = {}\n\
          camera = {{ kind = \"bambu\", timeout_secs = 2 }}\n",
-        dir.join("state").display().to_string(),
-        model.display().to_string(),
-        fake.url(),
-        set.client_id,
-        set.client_secret.expose(),
         m.port,
         fingerprint(m),
         cam.port,
     );
-    let cfg = dir.join("printvigil.toml");
-    std::fs::write(&cfg, config).unwrap();
-    cfg
-}
-
-/// The server saw, for printer `sim`: exactly one start of `file` (key `job`), predicts
-/// in between, one finish `status`; nothing lost, duplicated or out of order.
-fn assert_one_print(fake: &fake_obico::FakeObico, job: &str, file: &str, status: &str, log: &str) {
-    let calls = fake.calls();
-    let printer = fake.printers().into_iter().find(|p| p.name == "sim").expect("printer registered").id;
-    let jobs = [job.to_string()];
-    assert_eq!(audit(&calls, printer, &jobs), (0, 0, 0), "lost, duplicated, out of order ({job}): {calls:#?}\n{log}");
-    let mine: Vec<_> = calls.iter().filter(|c| c.printer == printer && c.kind != "create").collect();
-    let starts: Vec<usize> = (0..mine.len()).filter(|&i| mine[i].kind == "start").collect();
-    let finishes: Vec<usize> = (0..mine.len()).filter(|&i| mine[i].kind.starts_with("finish")).collect();
-    let predicts: Vec<usize> = (0..mine.len()).filter(|&i| mine[i].kind == "predict").collect();
-    assert_eq!((starts.len(), finishes.len()), (1, 1), "{mine:#?}");
-    assert_eq!(mine[starts[0]].arg, file);
-    assert_eq!((mine[finishes[0]].kind.as_str(), mine[finishes[0]].arg.as_str()), ("finish", status));
-    assert!(!predicts.is_empty() && predicts.iter().all(|&i| i > starts[0] && i < finishes[0]), "{mine:#?}");
-}
-
-async fn wait_finish(fake: &fake_obico::FakeObico) {
-    let deadline = Instant::now() + LONG;
-    while !fake.calls().iter().any(|c| c.kind.starts_with("finish")) {
-        assert!(Instant::now() < deadline, "no finish on the server: {:#?}", fake.calls());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon::write_config(dir, Some(fake), "cooldown_secs = 0.0", &printer)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,8 +87,8 @@ async fn failing_frames_from_the_printers_camera_pause_the_bambu_print_once() {
     // The rest of the print, quickly.
     sim.set(|s| s.percent_per_tick = 10);
     d.wait_line("print finished", LONG).await;
-    wait_finish(&fake).await;
-    assert_one_print(&fake, &job, "Benchy", "success", &d.tail(200));
+    wait_finish(&fake, LONG).await;
+    assert_one_print(&fake, &job, "Benchy", "success", true, &d.tail(200));
     let status = d.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "{status}\n{}", d.tail(30));
     assert!(!d.log_text().contains(CODE), "the access code must not be logged");
@@ -157,8 +118,8 @@ async fn sigkill_mid_print_continues_the_same_bambu_print() {
     assert!(!d.log_text().contains("print started"), "{}", d.tail(40));
     sim.set(|s| s.percent_per_tick = 10);
     d.wait_line("print finished", LONG).await;
-    wait_finish(&fake).await;
-    assert_one_print(&fake, &job, "Long", "success", &d.tail(200));
+    wait_finish(&fake, LONG).await;
+    assert_one_print(&fake, &job, "Long", "success", true, &d.tail(200));
     let status = d.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "{status}\n{}", d.tail(30));
 }

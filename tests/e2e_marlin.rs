@@ -9,8 +9,8 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use support::daemon::Daemon;
-use support::fake_obico::{self, Settings, audit};
+use support::daemon::{self, Daemon};
+use support::fake_obico::{self, Settings, assert_one_print, printer_id, wait_finish};
 use support::marlin::MarlinSim;
 use support::snapcam::{Mode, SnapCam};
 
@@ -20,27 +20,13 @@ const WARM_UP: u64 = 30;
 /// The daemon's configuration: fast cadence, the fake server, the simulated Marlin, the camera.
 fn write_config(fake: &fake_obico::FakeObico, cam: &SnapCam, sim: &MarlinSim) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::Builder::new().prefix("printvigil-e2e-marlin-").tempdir().unwrap();
-    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/demo.onnx");
-    let set = Settings::default();
-    let text = format!(
-        "state_dir = {:?}\n\
-         [detector]\nmodel = {:?}\nintra_threads = 1\n\
-         [watch]\ncadence_secs = 0.25\nallow_fast_cadence = true\ncooldown_secs = 0.0\n\
-         [server]\nurl = {:?}\nclient_id = {:?}\nclient_secret = {:?}\nprinter_name = \"sim\"\n\
-         upload = \"always\"\nupload_min_interval_secs = 0.0\nrequest_timeout_secs = 2.0\n\
-         backoff_initial_ms = 100\nbackoff_cap_secs = 1.0\n\
-         [[printers]]\nname = \"sim\"\nkind = \"marlin\"\nport = {:?}\nstatus_interval_secs = 1\n\
+    let printer = format!(
+        "[[printers]]\nname = \"sim\"\nkind = \"marlin\"\nport = {:?}\nstatus_interval_secs = 1\n\
          camera = {{ kind = \"snapshot\", url = {:?}, timeout_secs = 2 }}\n",
-        dir.path().join("state").display().to_string(),
-        model.display().to_string(),
-        fake.url(),
-        set.client_id,
-        set.client_secret.expose(),
         sim.port_str(),
         cam.url(),
     );
-    let config = dir.path().join("printvigil.toml");
-    std::fs::write(&config, text).unwrap();
+    let config = daemon::write_config(dir.path(), Some(fake), "cooldown_secs = 0.0", &printer);
     (dir, config)
 }
 
@@ -78,26 +64,8 @@ async fn failing_frames_pause_the_sd_print_once() {
 
     // The print runs to its end.
     d.wait_line("print finished", Duration::from_secs(90)).await;
-    let deadline = Instant::now() + LONG;
-    let calls = loop {
-        let c = fake.calls();
-        if c.iter().any(|c| c.kind == "finish") {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "no finish reached the server: {c:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let printers = fake.printers();
-    assert_eq!(printers.len(), 1);
-    let id = printers[0].id;
-    let job = "marlin:e2e-cube.gcode:100000".to_string();
-    assert_eq!(audit(&calls, id, &[job]), (0, 0, 0), "lost, duplicated, out of order: {calls:#?}");
-    let mine: Vec<_> = calls.iter().filter(|c| c.printer == id).collect();
-    assert_eq!(mine.iter().filter(|c| c.kind == "start").count(), 1, "{mine:#?}");
-    let finishes: Vec<_> = mine.iter().filter(|c| c.kind.starts_with("finish")).collect();
-    assert_eq!(finishes.len(), 1, "{mine:#?}");
-    assert_eq!(finishes[0].arg, "success");
-    assert!(mine.iter().any(|c| c.kind == "predict"), "{mine:#?}");
+    wait_finish(&fake, LONG).await;
+    assert_one_print(&fake, "marlin:e2e-cube.gcode:100000", "e2e-cube.gcode", "success", true, &d.tail(200));
     let status = d.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "{status}");
 }
@@ -121,16 +89,8 @@ async fn sigkill_mid_print_attaches_to_the_same_print() {
     let mut d = Daemon::spawn(&config, &dir.path().join("daemon-2.log"), &[]);
     d.wait_line("the same print as before", LONG).await;
     d.wait_line("print finished", Duration::from_secs(60)).await;
-    let deadline = Instant::now() + LONG;
-    let calls = loop {
-        let c = fake.calls();
-        if c.iter().any(|c| c.kind == "finish") {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "no finish reached the server: {c:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let id = fake.printers()[0].id;
+    let calls = wait_finish(&fake, LONG).await;
+    let id = printer_id(&fake);
     let mine: Vec<_> = calls.iter().filter(|c| c.printer == id).collect();
     assert_eq!(mine.iter().filter(|c| c.kind == "start").count(), 1, "one start across the restart: {mine:#?}");
     assert_eq!(mine.iter().filter(|c| c.kind.starts_with("finish")).count(), 1, "{mine:#?}");

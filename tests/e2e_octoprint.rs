@@ -8,64 +8,24 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::daemon::{Daemon, cpu_ticks, ticks_per_sec};
-use support::fake_obico::{self, Settings, audit};
+use support::daemon::{self, Daemon, cpu_ticks, ticks_per_sec};
+use support::fake_obico::{self, Settings, assert_one_print, wait_finish};
 use support::octoprint::{API_KEY, OctoPrint, dwell_gcode};
 use support::snapcam::{Mode, SnapCam};
 
 const LONG: Duration = Duration::from_secs(60);
-const CADENCE: f64 = 0.25;
 /// Obico's warm-up: no decision before this frame.
 const WARM_UP: u64 = 30;
 
 /// A daemon config for OctoPrint `op`, camera `cam`, server `fake`, in `dir`.
 fn write_config(dir: &std::path::Path, op: &OctoPrint, cam: &SnapCam, fake: &fake_obico::FakeObico) -> std::path::PathBuf {
-    let model = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/demo.onnx");
-    let set = Settings::default();
-    let config = format!(
-        "state_dir = {:?}\n[detector]\nmodel = {:?}\nintra_threads = 1\n\
-         [watch]\ncadence_secs = {CADENCE}\nallow_fast_cadence = true\ncooldown_secs = 0.0\n\
-         [server]\nurl = {:?}\nclient_id = {:?}\nclient_secret = {:?}\nprinter_name = \"sim\"\n\
-         upload = \"always\"\nupload_min_interval_secs = 0.0\nrequest_timeout_secs = 2.0\n\
-         backoff_initial_ms = 100\nbackoff_cap_secs = 1.0\n\
-         [[printers]]\nname = \"sim\"\nkind = \"octoprint\"\nurl = {:?}\napi_key = {API_KEY:?}\n\
+    let printer = format!(
+        "[[printers]]\nname = \"sim\"\nkind = \"octoprint\"\nurl = {:?}\napi_key = {API_KEY:?}\n\
          camera = {{ kind = \"snapshot\", url = {:?}, timeout_secs = 2 }}\n",
-        dir.join("state").display().to_string(),
-        model.display().to_string(),
-        fake.url(),
-        set.client_id,
-        set.client_secret.expose(),
         op.url(),
         cam.url(),
     );
-    let cfg = dir.join("printvigil.toml");
-    std::fs::write(&cfg, config).unwrap();
-    cfg
-}
-
-/// The server saw, for printer `sim`: exactly one start of `file` (key `job`), predicts
-/// in between, one finish `status`; nothing lost, duplicated or out of order.
-fn assert_one_print(fake: &fake_obico::FakeObico, job: &str, file: &str, status: &str, log: &str) {
-    let calls = fake.calls();
-    let printer = fake.printers().into_iter().find(|p| p.name == "sim").expect("printer registered").id;
-    let jobs = [job.to_string()];
-    assert_eq!(audit(&calls, printer, &jobs), (0, 0, 0), "lost, duplicated, out of order ({job}): {calls:#?}\n{log}");
-    let mine: Vec<_> = calls.iter().filter(|c| c.printer == printer && c.kind != "create").collect();
-    let starts: Vec<usize> = (0..mine.len()).filter(|&i| mine[i].kind == "start").collect();
-    let finishes: Vec<usize> = (0..mine.len()).filter(|&i| mine[i].kind.starts_with("finish")).collect();
-    let predicts: Vec<usize> = (0..mine.len()).filter(|&i| mine[i].kind == "predict").collect();
-    assert_eq!((starts.len(), finishes.len()), (1, 1), "{mine:#?}");
-    assert_eq!(mine[starts[0]].arg, file);
-    assert_eq!((mine[finishes[0]].kind.as_str(), mine[finishes[0]].arg.as_str()), ("finish", status));
-    assert!(!predicts.is_empty() && predicts.iter().all(|&i| i > starts[0] && i < finishes[0]), "{mine:#?}");
-}
-
-async fn wait_finish(fake: &fake_obico::FakeObico) {
-    let deadline = Instant::now() + LONG;
-    while !fake.calls().iter().any(|c| c.kind.starts_with("finish")) {
-        assert!(Instant::now() < deadline, "no finish on the server: {:#?}", fake.calls());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon::write_config(dir, Some(fake), "cooldown_secs = 0.0", &printer)
 }
 
 /// The link's identity of the running print, from OctoPrint's own record of the file.
@@ -127,8 +87,8 @@ async fn failing_frames_pause_a_real_octoprint_print_once() {
     let (s, _) = op.api("POST", "api/job", Some(json!({"command": "cancel"}))).await;
     assert_eq!(s, 204);
     d.wait_line("print cancelled", LONG).await;
-    wait_finish(&fake).await;
-    assert_one_print(&fake, &job, "failing.gcode", "cancelled", &d.tail(200));
+    wait_finish(&fake, LONG).await;
+    assert_one_print(&fake, &job, "failing.gcode", "cancelled", true, &d.tail(200));
     let status = d.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "{status}\n{}", d.tail(30));
     assert!(!d.log_text().contains(API_KEY), "the key must not be logged");
@@ -159,8 +119,8 @@ async fn sigkill_mid_print_continues_the_same_octoprint_print() {
     let (s, _) = op.api("POST", "api/job", Some(json!({"command": "cancel"}))).await;
     assert_eq!(s, 204);
     d.wait_line("print cancelled", LONG).await;
-    wait_finish(&fake).await;
-    assert_one_print(&fake, &job, "long.gcode", "cancelled", &d.tail(200));
+    wait_finish(&fake, LONG).await;
+    assert_one_print(&fake, &job, "long.gcode", "cancelled", true, &d.tail(200));
     let status = d.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "{status}\n{}", d.tail(30));
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const BUILD: &[&str] = &["gcc", "g++", "libc6-dev", "make", "cmake", "nasm", "python3-pip", "python3-venv"];
-const TESTS: &[&str] = &["libusb-dev", "libsodium23", "systemd", "mosquitto", "chromium"];
+const TESTS: &[&str] = &["libusb-dev", "libsodium23", "systemd", "mosquitto", "chromium", "tmux"];
 
 /// Answers like `dpkg-query -W -f='${Package} ${Status}\n' PKG...`: the packages in
 /// `FAKE_INSTALLED` are installed, those in `FAKE_REMOVED` left only their config files,
@@ -139,7 +139,8 @@ fn missing_without_root_or_sudo_prints_the_one_command_and_fails() {
     let (rc, printed, _) = m.run(1000, &without(BUILD, &["make"]), &["make"], &["--test"]);
     assert_ne!(rc, 0);
     assert!(
-        printed.contains("sudo apt-get install -y --no-install-recommends make libusb-dev libsodium23 systemd mosquitto chromium\n"),
+        printed.contains("sudo apt-get install -y --no-install-recommends make libusb-dev libsodium23 systemd mosquitto chromium tmux
+"),
         "{printed}"
     );
 }

@@ -162,3 +162,54 @@ fn the_parser_reads_repeats_resets_and_continuations() {
     assert_eq!(words(&parse_unit("[S]\nG=a b\nG=\nG=c\n")["S"], "G"), ["c"]);
     assert_eq!(last(s, "C"), "");
 }
+
+#[test]
+fn the_unit_merges_first_boot_settings_then_waits_for_a_printer() {
+    let s = service();
+    let conditions = s.get("ExecCondition").cloned().unwrap_or_default();
+    // First the merge, as root ("+", the config and /boot/firmware are read-only to the
+    // service) and never stopping the start ("-"); then the wait for a configured printer,
+    // as the service's user.
+    assert_eq!(
+        conditions,
+        ["-+/usr/bin/printvigil setup firstboot", "/usr/bin/printvigil setup configured"],
+        "ExecCondition lines changed"
+    );
+    let unit = parse_unit(&std::fs::read_to_string(repo("systemd/printvigil.service")).unwrap());
+    assert_eq!(unit["Unit"]["Documentation"], ["man:printvigil(1)"]);
+    assert!(repo("packaging/deb/printvigil.1").is_file(), "the man page the unit names");
+}
+
+#[test]
+fn the_conditions_do_what_the_unit_expects_of_them() {
+    let bin = env!("CARGO_BIN_EXE_printvigil");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "# shipped: no printer\n").unwrap();
+    let run = |args: &[&str]| {
+        Command::new(bin).arg("--config").arg(&config).args(args).env_remove("PRINTVIGIL_CONFIG").output().unwrap()
+    };
+    // No printer: exit 1 (systemd skips the unit, it does not fail), with what to do.
+    let out = run(&["setup", "configured"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("printvigil setup"));
+    // No first-boot file: nothing to do, exit 0, silent.
+    let boot = dir.path().join("printvigil.toml");
+    let out = run(&["setup", "firstboot", "--from", boot.to_str().unwrap()]);
+    assert!(out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+    // A first-boot file with a printer: merged and deleted; now the service may start.
+    std::fs::write(&boot, "[[printers]]\nname = \"farm-07\"\nkind = \"simulated\"\n").unwrap();
+    let out = run(&["setup", "firstboot", "--from", boot.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("printers farm-07"), "{out:?}");
+    assert!(!boot.exists());
+    assert!(std::fs::read_to_string(&config).unwrap().starts_with("# shipped: no printer\n"));
+    let out = run(&["setup", "configured"]);
+    assert!(out.status.success(), "{out:?}");
+    // A broken file: refused (exit 1: the unit's "-" ignores it), moved aside, not merged.
+    std::fs::write(&boot, "[[printers]]\nname = \"x\"\nkind = \"moonraker\"\nurll = 1\n").unwrap();
+    let out = run(&["setup", "firstboot", "--from", boot.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT applied"), "{out:?}");
+    assert!(!boot.exists() && dir.path().join("firstboot-refused.toml").exists());
+}

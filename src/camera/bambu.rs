@@ -22,15 +22,14 @@
 //!
 //! Like the MJPEG camera, the stream is read by a background task (started by the first
 //! grab) that keeps the newest frame and reconnects with a growing pause; a grab returns
-//! the newest frame it has not returned before.
+//! the newest frame it has not returned before (the `stream` module, shared with it).
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
-use super::{Camera, CameraConfig, CameraError, Frame, Grab, is_jpeg, sniff};
+use super::stream::{Reader, Slot};
+use super::{Camera, CameraConfig, CameraError, Grab, is_jpeg, sniff};
 use crate::secret::{Secret, SecretUrl};
 use crate::tlspin::{self, Fingerprint, Trust};
 
@@ -119,59 +118,24 @@ pub fn frame_length(header: &[u8; HEADER], max: usize) -> Header {
 
 const RTSP_HINT: &str = "X1, H2 and P2S printers serve their camera as RTSPS on port 322 instead, which printvigil does not read: run a local bridge that makes snapshots of it (for example go2rtc) and set camera = { kind = \"snapshot\", url = \"<the bridge's snapshot URL>\" }";
 
-#[derive(Default)]
-struct Shared {
-    seq: u64,
-    frame: Option<Arc<Frame>>,
-    error_seq: u64,
-    error: Option<CameraError>,
-}
-
-/// Reconnect pauses, as the MJPEG camera's.
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
 struct Link {
     url: SecretUrl,
     target: Target,
     timeout: Duration,
     max: usize,
-    tx: watch::Sender<Shared>,
+    slot: Slot,
 }
 
 impl Link {
-    fn publish_error(&self, e: CameraError) {
-        self.tx.send_modify(|s| {
-            s.error_seq += 1;
-            s.error = Some(e);
-        });
-    }
-
+    /// Keeps the stream open, reconnecting, until the camera is dropped.
     async fn run(self) {
-        let first = BACKOFF_MIN.min(self.timeout / 2).max(Duration::from_millis(50));
-        let mut backoff = first;
         let (tls, seen) = tlspin::client_config(self.target.trust);
         let connector = tokio_rustls::TlsConnector::from(tls);
-        loop {
-            let mut got_frames = false;
-            let e = self.connection(&connector, &seen, &mut got_frames).await;
-            if self.tx.is_closed() {
-                return;
-            }
-            if got_frames {
-                tracing::debug!(url = %self.url, error = %e, "camera stream interrupted; reopening");
-                backoff = first;
-            } else {
-                tracing::debug!(url = %self.url, error = %e, "camera stream failed");
-                self.publish_error(e);
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
+        self.slot.keep_open(&self.url, self.timeout, || self.connection(&connector, &seen)).await
     }
 
     /// One connection; returns why it ended.
-    async fn connection(&self, connector: &tokio_rustls::TlsConnector, seen: &tlspin::Seen, got: &mut bool) -> CameraError {
+    async fn connection(&self, connector: &tokio_rustls::TlsConnector, seen: &tlspin::Seen) -> CameraError {
         let url = &self.url;
         let t = &self.target;
         let timeout = self.timeout;
@@ -207,7 +171,7 @@ impl Link {
         loop {
             match tokio::time::timeout(timeout, tls.read_exact(&mut header)).await {
                 Err(_) => return timed_out(),
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof && !*got => {
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof && !self.slot.got_frames() => {
                     return CameraError::BambuAccess { url: url.clone() };
                 }
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return CameraError::StreamEnded { url: url.clone() },
@@ -235,13 +199,7 @@ impl Link {
             if !is_jpeg(&jpeg) {
                 return CameraError::BambuProtocol { url: url.clone(), what: format!("a {len}-byte frame that is {}", sniff(&jpeg)) };
             }
-            *got = true;
-            let frame = Arc::new(Frame { jpeg, taken: SystemTime::now() });
-            self.tx.send_modify(|s| {
-                s.seq += 1;
-                s.frame = Some(frame);
-                s.error = None;
-            });
+            self.slot.frame(jpeg);
         }
     }
 }
@@ -253,10 +211,7 @@ pub struct BambuCamera {
     target: Target,
     timeout: Duration,
     max: usize,
-    rx: Option<watch::Receiver<Shared>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    last_seq: u64,
-    last_error_seq: u64,
+    stream: Reader,
 }
 
 impl BambuCamera {
@@ -268,30 +223,8 @@ impl BambuCamera {
             target,
             timeout: cfg.timeout(),
             max: cfg.max_frame_bytes,
-            rx: None,
-            task: None,
-            last_seq: 0,
-            last_error_seq: 0,
+            stream: Reader::new(cfg.url.clone(), cfg.timeout()),
         })
-    }
-
-    fn start(&mut self) -> watch::Receiver<Shared> {
-        if let Some(rx) = &self.rx {
-            return rx.clone();
-        }
-        let (tx, rx) = watch::channel(Shared::default());
-        let link = Link { url: self.url.clone(), target: self.target.clone(), timeout: self.timeout, max: self.max, tx };
-        self.task = Some(tokio::spawn(link.run()));
-        self.rx = Some(rx.clone());
-        rx
-    }
-}
-
-impl Drop for BambuCamera {
-    fn drop(&mut self) {
-        if let Some(t) = &self.task {
-            t.abort();
-        }
     }
 }
 
@@ -304,31 +237,8 @@ impl Camera for BambuCamera {
     /// stream met since the last grab is returned at once when no new frame came.
     fn grab(&mut self) -> Grab<'_> {
         Box::pin(async move {
-            let mut rx = self.start();
-            let deadline = tokio::time::Instant::now() + self.timeout;
-            loop {
-                {
-                    let s = rx.borrow_and_update();
-                    if s.seq > self.last_seq
-                        && let Some(f) = &s.frame
-                    {
-                        self.last_seq = s.seq;
-                        self.last_error_seq = s.error_seq;
-                        return Ok(Frame::clone(f));
-                    }
-                    if s.error_seq > self.last_error_seq
-                        && let Some(e) = &s.error
-                    {
-                        self.last_error_seq = s.error_seq;
-                        return Err(e.clone());
-                    }
-                }
-                match tokio::time::timeout_at(deadline, rx.changed()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Err(CameraError::StreamEnded { url: self.url.clone() }),
-                    Err(_) => return Err(CameraError::Timeout { url: self.url.clone(), secs: self.timeout.as_secs_f64() }),
-                }
-            }
+            let link = |slot| Link { url: self.url.clone(), target: self.target.clone(), timeout: self.timeout, max: self.max, slot };
+            self.stream.grab(|slot| link(slot).run()).await
         })
     }
 }

@@ -19,13 +19,12 @@
 //! stream without boundaries, may yield the EXIF thumbnail as a frame. Either costs one
 //! frame, never the stream.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::watch;
 
-use super::{Camera, CameraConfig, CameraError, Frame, Grab, SecretUrl, sniff};
+use super::stream::{Reader, Slot};
+use super::{Camera, CameraConfig, CameraError, Grab, SecretUrl, sniff};
 
 /// What the parser found.
 #[derive(Debug, Clone, PartialEq)]
@@ -315,19 +314,6 @@ pub fn boundary_of(content_type: &str) -> Option<String> {
     })
 }
 
-#[derive(Default)]
-struct Shared {
-    /// Counts frames; a grab returns a frame newer than the last it returned.
-    seq: u64,
-    frame: Option<Arc<Frame>>,
-    /// Counts errors, and the newest one (cleared by the next frame).
-    error_seq: u64,
-    error: Option<CameraError>,
-    /// Bytes the open connection sent while it gave no frame yet: a grab that times out
-    /// while they flow reports a stream that is not MJPEG, not a silent camera.
-    unframed: usize,
-}
-
 /// Bytes without a frame after which a connection is given up as not an MJPEG stream (and
 /// opened again after a pause): the size cap, twice, and at least 4 MiB. The parser holds
 /// at most a frame's worth of them meanwhile.
@@ -335,17 +321,12 @@ fn unframed_limit(max: usize) -> usize {
     max.saturating_mul(2).max(4 << 20)
 }
 
-/// Reconnect pauses: from `BACKOFF_MIN` (or half the timeout, if shorter) doubling up to
-/// `BACKOFF_MAX`; back to the start once frames flow again.
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
 struct Link {
     url: SecretUrl,
     timeout: Duration,
     max: usize,
     client: reqwest::Client,
-    tx: watch::Sender<Shared>,
+    slot: Slot,
 }
 
 const EXPECTED: &str = "MJPEG stream URL (for a single-picture URL use kind = \"snapshot\")";
@@ -355,43 +336,13 @@ impl Link {
         CameraError::Timeout { url: self.url.clone(), secs: self.timeout.as_secs_f64() }
     }
 
-    fn publish_error(&self, e: CameraError) {
-        self.tx.send_modify(|s| {
-            s.error_seq += 1;
-            s.error = Some(e);
-        });
-    }
-
     /// Keeps the stream open, reconnecting, until the camera is dropped.
     async fn run(self) {
-        let first = BACKOFF_MIN.min(self.timeout / 2).max(Duration::from_millis(50));
-        let mut backoff = first;
-        loop {
-            let mut got_frames = false;
-            let e = self.connection(&mut got_frames).await;
-            if self.tx.is_closed() {
-                return;
-            }
-            self.tx.send_if_modified(|s| {
-                s.unframed = 0;
-                false
-            });
-            if got_frames && !matches!(e, CameraError::NoFrames { .. }) {
-                // It worked until now (or it serves one picture per connection): reopen
-                // quietly; a grab waits for the next frame rather than seeing an error.
-                tracing::debug!(url = %self.url, error = %e, "camera stream interrupted; reopening");
-                backoff = first;
-            } else {
-                tracing::debug!(url = %self.url, error = %e, "camera stream failed");
-                self.publish_error(e);
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
+        self.slot.keep_open(&self.url, self.timeout, || self.connection()).await
     }
 
     /// One connection; returns why it ended.
-    async fn connection(&self, got_frames: &mut bool) -> CameraError {
+    async fn connection(&self) -> CameraError {
         let url = &self.url;
         let resp = match tokio::time::timeout(self.timeout, self.client.get(url.expose()).send()).await {
             Err(_) => return self.timeout_err(),
@@ -422,7 +373,7 @@ impl Link {
             let chunk = match tokio::time::timeout(self.timeout, stream.next()).await {
                 Err(_) => return self.timeout_err(),
                 Ok(None) => {
-                    if !*got_frames && seen > 0 && !head.starts_with(&SOI[..2]) && !head.windows(2).any(|w| w == [0xFF, 0xD8]) {
+                    if !self.slot.got_frames() && seen > 0 && !head.starts_with(&SOI[..2]) && !head.windows(2).any(|w| w == [0xFF, 0xD8]) {
                         return CameraError::NotJpeg { url: url.clone(), what: sniff(&head), expected: EXPECTED };
                     }
                     return CameraError::StreamEnded { url: url.clone() };
@@ -438,28 +389,18 @@ impl Link {
             for event in parser.push(&chunk) {
                 match event {
                     Event::Frame(jpeg) => {
-                        *got_frames = true;
                         unframed = 0;
-                        let frame = Arc::new(Frame { jpeg, taken: SystemTime::now() });
-                        self.tx.send_modify(|s| {
-                            s.seq += 1;
-                            s.frame = Some(frame);
-                            s.error = None;
-                        });
+                        self.slot.frame(jpeg);
                     }
                     Event::TooLarge => {
                         unframed = 0;
-                        self.publish_error(CameraError::TooLarge { url: url.clone(), max: self.max })
+                        self.slot.error(CameraError::TooLarge { url: url.clone(), max: self.max })
                     }
                 }
             }
             // Only a connection that gave no frame yet: a slow frame on a good stream is
             // a timeout, not a stream of something else.
-            let shown = if *got_frames { 0 } else { unframed };
-            self.tx.send_if_modified(|s| {
-                s.unframed = shown;
-                false // no grab needs waking for this
-            });
+            self.slot.unframed(if self.slot.got_frames() { 0 } else { unframed });
             if unframed > limit {
                 return CameraError::NoFrames { url: url.clone(), bytes: unframed };
             }
@@ -473,10 +414,7 @@ pub struct MjpegCamera {
     timeout: Duration,
     max: usize,
     client: reqwest::Client,
-    rx: Option<watch::Receiver<Shared>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    last_seq: u64,
-    last_error_seq: u64,
+    stream: Reader,
 }
 
 impl MjpegCamera {
@@ -491,30 +429,8 @@ impl MjpegCamera {
             timeout: cfg.timeout(),
             max: cfg.max_frame_bytes,
             client,
-            rx: None,
-            task: None,
-            last_seq: 0,
-            last_error_seq: 0,
+            stream: Reader::new(cfg.url.clone(), cfg.timeout()),
         })
-    }
-
-    fn start(&mut self) -> watch::Receiver<Shared> {
-        if let Some(rx) = &self.rx {
-            return rx.clone();
-        }
-        let (tx, rx) = watch::channel(Shared::default());
-        let link = Link { url: self.url.clone(), timeout: self.timeout, max: self.max, client: self.client.clone(), tx };
-        self.task = Some(tokio::spawn(link.run()));
-        self.rx = Some(rx.clone());
-        rx
-    }
-}
-
-impl Drop for MjpegCamera {
-    fn drop(&mut self) {
-        if let Some(t) = &self.task {
-            t.abort();
-        }
     }
 }
 
@@ -527,38 +443,8 @@ impl Camera for MjpegCamera {
     /// stream met since the last grab is returned at once when no new frame came.
     fn grab(&mut self) -> Grab<'_> {
         Box::pin(async move {
-            let mut rx = self.start();
-            let deadline = tokio::time::Instant::now() + self.timeout;
-            loop {
-                {
-                    let s = rx.borrow_and_update();
-                    if s.seq > self.last_seq
-                        && let Some(f) = &s.frame
-                    {
-                        self.last_seq = s.seq;
-                        self.last_error_seq = s.error_seq;
-                        return Ok(Frame::clone(f));
-                    }
-                    if s.error_seq > self.last_error_seq
-                        && let Some(e) = &s.error
-                    {
-                        self.last_error_seq = s.error_seq;
-                        return Err(e.clone());
-                    }
-                }
-                match tokio::time::timeout_at(deadline, rx.changed()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Err(CameraError::StreamEnded { url: self.url.clone() }),
-                    Err(_) => {
-                        // Bytes came and no frame in them: that is no silent camera.
-                        let bytes = rx.borrow().unframed;
-                        if bytes > 0 {
-                            return Err(CameraError::NoFrames { url: self.url.clone(), bytes });
-                        }
-                        return Err(CameraError::Timeout { url: self.url.clone(), secs: self.timeout.as_secs_f64() });
-                    }
-                }
-            }
+            let link = |slot| Link { url: self.url.clone(), timeout: self.timeout, max: self.max, client: self.client.clone(), slot };
+            self.stream.grab(|slot| link(slot).run()).await
         })
     }
 }

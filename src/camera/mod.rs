@@ -8,6 +8,9 @@
 //! - [`files`]: JPEG files from a directory (a recorded print replayed, or no camera at all).
 //! - [`bambu`]: the built-in camera of Bambu Lab A1/P1 printers (JPEG frames over TLS).
 //!
+//! [`mjpeg`] and [`bambu`] read their stream in a background task and share that
+//! machinery (`stream`: the slot the task publishes into, the reader a grab waits on).
+//!
 //! [`from_config`] builds a camera from a [`CameraConfig`] and wraps it so that every
 //! frame is checked for a frozen feed ([`FrozenWatch`], not for files) and turned the right way up
 //! ([`Orientation`]). Cameras found by the printer link ([`CameraInfo`]) become configs with [`from_info`].
@@ -26,6 +29,7 @@ pub mod files;
 pub mod mjpeg;
 pub mod orientation;
 pub mod snapshot;
+mod stream;
 #[cfg(feature = "v4l2")]
 pub mod v4l2;
 

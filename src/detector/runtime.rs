@@ -8,6 +8,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// Whether this build can run inference at all. 32-bit ARM (armv7, 32-bit Raspberry Pi OS)
+/// has no ONNX Runtime build: there printvigil runs everything but the detector.
+pub const INFERENCE: bool = !cfg!(target_arch = "arm");
+/// What a build without inference says at start and in `check`.
+pub const NO_INFERENCE: &str = concat!(
+    "this is a 32-bit ARM (armv7) build, and ONNX Runtime exists for no such system: ",
+    "printvigil follows the printers and mirrors prints to the server, but scores no frames, ",
+    "so it detects no failure and pauses nothing. For failure detection install a 64-bit OS ",
+    "(Raspberry Pi OS 64-bit) and the arm64 package"
+);
+
 /// The library file name ONNX Runtime ships as on Linux.
 pub const LIB_NAME: &str = "libonnxruntime.so";
 /// Where packaged installs put the library.
@@ -62,6 +73,9 @@ pub fn loaded() -> Option<PathBuf> {
 
 fn load_first(candidates: &[PathBuf]) -> Result<PathBuf, RuntimeError> {
     let mut tried = Vec::new();
+    if !INFERENCE {
+        return Err(RuntimeError { tried: vec![(PathBuf::from(LIB_NAME), NO_INFERENCE.to_string())] });
+    }
     for path in candidates {
         let path = if path.is_dir() { path.join(LIB_NAME) } else { path.clone() };
         if !path.exists() {
@@ -74,7 +88,9 @@ fn load_first(candidates: &[PathBuf]) -> Result<PathBuf, RuntimeError> {
         }
         match ort::init_from(&path) {
             Ok(builder) => {
-                match builder.with_name("printvigil").build() {
+                // ort turns ONNX Runtime's telemetry on unless told otherwise; printvigil
+                // sends nothing anywhere but to the printer and the configured server.
+                match builder.with_name("printvigil").with_telemetry(false).build() {
                     // ort keeps only a weak reference to the environment: hold it for the
                     // life of the process so every session shares it.
                     Ok(env) => {

@@ -69,6 +69,19 @@ pub enum PrinterEvent {
     Online,
 }
 
+impl PrinterEvent {
+    /// The event a change of the state a link reports makes, if any: `Paused` when a
+    /// print goes from printing to paused, `Resumed` when it goes back; `job` is the
+    /// current print. (Starts and ends have their own events, found from the job.)
+    pub fn of_state_change(prev: Option<PrinterState>, now: PrinterState, job: Option<JobId>) -> Option<PrinterEvent> {
+        match (prev, now) {
+            (Some(PrinterState::Printing), PrinterState::Paused) => Some(PrinterEvent::Paused { job }),
+            (Some(PrinterState::Paused), PrinterState::Printing) => Some(PrinterEvent::Resumed { job }),
+            _ => None,
+        }
+    }
+}
+
 /// The printer's state as a link reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum PrinterState {
@@ -322,4 +335,21 @@ impl PrinterConfig {
 /// A key that must not be blank when present.
 pub(crate) fn nonblank(secret: &Option<Secret>) -> bool {
     secret.as_ref().is_none_or(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pausing_and_resuming_a_print_make_an_event() {
+        let job = Some(JobId("j".into()));
+        let ev = |prev, now| PrinterEvent::of_state_change(prev, now, job.clone());
+        assert_eq!(ev(Some(PrinterState::Printing), PrinterState::Paused), Some(PrinterEvent::Paused { job: job.clone() }));
+        assert_eq!(ev(Some(PrinterState::Paused), PrinterState::Printing), Some(PrinterEvent::Resumed { job: job.clone() }));
+        assert_eq!(ev(None, PrinterState::Paused), None);
+        assert_eq!(ev(Some(PrinterState::Idle), PrinterState::Printing), None);
+        assert_eq!(ev(Some(PrinterState::Paused), PrinterState::Paused), None);
+        assert_eq!(ev(Some(PrinterState::Paused), PrinterState::Idle), None);
+    }
 }

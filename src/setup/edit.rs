@@ -65,6 +65,7 @@ impl ConfigFile {
         let path = self.path.clone();
         // Comments at the end of the file stay where they are: before what is added.
         let trailing = if self.printer_names().iter().any(|n| n == name) { String::new() } else { self.take_trailing() };
+        let empty = self.text_is_empty();
         let item = self.doc.entry("printers").or_insert(Item::ArrayOfTables(ArrayOfTables::new()));
         // `printers = [{...}]` (an inline array) becomes `[[printers]]` tables.
         if let Some(array) = item.as_array() {
@@ -85,7 +86,9 @@ impl ConfigFile {
             Some(i) => i,
             None => {
                 let mut t = Table::new();
-                t.decor_mut().set_prefix(trailing.clone());
+                // A blank line before a new entry, unless the file ends with one.
+                let prefix = if trailing.is_empty() && !empty { "\n".to_string() } else { trailing.clone() };
+                t.decor_mut().set_prefix(prefix);
                 t["name"] = toml_edit::value(name);
                 t["kind"] = toml_edit::value(kind);
                 tables.push(t);
@@ -93,6 +96,10 @@ impl ConfigFile {
             }
         };
         Ok(tables.get_mut(index).expect("index found or pushed above"))
+    }
+
+    fn text_is_empty(&self) -> bool {
+        self.doc.to_string().trim().is_empty()
     }
 
     /// The comments and blank lines at the end of the file, taken off the document.
@@ -123,6 +130,8 @@ impl ConfigFile {
         if !self.doc.contains_key(key) {
             let trailing = self.take_trailing();
             let mut t = Table::new();
+            // A blank line before a new section, unless the file ends with one.
+            let trailing = if trailing.is_empty() && !self.doc.is_empty() { "\n".to_string() } else { trailing };
             t.decor_mut().set_prefix(trailing);
             self.doc.insert(key, Item::Table(t));
         }
@@ -138,6 +147,51 @@ impl ConfigFile {
         self.doc.remove(key).is_some()
     }
 
+    /// Merges the settings of another config text (a first-boot file) into this one: a
+    /// `[[printers]]` entry replaces the keys of the entry of the same name (added when
+    /// missing), a section's keys replace the same keys of that section, a top-level value
+    /// replaces the same value. Comments of both texts are kept. Returns what was merged
+    /// (printer names and section names; never a value).
+    pub fn merge(&mut self, other: &str, other_path: &Path) -> Result<Merged, EditError> {
+        let parse_err = |message: String| EditError::Parse { path: other_path.into(), message };
+        let fragment = other.parse::<DocumentMut>().map_err(|e| parse_err(e.message().to_string()))?;
+        let mut merged = Merged::default();
+        for (key, item) in fragment.iter() {
+            if key == "printers" {
+                let entries: Vec<Table> = match item {
+                    Item::ArrayOfTables(a) => a.iter().cloned().collect(),
+                    Item::Value(toml_edit::Value::Array(a)) => a
+                        .iter()
+                        .map(|v| v.as_inline_table().map(|t| t.clone().into_table()))
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| parse_err("`printers` must be [[printers]] tables".into()))?,
+                    _ => return Err(parse_err("`printers` must be [[printers]] tables".into())),
+                };
+                for entry in entries {
+                    let Some(name) = entry.get("name").and_then(Item::as_str).map(String::from) else {
+                        return Err(parse_err("every [[printers]] entry needs a `name` (entries are matched by name)".into()));
+                    };
+                    let kind = entry.get("kind").and_then(Item::as_str).unwrap_or("moonraker").to_string();
+                    let target = self.printer(&name, &kind)?;
+                    for (k, v) in entry.iter() {
+                        set_keeping_comment(target, k, v);
+                    }
+                    merged.printers.push(name);
+                }
+            } else if let Some(table) = item.as_table_like() {
+                let target = self.section(key)?;
+                for (k, v) in table.iter() {
+                    set_keeping_comment(target, k, v);
+                }
+                merged.sections.push(key.to_string());
+            } else {
+                self.doc[key] = item.clone();
+                merged.values.push(key.to_string());
+            }
+        }
+        Ok(merged)
+    }
+
     /// The edited text.
     pub fn text(&self) -> String {
         self.doc.to_string()
@@ -151,6 +205,42 @@ impl ConfigFile {
             .map_err(|source| EditError::Invalid { path: self.path.clone(), source })?;
         write_atomically(&self.path, text.as_bytes()).map_err(|source| EditError::Write { path: self.path.clone(), source })?;
         Ok(config)
+    }
+}
+
+/// Sets `table[key]` to `item`; a value replacing a value keeps the old one's comment.
+fn set_keeping_comment(table: &mut Table, key: &str, item: &Item) {
+    let mut item = item.clone();
+    if let (Some(old), Some(new)) = (table.get(key).and_then(Item::as_value), item.as_value_mut()) {
+        *new.decor_mut() = old.decor().clone();
+    }
+    table[key] = item;
+}
+
+/// What [`ConfigFile::merge`] changed, by name only (values may be secrets).
+#[derive(Debug, Default, PartialEq)]
+pub struct Merged {
+    pub printers: Vec<String>,
+    pub sections: Vec<String>,
+    pub values: Vec<String>,
+}
+
+impl std::fmt::Display for Merged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if !self.printers.is_empty() {
+            parts.push(format!("printers {}", self.printers.join(", ")));
+        }
+        if !self.sections.is_empty() {
+            parts.push(format!("sections {}", self.sections.join(", ")));
+        }
+        if !self.values.is_empty() {
+            parts.push(format!("keys {}", self.values.join(", ")));
+        }
+        if parts.is_empty() {
+            return f.write_str("nothing");
+        }
+        f.write_str(&parts.join("; "))
     }
 }
 
@@ -232,6 +322,32 @@ mod tests {
         assert!(matches!(c.printer("a", "x"), Err(EditError::Shape { .. })));
         let mut c = edit("server = \"x\"\n");
         assert!(matches!(c.section("server"), Err(EditError::Shape { .. })));
+    }
+
+    #[test]
+    fn merge_matches_printers_by_name_and_sections_by_key_keeping_comments() {
+        let mut c = edit("# mine\n[[printers]]\nname = \"voron\" # the big one\nkind = \"moonraker\"\nurl = \"http://old:7125\"\n\n[watch]\ncadence_secs = 10.0 # keep\naction_on_failure = \"pause\"\n");
+        let boot = "[[printers]]\nname = \"voron\"\nurl = \"http://127.0.0.1:7125\"\n\n[[printers]]\nname = \"ender\"\nkind = \"octoprint\"\napi_key = \"K\"\n\n[watch]\naction_on_failure = \"cancel\"\n\n[server]\nurl = \"https://s.example\"\ntoken = \"T\"\n";
+        let boot = format!("state_dir = \"/srv/pv\"\n{boot}");
+        let boot = boot.as_str();
+        let merged = c.merge(boot, Path::new("/boot/firmware/printvigil.toml")).unwrap();
+        assert_eq!(merged.printers, ["voron", "ender"]);
+        assert_eq!(merged.sections, ["watch", "server"]);
+        assert_eq!(merged.values, ["state_dir"]);
+        assert_eq!(merged.to_string(), "printers voron, ender; sections watch, server; keys state_dir");
+        let t = c.text();
+        // Top-level keys go before the first table (TOML has them nowhere else).
+        assert!(t.starts_with("state_dir = \"/srv/pv\"\n# mine\n[[printers]]\nname = \"voron\" # the big one"), "{t}");
+        assert!(t.contains("cadence_secs = 10.0 # keep") && !t.contains("http://old"), "{t}");
+        let config = crate::config::Config::from_toml_str(&t).unwrap();
+        assert_eq!(config.printers.len(), 2);
+        assert_eq!(config.state_dir, Path::new("/srv/pv"));
+        assert_eq!(config.watch.action_on_failure, crate::printer::Action::Cancel);
+        assert!(config.server.is_some());
+        // An entry without a name cannot be matched: refused, naming the file.
+        let e = c.merge("[[printers]]\nkind = \"moonraker\"\n", Path::new("/boot/x.toml")).unwrap_err();
+        assert!(e.to_string().contains("/boot/x.toml") && e.to_string().contains("needs a `name`"), "{e}");
+        assert!(matches!(c.merge("[[printers]\n", Path::new("/b")), Err(EditError::Parse { .. })));
     }
 
     #[test]

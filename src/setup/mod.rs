@@ -8,10 +8,18 @@
 //! - [`octoprint`]: OctoPrint's Application Keys workflow (the user clicks Allow).
 //! - [`bambu`]: a Bambu Lab printer's certificate fingerprint (the user confirms it), serial
 //!   and access code, checked by logging in once.
+//! - [`moonraker`]: the interactive first run on a Klipper host (bare `printvigil setup`):
+//!   Moonraker found, its key, a camera and a frame scored, the server, then `check`.
+//! - [`prompt`]: plain line prompts, each with a flag, defaults taken without a terminal.
+//! - [`firstboot`]: a fleet image's `/boot/firmware/printvigil.toml`, merged once and
+//!   removed; the service's start condition (a printer is configured).
 
 pub mod bambu;
 pub mod edit;
+pub mod firstboot;
+pub mod moonraker;
 pub mod octoprint;
+pub mod prompt;
 
 /// Errors of a setup step, each a message that says what to do.
 #[derive(Debug, thiserror::Error)]

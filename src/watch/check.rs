@@ -80,6 +80,13 @@ fn writable(dir: &std::path::Path) -> bool {
 }
 
 async fn detector(config: &Config) -> Vec<Line> {
+    if !crate::detector::runtime::INFERENCE {
+        return vec![Line::fail(
+            "detector",
+            format!("none: {}", crate::detector::runtime::NO_INFERENCE),
+            "the printers, cameras and the server below still work; detection needs a 64-bit OS",
+        )];
+    }
     let plan = config.detector.plan(config.printers.len());
     let mut d = match super::supervisor::load_detectors(config, 1, plan.threads).await {
         Ok(mut d) => d.remove(0),

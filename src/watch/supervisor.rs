@@ -100,8 +100,16 @@ impl Parts {
     /// The detector, the state database and the server mirror (when configured) from the config.
     pub async fn from_config(config: &Config) -> Result<Self, RunError> {
         let plan = config.detector.plan(config.printers.len());
-        let detectors = load_detectors(config, plan.sessions, plan.threads).await?;
-        tracing::info!("{} inference session(s), {} thread(s) each", plan.sessions, plan.threads);
+        // A build without inference (32-bit ARM) has no detector: the scheduler gets no
+        // session and the watches submit no frame (see the watcher).
+        let detectors = if crate::detector::runtime::INFERENCE {
+            let d = load_detectors(config, plan.sessions, plan.threads).await?;
+            tracing::info!("{} inference session(s), {} thread(s) each", plan.sessions, plan.threads);
+            d
+        } else {
+            tracing::warn!("{}", crate::detector::runtime::NO_INFERENCE);
+            Vec::new()
+        };
         let store = Arc::new(StateStore::open(&state_file(&config.state_dir))?);
         let mirror = match &config.server {
             Some(s) => open_mirror(s, &config.state_dir)?,
@@ -330,7 +338,9 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
     }
     let started = Instant::now();
     let parts = Parts::from_config(config).await?;
-    tracing::info!("detector ready in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+    if crate::detector::runtime::INFERENCE {
+        tracing::info!("detector ready in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+    }
     let specs = specs_from_config(config, &crate::server::hostname());
     let (events, _) = broadcast::channel(256);
     // The status page and metrics: a sink; the watches run without it if it cannot start.

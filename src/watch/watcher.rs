@@ -420,6 +420,7 @@ impl Watcher {
             Phase::Paused => format!("{}: paused {file}{p}", self.spec_name),
             Phase::Printing => format!("{}: printing {file}{p}{cam}", self.spec_name),
         };
+        let line = if crate::detector::runtime::INFERENCE { line } else { format!("{line} (no inference in this build)") };
         self.set_status_line(line);
     }
 
@@ -482,7 +483,8 @@ impl Watcher {
     /// When the frame submitted before is being scored, its answer is moments away and
     /// it is fresh: this turn is skipped rather than throw that work away.
     async fn grab_and_submit(&mut self) {
-        if self.record.not_watching {
+        // A build without inference follows the print and scores nothing.
+        if self.record.not_watching || !crate::detector::runtime::INFERENCE {
             self.pending = None;
             return;
         }

@@ -219,3 +219,34 @@ pub fn ticks_per_sec() -> u64 {
     // SAFETY: sysconf has no preconditions.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as u64
 }
+
+/// Writes `dir/printvigil.toml` for an end-to-end daemon test and returns its path: state
+/// in `dir/state`, the demo model on one thread, a fast cadence (0.25 s) plus the
+/// `[watch]` lines in `watch`, the fake server `server` (if any) uploading every frame
+/// with short timeouts and back-offs, and `printer`, the `[[printers]]` table of the
+/// printer under test (named `sim`).
+pub fn write_config(dir: &Path, server: Option<&super::fake_obico::FakeObico>, watch: &str, printer: &str) -> PathBuf {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/demo.onnx");
+    let mut text = format!(
+        "state_dir = {:?}\n\
+         [detector]\nmodel = {:?}\nintra_threads = 1\n\
+         [watch]\ncadence_secs = 0.25\nallow_fast_cadence = true\n{watch}\n",
+        dir.join("state").display().to_string(),
+        model.display().to_string(),
+    );
+    if let Some(fake) = server {
+        let set = super::fake_obico::Settings::default();
+        text.push_str(&format!(
+            "[server]\nurl = {:?}\nclient_id = {:?}\nclient_secret = {:?}\nprinter_name = \"sim\"\n\
+             upload = \"always\"\nupload_min_interval_secs = 0.0\nrequest_timeout_secs = 2.0\n\
+             backoff_initial_ms = 100\nbackoff_cap_secs = 1.0\n",
+            fake.url(),
+            set.client_id,
+            set.client_secret.expose()
+        ));
+    }
+    text.push_str(printer);
+    let config = dir.join("printvigil.toml");
+    std::fs::write(&config, text).unwrap();
+    config
+}

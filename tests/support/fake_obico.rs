@@ -123,3 +123,54 @@ pub fn audit(calls: &[Call], printer: i64, jobs: &[String]) -> (usize, usize, us
     }
     (lost, duplicated, violations)
 }
+
+/// The id of the one printer named `sim` the daemon registered.
+pub fn printer_id(fake: &FakeObico) -> i64 {
+    let p: Vec<_> = fake.printers().into_iter().filter(|p| p.name == "sim").collect();
+    assert_eq!(p.len(), 1, "one printer registered: {p:#?}");
+    p[0].id
+}
+
+/// Waits until the calls the server got satisfy `ok` (`what` names that in the panic
+/// after `limit`); returns them.
+pub async fn wait_calls(fake: &FakeObico, what: &str, limit: Duration, ok: impl Fn(&[Call]) -> bool) -> Vec<Call> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let calls = fake.calls();
+        if ok(&calls) {
+            return calls;
+        }
+        assert!(std::time::Instant::now() < deadline, "the server never got {what} within {limit:?}: {calls:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits up to `limit` for a finish of a print (`finish` or `finish_not_printing`).
+pub async fn wait_finish(fake: &FakeObico, limit: Duration) -> Vec<Call> {
+    wait_calls(fake, "the finish", limit, |c| c.iter().any(|c| c.kind.starts_with("finish"))).await
+}
+
+/// The server saw, for printer `sim`: exactly one start of `file` (key `job`), predicts
+/// only in between (at least one if `want_predicts`), one finish `status`; nothing lost,
+/// duplicated or out of order. `log` (the daemon's, say) is shown when it fails.
+pub fn assert_one_print(fake: &FakeObico, job: &str, file: &str, status: &str, want_predicts: bool, log: &str) {
+    let calls = fake.calls();
+    let id = printer_id(fake);
+    let (lost, dup, order) = audit(&calls, id, &[job.to_string()]);
+    assert_eq!((lost, dup, order), (0, 0, 0), "lost, duplicated, out of order ({job}): {calls:#?}\n{log}");
+    let mine: Vec<&Call> = calls.iter().filter(|c| c.printer == id && c.kind != "create").collect();
+    let starts: Vec<usize> = (0..mine.len()).filter(|&i| mine[i].kind == "start").collect();
+    let finishes: Vec<usize> = (0..mine.len()).filter(|&i| mine[i].kind.starts_with("finish")).collect();
+    assert_eq!(starts.len(), 1, "exactly one start_print: {mine:#?}\n{log}");
+    assert_eq!(finishes.len(), 1, "exactly one finish_print: {mine:#?}\n{log}");
+    assert_eq!(mine[starts[0]].arg, file);
+    assert_eq!((mine[finishes[0]].kind.as_str(), mine[finishes[0]].arg.as_str()), ("finish", status));
+    let predicts: Vec<usize> = (0..mine.len()).filter(|&i| mine[i].kind == "predict").collect();
+    if want_predicts {
+        assert!(!predicts.is_empty(), "frames were sent to predict: {mine:#?}\n{log}");
+    }
+    assert!(
+        predicts.iter().all(|&i| i > starts[0] && i < finishes[0]),
+        "every predict between the start and the finish: {mine:#?}\n{log}"
+    );
+}

@@ -48,6 +48,7 @@ pub use config::{ApiKeyVia, MoonrakerConfig};
 pub use connect::MAX_MESSAGE;
 pub use rpc::{Incoming, MessageError, parse_message};
 pub use tracker::MessageReplay;
+pub use webcams::parse_webcams;
 
 /// Sent to Moonraker when identifying.
 const CLIENT_URL: &str = "https://github.com/printvigil/printvigil";

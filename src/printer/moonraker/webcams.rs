@@ -7,7 +7,7 @@ use crate::printer::CameraInfo;
 
 /// Cameras from `server.webcams.list`; relative URLs are relative to the host's web
 /// server (port 80 of Moonraker's host).
-pub(super) fn parse_webcams(v: &Value, base: &url::Url) -> Vec<CameraInfo> {
+pub fn parse_webcams(v: &Value, base: &url::Url) -> Vec<CameraInfo> {
     let mut web = base.clone();
     let _ = web.set_port(None);
     web.set_path("/");

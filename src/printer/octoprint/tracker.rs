@@ -513,11 +513,7 @@ impl Tracker {
     fn report_state(&mut self, state: PrinterState, out: &mut Vec<PrinterEvent>) {
         let prev = self.reported_state.replace(state);
         let job = self.current.as_ref().map(|c| c.id.clone());
-        match (prev, state) {
-            (Some(PrinterState::Printing), PrinterState::Paused) => out.push(PrinterEvent::Paused { job }),
-            (Some(PrinterState::Paused), PrinterState::Printing) => out.push(PrinterEvent::Resumed { job }),
-            _ => {}
-        }
+        out.extend(PrinterEvent::of_state_change(prev, state, job));
     }
 }
 
